@@ -1,0 +1,74 @@
+"""Make RecBole 1.2.1 work on today's stack (numpy 2, torch >= 2.6), applied once on import.
+
+Each fix is scoped as narrowly as the problem allows:
+
+* numpy 2 removed ``np.float_``, ``np.complex_``, ``np.unicode_`` and ``np.bool8``, which RecBole
+  still uses while building a ``Config`` and a dataset: the aliases are restored (only when absent).
+* torch >= 2.6 loads with ``weights_only=True`` by default; RecBole's checkpoints hold its
+  ``Config`` object, so its trainer cannot reload its own best model. Only RecBole's trainer module
+  sees a ``torch`` whose ``load`` defaults to ``weights_only=False``; torch's global default is
+  untouched.
+* importing ``recbole.model.sequential_recommender`` imports SINE, which switches on autograd anomaly
+  detection for the whole process (~40 % slower training). We import that package here, once, and
+  switch anomaly detection back off; a later import does not re-run SINE's module code.
+"""
+
+import types
+
+import numpy as np
+import torch
+
+_NUMPY_ALIASES = {
+    "float_": "float64",
+    "complex_": "complex128",
+    "unicode_": "str_",
+    "bool8": "bool_",
+}
+
+
+def restore_numpy_aliases():
+    """Restore numpy 1.x aliases RecBole 1.2.1 still uses; returns the names it added."""
+    added = []
+    for alias, target in _NUMPY_ALIASES.items():
+        if alias not in np.__dict__:
+            setattr(np, alias, getattr(np, target))
+            added.append(alias)
+    return added
+
+
+class _TorchWithTrustedCheckpoints(types.ModuleType):
+    """A stand-in for the ``torch`` module inside RecBole's trainer: everything is torch's, except
+    that ``load`` defaults to ``weights_only=False`` (RecBole checkpoints pickle its Config)."""
+
+    def __init__(self):
+        super().__init__("torch")
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(f, *args, **kwargs):
+        kwargs.setdefault("weights_only", False)
+        return torch.load(f, *args, **kwargs)
+
+
+def trust_recbole_checkpoints():
+    """Let RecBole's trainer (and only it) reload the checkpoints it writes itself."""
+    import recbole.trainer.trainer as recbole_trainer
+
+    if not isinstance(recbole_trainer.torch, _TorchWithTrustedCheckpoints):
+        recbole_trainer.torch = _TorchWithTrustedCheckpoints()
+
+
+def import_recbole_models_without_anomaly_detection():
+    """Import RecBole's model packages, then undo SINE's global ``set_detect_anomaly(True)``."""
+    was_enabled = torch.is_anomaly_enabled()
+    import recbole.model.sequential_recommender  # noqa: F401  (runs sine.py once)
+
+    torch.autograd.set_detect_anomaly(was_enabled)
+
+
+def apply():
+    restore_numpy_aliases()
+    import_recbole_models_without_anomaly_detection()
+    trust_recbole_checkpoints()

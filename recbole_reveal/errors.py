@@ -1,0 +1,24 @@
+"""Errors caused by the user's input (names, files, config); the CLI prints them without a traceback."""
+
+
+class RevealUserError(Exception):
+    """Base class: the message names the file or key and what was expected."""
+
+
+class UnknownModelError(RevealUserError, ValueError):
+    pass
+
+
+class DatasetNotFoundError(RevealUserError, FileNotFoundError):
+    pass
+
+
+class FeatureFileError(RevealUserError, ValueError):
+    pass
+
+
+class ConfigError(RevealUserError, ValueError):
+    pass
+
+
+USER_ERRORS = (RevealUserError,)

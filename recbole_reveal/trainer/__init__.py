@@ -1,0 +1,1 @@
+from recbole_reveal.trainer.avl import AVLTrainer, ModalityBalance, avl_scale
