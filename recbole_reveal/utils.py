@@ -4,7 +4,6 @@ import importlib
 import pkgutil
 
 from recbole.data.utils import create_dataset as recbole_create_dataset
-from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_reveal.data.dataset import MultimodalSequentialDataset
@@ -29,13 +28,38 @@ def get_model(model_name):
         module = importlib.import_module(module_path)
         if hasattr(module, model_name):
             return getattr(module, model_name)
-    try:
-        return recbole_get_model(model_name)
-    except ValueError:
+    model_class = _recbole_model(model_name)
+    if model_class is None:
         raise UnknownModelError(
             f"unknown model '{model_name}'. Plugin models: {', '.join(plugin_model_names())}; "
             "any RecBole 1.2.1 model name (e.g. SASRec, BERT4Rec, LightGCN) also works."
-        ) from None
+        )
+    return model_class
+
+
+_RECBOLE_MODEL_PACKAGES = (
+    "general_recommender",
+    "context_aware_recommender",
+    "sequential_recommender",
+    "knowledge_aware_recommender",
+    "exlib_recommender",
+)
+
+
+def _recbole_model(model_name):
+    """RecBole's own lookup, except that a package whose optional dependency is missing (the
+    exlib models need lightgbm/xgboost) is skipped instead of failing every unknown name."""
+    for package in _RECBOLE_MODEL_PACKAGES:
+        module_path = f"recbole.model.{package}.{model_name.lower()}"
+        try:
+            if importlib.util.find_spec(module_path) is None:
+                continue
+            module = importlib.import_module(module_path)
+        except ModuleNotFoundError:
+            continue
+        if hasattr(module, model_name):
+            return getattr(module, model_name)
+    return None
 
 
 def is_plugin_model(model_class):

@@ -1,0 +1,101 @@
+"""Entry script and configuration: precedence, argument forms, errors a user sees."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+import recbole_reveal.quick_start as quick_start
+from recbole_reveal import build_config, run_recbole_reveal
+from recbole_reveal.errors import DatasetNotFoundError, UnknownModelError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+import run_recbole_reveal as script  # noqa: E402
+
+
+@pytest.fixture
+def properties_with_dataset_yaml(tmp_path, monkeypatch):
+    """The real properties/ folder plus a dataset YAML for the tiny dataset."""
+    props = tmp_path / "properties"
+    shutil.copytree(quick_start.PROPERTIES_DIR, props)
+    (props / "dataset").mkdir(exist_ok=True)
+    (props / "dataset" / "tiny.yaml").write_text("hidden_size: 64\nlearning_rate: 0.005\n")
+    monkeypatch.setattr(quick_start, "PROPERTIES_DIR", str(props))
+    return props
+
+
+def test_precedence_from_defaults_to_command_line(tiny_root, tmp_path, properties_with_dataset_yaml, monkeypatch):
+    base = {"data_path": tiny_root}
+    # RecBole default < overall.yaml
+    assert build_config("M3SRec", "tiny", config_dict=base)["valid_metric"] == "NDCG@20"
+    # overall.yaml (50) < model yaml (100)
+    assert build_config("M3SRec", "tiny", config_dict=base)["MAX_ITEM_LIST_LENGTH"] == 100
+    assert build_config("SASRec", "tiny", config_dict=base)["MAX_ITEM_LIST_LENGTH"] == 50
+    # backbone yaml < REVEAL.yaml in the class hierarchy
+    assert build_config("M3SRec_REVEAL", "tiny", config_dict=base)["avl"] is True
+    assert build_config("M3SRec", "tiny", config_dict=base)["avl"] is None
+    # model yaml (256) < dataset yaml (64)
+    assert build_config("M3SRec", "tiny", config_dict=base)["hidden_size"] == 64
+    # dataset yaml < config files, in order
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("hidden_size: 48\nn_heads: 1\n")
+    b.write_text("hidden_size: 40\n")
+    config = build_config("M3SRec", "tiny", config_file_list=[str(a), str(b)], config_dict=base)
+    assert (config["hidden_size"], config["n_heads"], config["learning_rate"]) == (40, 1, 0.005)
+    # config files < config_dict < command line
+    files = [str(a), str(b)]
+    assert build_config("M3SRec", "tiny", files, dict(base, hidden_size=36))["hidden_size"] == 36
+    config = build_config("M3SRec", "tiny", files, dict(base, hidden_size=36), cmd_args=["--hidden_size=32"])
+    assert config["hidden_size"] == 32
+    # the Python API never reads the real sys.argv
+    monkeypatch.setattr(sys, "argv", ["pytest", "--hidden_size=999"])
+    assert build_config("M3SRec", "tiny", config_dict=base)["hidden_size"] == 64
+
+
+def test_parse_args_accepts_recbole_forms():
+    assert script.parse_args(["--model=M3SRec", "--dataset=d", "--config_files=a.yaml b.yaml", "--epochs=3"]) == (
+        "M3SRec", "d", ["a.yaml", "b.yaml"], ["--epochs=3"])
+    assert script.parse_args(["--config_files=a.yaml", "b.yaml", "--model=X", "--dataset=d"]) == (
+        "X", "d", ["a.yaml", "b.yaml"], [])
+    with pytest.raises(SystemExit, match="--key=value"):
+        script.parse_args(["--model=X", "--dataset=d", "--epochs"])
+    with pytest.raises(SystemExit, match="required"):
+        script.parse_args(["--model=X"])
+
+
+def test_unknown_model_lists_what_exists(tiny_root):
+    with pytest.raises(UnknownModelError, match=r"M3SRec_REVEAL.*SASRec"):
+        build_config("NoSuchModel", "tiny", config_dict={"data_path": tiny_root})
+
+
+def test_unknown_dataset_lists_what_exists(tiny_root):
+    with pytest.raises(DatasetNotFoundError, match=r"no_such_set.*tiny.*recbole_reveal\.data\.synthetic"):
+        build_config("M3SRec", "no_such_set", config_dict={"data_path": tiny_root})
+
+
+def test_script_reports_user_errors_without_traceback(tiny_root):
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO, "run_recbole_reveal.py"), "--model=M3SRec",
+         "--dataset=tiny", f"--data_path={tiny_root}", "--text_feature=absent"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert "absent.npy" in out.stderr and "recbole_reveal.features.extract" in out.stderr
+
+
+def test_recbole_builtin_models_run_through_the_same_entry_point(tiny_config):
+    result = run_recbole_reveal("SASRec", "tiny", config_dict=dict(tiny_config, epochs=2, n_layers=1))
+    assert set(result["test_result"]) == {"recall@10", "recall@20", "ndcg@10", "ndcg@20"}
+    assert result["config"]["model"] == "SASRec"
+
+
+def test_config_file_loaded_from_the_command_line(tiny_config, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(dict(tiny_config, epochs=1)))
+    code = script.main(["--model=M3SRec_REVEAL", "--dataset=tiny", f"--config_files={cfg}", "--avl_alpha=0.5"])
+    assert code == 0

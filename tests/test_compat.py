@@ -1,0 +1,51 @@
+"""Each RecBole-on-today's-stack fix: the problem is real without it, and gone with it."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from recbole_reveal import compat
+from helpers import build_pipeline
+
+
+def _python(code):
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_numpy_aliases_are_what_recbole_config_needs(tiny_root, monkeypatch):
+    from recbole.config import Config
+
+    for alias in ("float_", "complex_", "unicode_", "bool8"):
+        monkeypatch.delitem(np.__dict__, alias, raising=False)
+    with pytest.raises(AttributeError, match="float_"):
+        Config(model="SASRec", dataset="tiny", config_dict={"data_path": tiny_root, "train_neg_sample_args": None})
+    assert set(compat.restore_numpy_aliases()) == {"float_", "complex_", "unicode_", "bool8"}
+    assert np.float_ is np.float64 and np.bool8 is np.bool_
+    Config(model="SASRec", dataset="tiny", config_dict={"data_path": tiny_root, "train_neg_sample_args": None})
+
+
+def test_anomaly_detection_stays_off_after_recbole_models_are_imported():
+    # the problem: RecBole's sequential package switches it on for the whole process
+    assert _python("import recbole.model.sequential_recommender, torch; print(torch.is_anomaly_enabled())") == "True"
+    code = (
+        "import recbole_reveal, torch; from recbole_reveal import get_model; get_model('SASRec'); "
+        "get_model('SINE'); print(torch.is_anomaly_enabled())"
+    )
+    assert _python(code) == "False"
+
+
+def test_recbole_reloads_its_checkpoint_while_torch_default_stays_safe(tiny_config):
+    _, (train_data, valid_data, test_data), _, trainer = build_pipeline(
+        "M3SRec", dict(tiny_config, epochs=1)
+    )
+    trainer.fit(train_data, valid_data, saved=True)
+    # torch's own default is untouched: a plain load of a RecBole checkpoint is still refused
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        torch.load(trainer.saved_model_file)
+    result = trainer.evaluate(test_data, load_best_model=True)
+    assert set(result) == {"recall@10", "recall@20", "ndcg@10", "ndcg@20"}
