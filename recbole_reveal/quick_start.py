@@ -89,12 +89,9 @@ def _resolve_data_path(config):
         )
 
 
-def run_recbole_reveal(model, dataset, config_file_list=None, config_dict=None, saved=True, cmd_args=()):
-    """Train ``model`` on ``dataset`` and evaluate it; returns a dict with ``best_valid_score``,
-    ``valid_score_bigger``, ``best_valid_result``, ``test_result``, ``masked_test_results``
-    (test results with each modality in ``eval_zeroed_modalities`` zeroed at inference) and
-    ``config``. This is also the objective RecBole's HyperTuning calls (see ``objective_function``).
-    """
+def prepare_run(model, dataset, config_file_list=None, config_dict=None, cmd_args=()):
+    """Config, data loaders, model and trainer, seeded exactly as a run builds them; returns
+    ``(config, (train_data, valid_data, test_data), model, trainer)``."""
     config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
@@ -103,21 +100,33 @@ def run_recbole_reveal(model, dataset, config_file_list=None, config_dict=None, 
 
     data = create_dataset(config)
     logger.info(data)
-    train_data, valid_data, test_data = data_preparation(config, data)
+    loaders = data_preparation(config, data)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model_obj = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model_obj = get_model(config["model"])(config, loaders[0]._dataset).to(config["device"])
     logger.info(model_obj)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+    return config, loaders, model_obj, trainer
 
+
+def run_recbole_reveal(model, dataset, config_file_list=None, config_dict=None, saved=True, cmd_args=()):
+    """Train ``model`` on ``dataset`` and evaluate it; returns a dict with ``best_valid_score``,
+    ``valid_score_bigger``, ``best_valid_result``, ``test_result``, ``masked_test_results``
+    (test results with each modality in ``eval_zeroed_modalities`` zeroed at inference) and
+    ``config``. This is also the objective RecBole's HyperTuning calls (see ``objective_function``).
+    """
+    config, (train_data, valid_data, test_data), model_obj, trainer = prepare_run(
+        model, dataset, config_file_list, config_dict, cmd_args
+    )
+    logger = getLogger()
+    zeroed = config["eval_zeroed_modalities"] or []
+    if zeroed and not hasattr(model_obj, "zeroed_modalities"):
+        raise ConfigError(f"eval_zeroed_modalities={zeroed}: {config['model']} has no modalities to zero")
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     masked_test_results = {}
-    zeroed = config["eval_zeroed_modalities"] or []
-    if zeroed and not hasattr(model_obj, "zeroed_modalities"):
-        raise ConfigError(f"eval_zeroed_modalities={zeroed}: {config['model']} has no modalities to zero")
     for modality in zeroed:
         with model_obj.zeroed_modalities(modality):
             masked_test_results[modality] = trainer.evaluate(

@@ -39,19 +39,9 @@ def write_tiny_dataset(root, name="tiny", n_users=TINY_USERS, n_items=TINY_ITEMS
 
 def build_pipeline(model, config_dict, dataset="tiny"):
     """Config, data loaders, model and trainer exactly as run_recbole_reveal builds them."""
-    from recbole.data import data_preparation
-    from recbole.utils import init_seed
+    from recbole_reveal.quick_start import prepare_run
 
-    from recbole_reveal import build_config, create_dataset, get_model, get_trainer
-
-    config = build_config(model, dataset, config_dict=config_dict)
-    init_seed(config["seed"], config["reproducibility"])
-    data = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, data)
-    init_seed(config["seed"], config["reproducibility"])
-    model_obj = get_model(config["model"])(config, train_data._dataset)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
-    return config, (train_data, valid_data, test_data), model_obj, trainer
+    return prepare_run(model, dataset, config_dict=config_dict)
 
 
 def first_batch(train_data):

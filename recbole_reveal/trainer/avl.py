@@ -76,8 +76,9 @@ class AVLTrainer(Trainer):
     r"""RecBole trainer with Adaptive Visual Learning for ``*_REVEAL`` models.
 
     Config keys (``properties/model/REVEAL.yaml``): ``avl`` (on/off), ``avl_alpha``, ``avl_clamp``,
-    ``avl_mode`` (``grad`` | ``lr``), ``avl_sample_fraction`` (estimate ``L_v``/``L_t`` on a random
-    part of the batch; 1.0 = exact).
+    ``avl_mode`` (``grad`` | ``lr``), ``avl_probe_mode`` (``train`` | ``eval``: dropout in the two
+    probe passes), ``avl_sample_fraction`` (estimate ``L_v``/``L_t`` on a random part of the batch;
+    1.0 = exact).
     """
 
     def __init__(self, config, model):
@@ -88,6 +89,9 @@ class AVLTrainer(Trainer):
             self.avl_mode = config["avl_mode"]
             if self.avl_mode not in ("grad", "lr"):
                 raise ValueError(f"avl_mode must be 'grad' or 'lr', got {self.avl_mode!r}")
+            self.avl_probe_mode = config["avl_probe_mode"]
+            if self.avl_probe_mode not in ("train", "eval"):
+                raise ValueError(f"avl_probe_mode must be 'train' or 'eval', got {self.avl_probe_mode!r}")
             self.avl_sample_fraction = float(config["avl_sample_fraction"])
             if not 0 < self.avl_sample_fraction <= 1:
                 raise ValueError(f"avl_sample_fraction must be in (0, 1], got {self.avl_sample_fraction}")
@@ -120,8 +124,10 @@ class AVLTrainer(Trainer):
     def unimodal_losses(self, interaction):
         """``(L_v, L_t)``: the backbone's loss with text zeroed and with vision zeroed, no graph.
 
-        The model stays in train mode (as in the reference code); the random state is forked so
-        the probes use the same dropout stream as the real step, and leave it untouched.
+        With ``avl_probe_mode: train`` (the reference code) dropout stays on, and the random state is
+        forked so the probes draw the same dropout stream as the real step and leave it untouched;
+        ``eval`` switches dropout off for the probes (a noise-free estimate, and cheaper on CPU where
+        drawing dropout masks is a large part of a forward pass).
         """
         if self.avl_sample_fraction < 1:
             n = len(interaction)
@@ -130,6 +136,8 @@ class AVLTrainer(Trainer):
             interaction = interaction[index]
         devices = [self.device] if self.device.type == "cuda" else []
         losses = []
+        if self.avl_probe_mode == "eval":
+            self.model.eval()
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             for zeroed in ("text", "vision"):
                 with self.model.zeroed_modalities(zeroed), torch.autocast(
@@ -137,6 +145,7 @@ class AVLTrainer(Trainer):
                 ):
                     loss = self.model.calculate_loss(interaction)
                 losses.append(float(sum(loss) if isinstance(loss, tuple) else loss))
+        self.model.train()
         return tuple(losses)
 
     def _avl_loss(self, interaction):

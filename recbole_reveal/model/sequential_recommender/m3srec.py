@@ -135,8 +135,22 @@ class M3SRec(MultimodalSequentialRecommender):
         cov = self.cov_fusion(self.item_cov_embedding(items), vision_cov, text_cov)
         return mean, cov
 
-    def forward(self, item_seq, item_seq_len):
-        mean, cov = self.item_gaussians(item_seq)
+    def gaussians_of(self, *item_ids):
+        """Fused (mean, pre-activation covariance) for each id tensor, computed once per distinct item:
+        the fusion does not depend on the position, and a batch repeats items far more often than it
+        holds distinct ones."""
+        flat = torch.cat([ids.reshape(-1) for ids in item_ids])
+        unique, inverse = torch.unique(flat, return_inverse=True)
+        mean, cov = self.item_gaussians(unique)
+        outputs, start = [], 0
+        for ids in item_ids:
+            index = inverse[start:start + ids.numel()].view(ids.shape)
+            outputs.append((mean[index], cov[index]))
+            start += ids.numel()
+        return outputs
+
+    def forward(self, item_seq, item_seq_len, fused=None):
+        mean, cov = fused if fused is not None else self.gaussians_of(item_seq)[0]
         positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
         mean = nn.functional.elu(self.dropout(self.mean_norm(mean + self.position_mean_embedding(positions))))
         cov = elu_plus_one(self.dropout(self.cov_norm(cov + self.position_cov_embedding(positions))))
@@ -150,20 +164,23 @@ class M3SRec(MultimodalSequentialRecommender):
         mask = super().get_attention_mask(item_seq, bidirectional)
         return torch.where(mask < 0, torch.tensor(-(2.0**32) + 1, device=mask.device), mask)
 
-    def _candidate_gaussians(self, items):
-        mean, cov = self.item_gaussians(items)
-        return mean, elu_plus_one(cov)
-
     def calculate_loss(self, interaction):
-        seq_mean, seq_cov = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        pos_mean, pos_cov = self._candidate_gaussians(interaction[self.POS_ITEM_ID])
-        neg_mean, neg_cov = self._candidate_gaussians(interaction[self.NEG_ITEM_ID])
+        item_seq = interaction[self.ITEM_SEQ]
+        seq_fused, (pos_mean, pos_cov), (neg_mean, neg_cov) = self.gaussians_of(
+            item_seq, interaction[self.POS_ITEM_ID], interaction[self.NEG_ITEM_ID]
+        )
+        seq_mean, seq_cov = self.forward(item_seq, interaction[self.ITEM_SEQ_LEN], fused=seq_fused)
+        pos_cov, neg_cov = elu_plus_one(pos_cov), elu_plus_one(neg_cov)
         pos_dist = wasserstein_distance(seq_mean, seq_cov, pos_mean, pos_cov)
         neg_dist = wasserstein_distance(seq_mean, seq_cov, neg_mean, neg_cov)
         pos_neg_dist = wasserstein_distance(pos_mean, pos_cov, neg_mean, neg_cov)
         bpr = -torch.log(torch.sigmoid(neg_dist - pos_dist) + 1e-24).mean()
         pvn = torch.clamp(pos_dist - pos_neg_dist, min=0).mean()
         return bpr + self.pvn_weight * pvn
+
+    def _candidate_gaussians(self, items):
+        mean, cov = self.item_gaussians(items)
+        return mean, elu_plus_one(cov)
 
     def predict(self, interaction):
         seq_mean, seq_cov = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])

@@ -1,0 +1,209 @@
+"""Extract per-item text or image features from a RecBole atomic dataset.
+
+::
+
+    python -m recbole_reveal.features.extract --dataset synthetic-demo --data_path dataset_atomic \\
+        --modality text --encoder minilm
+    python -m recbole_reveal.features.extract --dataset synthetic-demo --data_path dataset_atomic \\
+        --modality vision --encoder efficientnet-lite0
+
+Reads ``<data_path>/<dataset>/<dataset>.item`` and writes the feature set
+``<data_path>/<dataset>/features/<name>.{npy,items,json}`` (see ``recbole_reveal.data.feature_store``),
+one row per item in the order of the ``.item`` file.
+
+Text rule: for each field of ``--fields`` (in that order) whose value is not empty, the part
+``"<field>: <value>"``; parts are joined with ``"; "``. ``token_seq`` values are their tokens joined
+by one space; in every value ``_`` becomes a space (atomic files use ``_`` inside multi-word tokens).
+E.g. ``title: Acme tent KT-204; categories: Sports Outdoors Tents; brand: Acme``.
+
+Images: the ``--image_field`` column holds a path, relative to the dataset folder (absolute paths
+also work). An item whose image is missing, empty or unreadable gets an all-zero row; the run logs
+one warning with the count and the item tokens and lists them under ``zero_rows`` in the JSON. If
+no item has an image file at all the command stops before loading the encoder.
+"""
+
+import argparse
+import logging
+import os
+import time
+
+import numpy as np
+
+from recbole_reveal.data.feature_store import save_item_features
+from recbole_reveal.features.encoders import ENCODERS, build_encoder
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEXT_FIELDS = ("title", "categories", "brand")
+PROGRESS_EVERY_S = 10.0
+
+
+def read_atomic(path, field_separator="\t"):
+    """Read a RecBole atomic file: returns ``(columns, types, rows)`` with rows as string lists.
+
+    Split by hand rather than with a CSV parser: atomic files are not quoted, and a stray ``"``
+    in a title must not swallow the following lines.
+    """
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\r\n").split(field_separator)
+        columns, types = zip(*(h.rsplit(":", 1) if ":" in h else (h, "token") for h in header))
+        rows = []
+        for line in f:
+            line = line.rstrip("\r\n")
+            if not line:
+                continue
+            parts = line.split(field_separator)
+            rows.append(parts[:len(columns)] + [""] * (len(columns) - len(parts)))
+    return list(columns), list(types), rows
+
+
+def build_texts(columns, types, rows, fields, seq_separator=" "):
+    """One text per row following the rule in the module docstring."""
+    index = [columns.index(f) for f in fields]
+    texts = []
+    for row in rows:
+        parts = []
+        for field, i in zip(fields, index):
+            value = row[i]
+            if types[i].endswith("_seq"):
+                value = " ".join(v for v in value.split(seq_separator) if v)
+            value = " ".join(value.replace("_", " ").split())
+            if value:
+                parts.append(f"{field}: {value}")
+        texts.append("; ".join(parts))
+    return texts
+
+
+def _load_image(path):
+    """The decoded image, or None when it is missing or unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def _resolve_fields(columns, modality, fields, image_field):
+    if modality == "vision":
+        if image_field not in columns:
+            raise ValueError(f"the .item file has no '{image_field}' column (columns: {columns}); "
+                             "pass --image_field")
+        return [image_field]
+    if fields:
+        missing = [f for f in fields if f not in columns]
+        if missing:
+            raise ValueError(f"--fields {missing} not in the .item file (columns: {columns})")
+        return list(fields)
+    chosen = [f for f in DEFAULT_TEXT_FIELDS if f in columns]
+    if not chosen:
+        raise ValueError(f"none of the default text fields {list(DEFAULT_TEXT_FIELDS)} is in the "
+                         f".item file (columns: {columns}); pass --fields")
+    return chosen
+
+
+def _shorten(tokens, limit=20):
+    more = f" (+{len(tokens) - limit} more)" if len(tokens) > limit else ""
+    return ", ".join(tokens[:limit]) + more
+
+
+def extract(dataset, data_path="dataset_atomic", modality=None, encoder="minilm", name=None,
+            fields=None, image_field="image", batch_size=64, device="cpu", feature_dir=None):
+    """Encode every item of ``dataset`` and save the feature set; returns a summary dict."""
+    key = encoder.partition(":")[0]
+    if key not in ENCODERS:
+        build_encoder(encoder)  # raises the "unknown encoder" error listing the names
+    modality = modality or ENCODERS[key].modality
+    if modality not in ("text", "vision"):
+        raise ValueError(f"--modality must be 'text' or 'vision', got '{modality}'")
+
+    root = os.path.join(data_path, dataset)
+    item_path = os.path.join(root, f"{dataset}.item")
+    if not os.path.isfile(item_path):
+        raise FileNotFoundError(f"item file not found: {item_path}")
+    columns, types, rows = read_atomic(item_path)
+    if "item_id" not in columns:
+        raise ValueError(f"{item_path}: no item_id column (columns: {columns})")
+    tokens = [row[columns.index("item_id")] for row in rows]
+    used = _resolve_fields(columns, modality, fields, image_field)
+
+    if modality == "text":
+        inputs = build_texts(columns, types, rows, used)
+        empty = [t for t, x in zip(tokens, inputs) if not x]
+        if empty:
+            logger.warning("%d items have no text in fields %s: %s", len(empty), used, _shorten(empty))
+    else:
+        col = columns.index(image_field)
+        inputs = [os.path.join(root, row[col]) if row[col] else "" for row in rows]
+        if not any(p and os.path.isfile(p) for p in inputs):
+            raise FileNotFoundError(
+                f"no image of column '{image_field}' exists (e.g. '{inputs[0] if inputs else ''}'); "
+                f"paths are relative to {root}")
+
+    enc = build_encoder(encoder, device=device, modality=modality)
+    logger.info("encoding %d items of %s with '%s' (%s, batch %d, %s)",
+                len(rows), item_path, encoder, modality, batch_size, device)
+    matrix = np.zeros((len(rows), enc.dim), dtype=np.float32)
+    zero_rows = []
+    start = last_log = time.perf_counter()
+    for lo in range(0, len(rows), batch_size):
+        hi = min(lo + batch_size, len(rows))
+        if modality == "text":
+            matrix[lo:hi] = enc.encode(inputs[lo:hi])
+        else:
+            images = [_load_image(p) if p else None for p in inputs[lo:hi]]
+            ok = [k for k, im in enumerate(images) if im is not None]
+            zero_rows += [tokens[lo + k] for k, im in enumerate(images) if im is None]
+            if ok:
+                matrix[[lo + k for k in ok]] = enc.encode([images[k] for k in ok])
+        now = time.perf_counter()
+        if now - last_log >= PROGRESS_EVERY_S or hi == len(rows):
+            logger.info("encoded %d/%d items (%.1f items/s)", hi, len(rows), hi / max(now - start, 1e-9))
+            last_log = now
+    seconds = time.perf_counter() - start
+    if zero_rows:
+        logger.warning("%d of %d images missing or unreadable; wrote zero rows for: %s",
+                       len(zero_rows), len(rows), _shorten(zero_rows))
+
+    name = name or f"{modality}_{enc.slug}"
+    feature_dir = feature_dir or os.path.join(root, "features")
+    metadata = {
+        "encoder": encoder, "modality": modality, "fields": used,
+        "source": f"{dataset}/{dataset}.item", **enc.describe(),
+    }
+    if modality == "text":
+        metadata["text_rule"] = ('"<field>: <value>" for each non-empty field, joined by "; "; '
+                                 "token_seq tokens joined by spaces; '_' -> ' '")
+    else:
+        metadata["zero_rows"] = zero_rows
+    path = save_item_features(feature_dir, name, tokens, matrix, metadata)
+    logger.info("wrote %s (%d x %d) in %.1f s", path, matrix.shape[0], matrix.shape[1], seconds)
+    return {"name": name, "path": path, "rows": matrix.shape[0], "dim": matrix.shape[1],
+            "zero_rows": zero_rows, "seconds": seconds}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Extract per-item text or image features for a RecBole dataset.")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data_path", default="dataset_atomic", help="folder that holds <dataset>/")
+    p.add_argument("--modality", choices=["text", "vision"],
+                   help="default: the encoder's own modality")
+    p.add_argument("--encoder", default="minilm",
+                   help=f"one of {sorted(ENCODERS)}; 'hf:<local folder>' for any HF text encoder")
+    p.add_argument("--name", help="feature-set name (default <modality>_<encoder>, e.g. text_minilm)")
+    p.add_argument("--fields", nargs="+",
+                   help=f"text fields in order (default {' '.join(DEFAULT_TEXT_FIELDS)})")
+    p.add_argument("--image_field", default="image")
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--feature_dir", help="default <data_path>/<dataset>/features")
+    a = p.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return extract(a.dataset, a.data_path, a.modality, a.encoder, a.name, a.fields, a.image_field,
+                   a.batch_size, a.device, a.feature_dir)
+
+
+if __name__ == "__main__":
+    main()
