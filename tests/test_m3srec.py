@@ -68,17 +68,23 @@ def test_full_sort_predict_equals_predict_for_every_item(m3srec):
             torch.testing.assert_close(model.predict(one), full[:, item], rtol=1e-4, atol=1e-4)
 
 
-def test_mixture_of_experts_gates_differ_per_position(m3srec):
-    """The reference broadcast position 0's gates over the sequence; ours are per position."""
+def test_fusion_uses_each_positions_own_item_and_gates(m3srec):
+    """The reference broadcast position 0's gates over the sequence; here every position is fused
+    with its own item's gates (computed once per distinct item)."""
     model, batch, _ = m3srec
+    seq = batch[model.ITEM_SEQ]
     gates = {}
-    hook = model.mean_fusion.stream_mix.register_forward_hook(_keep_first(gates, "mix"))
     with torch.no_grad():
-        model.full_sort_predict(batch)
-    hook.remove()
-    seq_mix = torch.softmax(gates["mix"], -1)  # first call: the sequence, [batch, length, 4]
-    assert seq_mix.dim() == 3
-    assert not torch.allclose(seq_mix[:, 0], seq_mix[:, 1])
+        (mean, cov), = model.gaussians_of(seq)
+        for position in range(seq.size(1)):
+            own_mean, own_cov = model.item_gaussians(seq[:, position])
+            torch.testing.assert_close(mean[:, position], own_mean)
+            torch.testing.assert_close(cov[:, position], own_cov)
+        hook = model.mean_fusion.stream_mix.register_forward_hook(_keep_first(gates, "mix"))
+        model.item_gaussians(torch.arange(1, model.n_items))
+        hook.remove()
+    mix = torch.softmax(gates["mix"], -1)
+    assert (mix - mix[0]).abs().max() > 1e-6, "gates must differ between items for this test to mean anything"
 
 
 def test_m3srec_learns_far_better_than_random(tiny_config):
