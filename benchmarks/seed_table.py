@@ -13,7 +13,8 @@ import statistics
 
 import yaml
 
-from recbole_reveal import run_recbole_reveal
+from recbole_reveal import get_model, run_recbole_reveal
+from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
@@ -40,8 +41,9 @@ def main():
 
     rows = {}
     for model in args.models:
+        multimodal = issubclass(get_model(model), MultimodalSequentialRecommender)
         for seed in args.seeds:
-            config = dict(overrides, seed=seed, eval_zeroed_modalities=args.zeroed)
+            config = dict(overrides, seed=seed, eval_zeroed_modalities=args.zeroed if multimodal else [])
             result = run_recbole_reveal(model, args.dataset, config_dict=config)
             settings = {"full": result["test_result"]}
             settings.update({f"{m} zeroed": r for m, r in result["masked_test_results"].items()})
