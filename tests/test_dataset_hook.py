@@ -113,3 +113,13 @@ def test_dimension_is_checked_against_the_config(own_dataset):
 def test_unset_feature_key_is_a_config_error(own_dataset):
     with pytest.raises(ConfigError, match="text_feature"):
         _dataset(own_dataset[0], text_feature=None)
+
+
+def test_the_embedded_demo_dataset_loads_with_its_features():
+    config = build_config("M3SRec_REVEAL", "synthetic-demo")
+    data = create_dataset(config)
+    n = data.item_num
+    assert data.item_features["text"].shape == (n, 384)
+    assert data.item_features["vision"].shape == (n, 1280)
+    norms = data.item_features["vision"][1:].norm(dim=1)
+    assert np.allclose(norms.numpy(), 1.0, atol=1e-4), "visual features are L2-normalised"
