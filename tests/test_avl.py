@@ -34,6 +34,8 @@ def test_clamp_bounds_k_and_unclamped_overflow_is_an_error():
     unclamped.update(0.0, 0.0)
     with pytest.raises(FloatingPointError, match="avl_alpha"):
         unclamped.update(50.0, 0.0)
+    with pytest.raises(FloatingPointError, match="not finite"):
+        unclamped.update(float("nan"), 0.0)
     with pytest.raises(ValueError, match="avl_clamp"):
         ModalityBalance(1.0, clamp=[2.0, 10.0])
 

@@ -49,6 +49,11 @@ class ModalityBalance:
 
     def update(self, loss_v, loss_t):
         """Add one step's unimodal losses; return that step's scale ``K``."""
+        if not (math.isfinite(loss_v) and math.isfinite(loss_t)):
+            raise FloatingPointError(
+                f"AVL probe loss is not finite (L_v={loss_v}, L_t={loss_t}): the backbone diverged "
+                "with a modality zeroed"
+            )
         self.steps += 1
         self.mean_loss_v += (loss_v - self.mean_loss_v) / self.steps
         self.mean_loss_t += (loss_t - self.mean_loss_t) / self.steps
