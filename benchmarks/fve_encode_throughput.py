@@ -1,0 +1,150 @@
+"""FVE vision-encoding throughput (items/s) and peak memory.
+
+::
+
+    python benchmarks/fve_encode_throughput.py                                  # tiny random Qwen2.5-VL, CPU
+    python benchmarks/fve_encode_throughput.py --config 7b --device cuda        # random weights, real 7B shape
+    python benchmarks/fve_encode_throughput.py --config 3b --device cuda --batch_size 32
+    python benchmarks/fve_encode_throughput.py --vlm_path /models/Qwen2.5-VL-7B-Instruct --device cuda
+
+``tiny`` writes the tiny random checkpoint to a temporary folder and loads it through ``load_vlm``
+(the real loading path). ``3b`` / ``7b`` build random weights at the published Qwen2.5-VL-3B / -7B
+shapes directly on the device (``random_qwen2_5_vl``): the compute per item is the real model's,
+nothing is downloaded. Items are the synthetic demo's images resized to ``--image_size`` squared
+(448 -> 256 image tokens) with the demo's real initial prompts, read from PNG files like a real run.
+
+Phases, each timed separately (a warm-up batch is excluded):
+
+* ``cold``: fresh caches: vision tower + language model per item (the first FVE cycle);
+* ``new prompts``: same images, changed prompts: vision outputs come from the vision cache, only the
+  language model runs (a later cycle's re-encoded items);
+* ``cached``: the same requests again with the embedding cache: no model at all (a re-run).
+
+Peak memory: the process's peak resident set (CPU) and ``torch.cuda.max_memory_allocated`` per
+phase (GPU). The FLOP estimate counts 2 x parameters x tokens for the language model (without the
+embedding table) and the vision tower (per patch), ignoring attention's quadratic term.
+"""
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from recbole_reveal.fve.cache import EmbeddingCache, VisionFeatureCache  # noqa: E402
+from recbole_reveal.fve.encoder import FVEEncoder, ItemRequest  # noqa: E402
+from recbole_reveal.fve.prompts import build_initial_prompts  # noqa: E402
+from recbole_reveal.fve.vlm import build_tiny_qwen2_5_vl, load_vlm, random_qwen2_5_vl  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(ROOT, "dataset_atomic", "synthetic-demo")
+
+
+def make_items(folder, n, size):
+    records = build_initial_prompts("synthetic-demo", os.path.dirname(DEMO))
+    items = []
+    for k in range(n):
+        rec = records[k % len(records)]
+        path = os.path.join(folder, f"{k}.png")
+        Image.open(os.path.join(DEMO, "images", f"{rec['item_id']}.png")).convert("RGB").resize(
+            (size, size), Image.BICUBIC).save(path)
+        items.append(ItemRequest(f"x{k}", path, rec["prompt"]))
+    return items
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(label, fn, device, n):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    start = time.perf_counter()
+    result = fn()
+    sync(device)
+    seconds = time.perf_counter() - start
+    mem = (f"GPU peak {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if device.type == "cuda"
+           else f"peak RSS {peak_rss_mb():.0f} MB")
+    print(f"{label:<13} {n:>6} items  {seconds:8.2f} s  {n / seconds:9.1f} items/s  {mem}")
+    return result
+
+
+def flops_per_item(vlm, n_tokens, n_patches):
+    lm = vlm.model.model.language_model
+    lm_params = sum(p.numel() for p in lm.parameters()) - lm.embed_tokens.weight.numel()
+    vision_params = sum(p.numel() for p in vlm.model.model.visual.parameters())
+    return 2 * lm_params * n_tokens + 2 * vision_params * n_patches
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", choices=["tiny", "3b", "7b"], default="tiny")
+    p.add_argument("--vlm_path", help="benchmark this local checkpoint instead of --config")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto", help="auto = bf16 on GPU, fp32 on CPU")
+    p.add_argument("--items", type=int, default=64)
+    p.add_argument("--image_size", type=int, default=448)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--pooling", default="image_after_prompt")
+    p.add_argument("--attn", default=None, help="attn_implementation (sdpa, eager, flash_attention_2)")
+    p.add_argument("--workers", type=int, default=4, help="image preprocessing threads (fve_preprocess_workers)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        if a.vlm_path:
+            vlm, label = load_vlm(a.vlm_path, device=a.device, dtype=a.dtype, attn_implementation=a.attn), a.vlm_path
+        elif a.config == "tiny":
+            vlm = load_vlm(build_tiny_qwen2_5_vl(os.path.join(tmp, "tiny")), device=a.device, dtype=a.dtype,
+                           attn_implementation=a.attn)
+            label = "tiny random Qwen2.5-VL (text 64 x 2 layers, vision 32 x 2)"
+        else:
+            vlm = random_qwen2_5_vl(a.config, device=a.device, dtype=a.dtype, attn_implementation=a.attn)
+            label = f"random weights, Qwen2.5-VL-{a.config.upper()} shape"
+        setup = time.perf_counter() - start
+        n_params = sum(p.numel() for p in vlm.model.parameters())
+        print(f"model: {label}; {n_params / 1e6:.1f} M parameters; {vlm.dtype} on {vlm.device}; "
+              f"attention {vlm.model.config._attn_implementation}; setup {setup:.1f} s")
+
+        items = make_items(tmp, a.items + a.batch_size, a.image_size)
+        warm, items = items[:a.batch_size], items[a.batch_size:]
+        budget = a.image_size * a.image_size
+        enc = FVEEncoder(vlm, pooling=a.pooling, min_pixels=min(3136, budget), max_pixels=budget,
+                         batch_size=a.batch_size, vision_cache=VisionFeatureCache(max_bytes=64 * 2**30),
+                         preprocess_workers=a.workers)
+        enc.encode_items(warm)
+        (feats,) = [f for f in enc.vision_cache.values()][:1]
+        n_image_tokens = feats.pooler.shape[0]
+        n_tokens = len(enc.token_ids(items[0].prompt, n_image_tokens)[0])
+        n_patches = feats.grid[0] * feats.grid[1] * feats.grid[2]
+        print(f"items: {a.image_size}x{a.image_size} images -> {n_image_tokens} image tokens; sequence "
+              f"~{n_tokens} tokens; batch {a.batch_size}; pooling {a.pooling}; {a.workers} preprocessing "
+              f"threads; {torch.get_num_threads()} torch threads; {a.items} items per phase")
+
+        cache = EmbeddingCache(os.path.join(tmp, "cache"))
+        cold = timed("cold", lambda: enc.encode_items(items, cache), vlm.device, len(items))
+        changed = [ItemRequest(r.token, r.image_path, r.prompt + " Focus on colour and pattern.") for r in items]
+        timed("new prompts", lambda: enc.encode_items(changed), vlm.device, len(items))
+        rerun = timed("cached", lambda: enc.encode_items(items, cache), vlm.device, len(items))
+        assert len(rerun.cached) == len(items) and len(cold.encoded) == len(items)
+        tflop = flops_per_item(vlm, n_tokens, n_patches) / 1e12
+        print(f"compute: ~{tflop * 1e3:.2f} GFLOP per item (2 x params x tokens, LM + vision)")
+
+
+if __name__ == "__main__":
+    main()

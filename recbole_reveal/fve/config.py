@@ -1,0 +1,77 @@
+"""FVE's configuration keys: defaults in ``properties/fve/fve.yaml``, overridden by any mapping
+(a dict or a RecBole ``Config``), validated with errors that name the key."""
+
+import os
+
+import yaml
+
+from recbole_reveal.errors import ConfigError
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULTS_FILE = os.path.join(PROJECT_ROOT, "properties", "fve", "fve.yaml")
+
+_CHOICES = {
+    "fve_pooling": ("image_after_prompt", "text_after_image", "last_token", "reference_image_first"),
+    "fve_missing_image": ("zero", "random"),
+    "fve_keyword_reviews": ("exclude_eval", "all"),
+    "fve_dtype": ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"),
+}
+_POSITIVE_INT = ("fve_batch_size", "fve_keywords_topk", "fve_min_pixels")
+_OPTIONAL_POSITIVE_INT = ("fve_max_pixels",)
+_NON_NEGATIVE_INT = ("fve_vision_cache_mb", "fve_preprocess_workers")
+
+
+def fve_defaults():
+    with open(DEFAULTS_FILE, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def fve_settings(config=None):
+    """The FVE settings: defaults, then every known key present in ``config``; validated.
+
+    An ``fve_*`` key in ``config`` that is not a known key is an error (a typo would otherwise be
+    ignored silently).
+    """
+    settings = fve_defaults()
+    config = config if config is not None else {}
+    keys = getattr(config, "final_config_dict", config)
+    unknown = sorted(k for k in keys if str(k).startswith("fve_") and k not in settings)
+    if unknown:
+        raise ConfigError(f"unknown FVE config keys {unknown}; known: {sorted(settings)} ({DEFAULTS_FILE})")
+    for key in settings:
+        if key in keys:
+            settings[key] = config[key]
+    for key, choices in _CHOICES.items():
+        if settings[key] not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {settings[key]!r}")
+    for key in _POSITIVE_INT + _OPTIONAL_POSITIVE_INT + _NON_NEGATIVE_INT:
+        value = settings[key]
+        if value is None and key in _OPTIONAL_POSITIVE_INT:
+            continue
+        low = 0 if key in _NON_NEGATIVE_INT else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{key} must be an integer >= {low}; got {value!r}")
+    if not isinstance(settings["fve_layer"], int) or isinstance(settings["fve_layer"], bool):
+        raise ConfigError(f"fve_layer must be an integer; got {settings['fve_layer']!r}")
+    if settings["fve_max_pixels"] is not None and settings["fve_max_pixels"] < settings["fve_min_pixels"]:
+        raise ConfigError(f"fve_max_pixels ({settings['fve_max_pixels']}) is below fve_min_pixels "
+                          f"({settings['fve_min_pixels']})")
+    return settings
+
+
+def build_fve_encoder(settings, vlm=None, vision_cache=None):
+    """Load ``vlm_path`` (unless ``vlm`` is given) and build the encoder the settings describe."""
+    from recbole_reveal.fve.cache import VisionFeatureCache
+    from recbole_reveal.fve.encoder import FVEEncoder
+    from recbole_reveal.fve.vlm import load_vlm
+
+    if vlm is None:
+        vlm = load_vlm(settings["vlm_path"], device=settings["fve_device"], dtype=settings["fve_dtype"],
+                       attn_implementation=settings["fve_attn_implementation"])
+    if vision_cache is None:
+        vision_cache = VisionFeatureCache(max_bytes=settings["fve_vision_cache_mb"] * 2**20,
+                                          directory=settings["fve_vision_cache_dir"])
+    return FVEEncoder(vlm, pooling=settings["fve_pooling"], layer=settings["fve_layer"],
+                      min_pixels=settings["fve_min_pixels"], max_pixels=settings["fve_max_pixels"],
+                      batch_size=settings["fve_batch_size"], missing_image=settings["fve_missing_image"],
+                      vision_cache=vision_cache, preprocess_workers=settings["fve_preprocess_workers"])

@@ -1,0 +1,513 @@
+"""FVE's vision encoding (paper eq. 1): a prompt-conditioned item embedding from a frozen VLM.
+
+For each item: the chat template renders one user turn holding the prompt and the image, the
+language model runs on it, the hidden states of one layer (``fve_layer``, default the last) are
+mean-pooled over the positions chosen by ``fve_pooling``, and the vector is L2-normalised.
+
+Why the order matters: Qwen-VL's language model is causal. In the reference code the user turn is
+[image, prompt], so the image-pad positions are computed before the prompt and never attend to it:
+their mean is the same vector whatever the prompt says, and FVE cannot change a single feature.
+``fve_pooling`` therefore offers:
+
+==========================  ==================  ===========================================================
+name                        user turn           pooled positions
+==========================  ==================  ===========================================================
+``image_after_prompt``      [prompt, image]     the image-pad tokens, which now attend to the prompt (default)
+``text_after_image``        [image, prompt]     the prompt's tokens, which attend to the whole image
+``last_token``              [image, prompt]     the last token of ``<|im_start|>assistant\\n`` (the position
+                                                the answer would be generated from; sees everything)
+``reference_image_first``   [image, prompt]     the image-pad tokens: the reference code's embedding, which
+                                                is prompt-invariant; only for reproducing it
+==========================  ==================  ===========================================================
+
+Efficiency: the vision tower's output depends on the image and the pixel budget only, so it is
+computed once per image and kept in a :class:`~recbole_reveal.fve.cache.VisionFeatureCache`; the
+language model then receives it through transformers' ``mm_encoder_outputs``. Sequences are
+tokenised once, sorted by length inside a window and padded per batch. With an
+:class:`~recbole_reveal.fve.cache.EmbeddingCache`, items whose (image, prompt, model, settings) were
+encoded before are not run at all.
+
+Missing images: an item whose image file is missing, empty, unreadable, not decodable, or rejected
+by the image processor (e.g. aspect ratio above 200) gets a fallback row by ``fve_missing_image``:
+``zero`` (default; all zeros, the rule of the static feature extractor) or ``random`` (the reference
+code's N(0, 0.02) vector, L2-normalised, seeded by the item token so it is reproducible). Each call
+logs one warning with the count and item tokens, and returns them in ``EncodeResult.missing``.
+"""
+
+import hashlib
+import inspect
+import io
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from recbole_reveal.fve.cache import VisionFeatureCache, VisionFeatures, embedding_key, sha256_bytes
+from recbole_reveal.fve.vlm import QWEN_SPECIAL_TOKENS
+
+logger = logging.getLogger(__name__)
+
+# pooling name -> (message order, pooled positions, add_generation_prompt)
+POOLINGS = {
+    "image_after_prompt": ("prompt_image", "image", False),
+    "text_after_image": ("image_prompt", "prompt", False),
+    "last_token": ("image_prompt", "last", True),
+    "reference_image_first": ("image_prompt", "image", False),
+}
+DEFAULT_POOLING = "image_after_prompt"
+MISSING_IMAGE_RULES = ("zero", "random")
+CACHE_FORMAT = 1            # bump when the embedding computation changes in a way settings do not show
+PROGRESS_EVERY_S = 10.0
+SORT_WINDOW_BATCHES = 8     # sequences are length-sorted within windows of this many batches
+
+
+@dataclass(frozen=True)
+class ItemRequest:
+    """One item to encode: its token (item_id), the image file, the prompt."""
+
+    token: str
+    image_path: str
+    prompt: str
+
+
+@dataclass
+class EncodeResult:
+    """Output of :meth:`FVEEncoder.encode_items`: rows in request order."""
+
+    tokens: list
+    matrix: np.ndarray
+    encoded: list = field(default_factory=list)      # tokens the language model ran for
+    cached: list = field(default_factory=list)       # tokens served by the embedding cache
+    missing: dict = field(default_factory=dict)      # token -> reason (fallback row written)
+    seconds: float = 0.0
+    vision: dict = field(default_factory=dict)       # vision-cache counters of this call
+
+    def summary(self):
+        return {"items": len(self.tokens), "encoded": len(self.encoded), "cache_hits": len(self.cached),
+                "missing_images": len(self.missing), "missing_image_items": sorted(self.missing),
+                "seconds": round(self.seconds, 3), "vision_cache": self.vision}
+
+
+def _shorten(tokens, limit=20):
+    tokens = list(tokens)
+    more = f" (+{len(tokens) - limit} more)" if len(tokens) > limit else ""
+    return ", ".join(tokens[:limit]) + more
+
+
+class _Job:
+    """One distinct (image, prompt) to run through the language model."""
+
+    __slots__ = ("vision_key", "load_image", "prompt", "key", "fields", "ids", "positions", "vision", "pixels",
+                 "vector", "error")
+
+    def __init__(self, vision_key, load_image, prompt, key=None, fields=None):
+        self.vision_key, self.load_image, self.prompt = vision_key, load_image, prompt
+        self.key, self.fields = key, fields
+        self.ids = self.positions = self.vision = self.pixels = self.vector = self.error = None
+
+
+class FVEEncoder:
+    """Prompt-conditioned item embeddings from a :class:`~recbole_reveal.fve.vlm.LoadedVLM`.
+
+    Args:
+        vlm: the loaded VLM.
+        pooling: one of :data:`POOLINGS` (``fve_pooling``).
+        layer: hidden-state index (``fve_layer``): 0 = input embeddings, ``k`` = after decoder
+            layer k, -1 = the last layer (after the final norm, as the reference code takes it).
+        min_pixels, max_pixels: pixel budget per image (``fve_min_pixels`` / ``fve_max_pixels``); the
+            image is resized keeping its aspect ratio to sides that are multiples of patch x merge
+            size with an area inside the budget. ``None`` = the folder's preprocessor_config.json.
+        batch_size: sequences per language-model forward (``fve_batch_size``).
+        missing_image: ``zero`` or ``random`` (``fve_missing_image``), see the module docstring.
+        padding_side: ``right`` or ``left``; the embedding does not depend on it (tested).
+        vision_cache: a shared :class:`VisionFeatureCache`; default a private 2 GiB in-memory one.
+        preprocess_workers: threads decoding and resizing images ahead of the model
+            (``fve_preprocess_workers``; 0 = on the calling thread).
+    """
+
+    def __init__(self, vlm, pooling=DEFAULT_POOLING, layer=-1, min_pixels=None, max_pixels=None,
+                 batch_size=8, missing_image="zero", padding_side="right", vision_cache=None,
+                 preprocess_workers=4):
+        if pooling not in POOLINGS:
+            raise ValueError(f"fve_pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
+        if missing_image not in MISSING_IMAGE_RULES:
+            raise ValueError(f"fve_missing_image must be one of {', '.join(MISSING_IMAGE_RULES)}; "
+                             f"got {missing_image!r}")
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        if int(batch_size) < 1:
+            raise ValueError(f"fve_batch_size must be >= 1, got {batch_size}")
+        n_states = vlm.num_layers + 1
+        if not -n_states <= int(layer) < n_states:
+            raise ValueError(f"fve_layer {layer} is out of range for a {vlm.num_layers}-layer model "
+                             f"(valid: {-n_states} .. {n_states - 1}; -1 = last layer)")
+        if "mm_encoder_outputs" not in inspect.signature(vlm.model.model.forward).parameters:
+            import transformers
+
+            raise RuntimeError(f"FVE passes cached vision-tower outputs through the `mm_encoder_outputs` argument "
+                               f"of transformers 5; installed transformers {transformers.__version__} lacks it: "
+                               "pip install -U 'transformers>=5.23' (tested with 5.23)")
+        self.vlm = vlm
+        self.pooling = pooling
+        self.order, self.positions, self.generation_prompt = POOLINGS[pooling]
+        self.layer = int(layer) % n_states
+        ip = vlm.image_processor
+        self.min_pixels = int(min_pixels if min_pixels is not None else ip.size["shortest_edge"])
+        self.max_pixels = int(max_pixels if max_pixels is not None else ip.size["longest_edge"])
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError(f"need 0 < fve_min_pixels <= fve_max_pixels, got {self.min_pixels}, {self.max_pixels}")
+        self.batch_size = int(batch_size)
+        self.preprocess_workers = int(preprocess_workers)
+        self.missing_image = missing_image
+        self.padding_side = padding_side
+        self.vision_cache = vision_cache if vision_cache is not None else VisionFeatureCache()
+        self.merge_size = int(ip.merge_size)
+        tok = vlm.tokenizer
+        self.image_token = "<|image_pad|>"
+        self.image_id = vlm.token_id(self.image_token)
+        self.vision_end_id = vlm.token_id("<|vision_end|>")
+        self.im_end_id = vlm.token_id("<|im_end|>")
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else vlm.token_id("<|endoftext|>")
+        self.reserved = sorted(set(QWEN_SPECIAL_TOKENS) | set(tok.all_special_tokens))
+        if vlm.model_type == "qwen3_vl":
+            from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+
+            self._vision_output_cls = BaseModelOutputWithDeepstackFeatures
+        else:
+            from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+            self._vision_output_cls = BaseModelOutputWithPooling
+
+    # ------------------------------------------------------------------ identity
+    def settings(self):
+        """Every option that changes the embedding (part of the embedding-cache key)."""
+        return {"pooling": self.pooling, "layer": self.layer, "min_pixels": self.min_pixels,
+                "max_pixels": self.max_pixels, "dtype": str(self.vlm.dtype).replace("torch.", ""),
+                "format": CACHE_FORMAT}
+
+    def describe(self):
+        """Provenance for the feature set's JSON."""
+        return dict(self.vlm.describe(), fve_pooling=self.pooling, fve_layer=self.layer,
+                    fve_min_pixels=self.min_pixels, fve_max_pixels=self.max_pixels,
+                    fve_missing_image=self.missing_image, l2_normalized=True, dim=self.dim)
+
+    @property
+    def dim(self):
+        return self.vlm.hidden_size
+
+    def _vision_key(self, image_key):
+        blob = f"{image_key}|{self.vlm.model_id}|{self.vlm.dtype}|{self.min_pixels}|{self.max_pixels}"
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    # ------------------------------------------------------------------ public API
+    def embed(self, images, prompts):
+        """Embeddings of PIL ``images`` under ``prompts`` (one each): float32 ``[n, dim]``, no
+        embedding cache, no missing-image rule (a bad image raises)."""
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        jobs = []
+        for image, prompt in zip(images, prompts):
+            self._check_prompt(prompt, "embed()")
+            image = image.convert("RGB")
+            key = "pixels:" + sha256_bytes(f"{image.size}".encode() + image.tobytes())
+            jobs.append(_Job(self._vision_key(key), (lambda im=image: im), prompt))
+        self._run(jobs)
+        bad = [j for j in jobs if j.error]
+        if bad:
+            raise ValueError(f"image could not be processed: {bad[0].error}")
+        return np.stack([j.vector for j in jobs]) if jobs else np.zeros((0, self.dim), np.float32)
+
+    def encode_items(self, requests, cache=None):
+        """Encode ``requests`` (:class:`ItemRequest`), reusing ``cache`` (an EmbeddingCache) when
+        given; returns an :class:`EncodeResult` with rows in request order.
+
+        Each embedding is written to the cache as soon as its batch finishes, so a run killed
+        mid-way resumes with everything finished so far.
+        """
+        start = time.perf_counter()
+        vision_before = self.vision_cache.stats()
+        requests = list(requests)
+        matrix = np.zeros((len(requests), self.dim), dtype=np.float32)
+        result = EncodeResult(tokens=[r.token for r in requests], matrix=matrix)
+        settings = self.settings()
+        encoded, cached, missing = set(), set(), {}      # row indices; row -> reason
+        hits, jobs = {}, {}                              # embedding key -> first row / _Job
+        rows_of = {}                                     # embedding key -> [rows]
+        for i, req in enumerate(requests):
+            self._check_prompt(req.prompt, f"item {req.token}")
+            data, reason = _read_bytes(req.image_path)
+            if data is None:
+                missing[i] = reason
+                continue
+            image_sha = sha256_bytes(data)
+            key, fields = embedding_key(image_sha, req.prompt, self.vlm.model_id, settings)
+            if key in rows_of:                           # a duplicate of an earlier request
+                rows_of[key].append(i)
+                continue
+            rows_of[key] = [i]
+            vec = cache.get(key, self.dim) if cache is not None else None
+            if vec is not None:
+                matrix[i] = vec
+                hits[key] = i
+                continue
+            jobs[key] = _Job(self._vision_key("file:" + image_sha), (lambda p=req.image_path: _decode(p)),
+                             req.prompt, key=key, fields=fields)
+
+        def finish(job):
+            rows = rows_of[job.key]
+            if job.error:
+                missing.update((r, job.error) for r in rows)
+                return
+            matrix[rows] = job.vector
+            encoded.update(rows)
+            if cache is not None:
+                cache.put(job.key, job.vector, job.fields)
+
+        self._run(list(jobs.values()), on_done=finish)
+        for key, first in hits.items():                  # cache hits: copy to their duplicates
+            matrix[rows_of[key]] = matrix[first]
+            cached.update(rows_of[key])
+        for row in missing:
+            matrix[row] = self._fallback(requests[row].token)
+        result.encoded = [requests[r].token for r in sorted(encoded)]
+        result.cached = [requests[r].token for r in sorted(cached)]
+        result.missing = {requests[r].token: missing[r] for r in sorted(missing)}
+        if result.missing:
+            logger.warning("FVE: %d of %d item images missing or unreadable; wrote '%s' rows for: %s",
+                           len(result.missing), len(requests), self.missing_image,
+                           _shorten(f"{t} ({r})" for t, r in result.missing.items()))
+        after = self.vision_cache.stats()
+        result.vision = {k: after[k] - vision_before[k] for k in ("memory_hits", "disk_hits", "misses")}
+        result.seconds = time.perf_counter() - start
+        logger.info("FVE: %d items: %d encoded, %d from cache, %d missing images, %.1f s",
+                    len(requests), len(result.encoded), len(result.cached), len(result.missing), result.seconds)
+        return result
+
+    # ------------------------------------------------------------------ internals
+    def _check_prompt(self, prompt, where):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{where}: empty prompt")
+        bad = [t for t in self.reserved if t in prompt]
+        if bad:
+            raise ValueError(f"{where}: prompt contains reserved chat tokens {bad}: {prompt!r}")
+
+    def _fallback(self, token):
+        if self.missing_image == "zero":
+            return np.zeros(self.dim, dtype=np.float32)
+        seed = int.from_bytes(hashlib.sha256(str(token).encode()).digest()[:8], "little")
+        vec = np.random.default_rng(seed).normal(0.0, 0.02, self.dim)
+        return (vec / np.linalg.norm(vec)).astype(np.float32)
+
+    def _messages(self, prompt):
+        text, image = {"type": "text", "text": prompt}, {"type": "image"}
+        content = [text, image] if self.order == "prompt_image" else [image, text]
+        return [{"role": "user", "content": content}]
+
+    def token_ids(self, prompt, n_image_tokens):
+        """Token ids of the chat-rendered turn with the image expanded to ``n_image_tokens`` pads, as
+        the processor does (the special tokens around the pad split the text, so tokenising the two
+        sides separately gives the same ids), and the pooled positions."""
+        text = self.vlm.processor.apply_chat_template(self._messages(prompt), tokenize=False,
+                                                      add_generation_prompt=self.generation_prompt)
+        if text.count(self.image_token) != 1:
+            raise ValueError(f"the chat template rendered {text.count(self.image_token)} image tokens, expected 1")
+        before, after = text.split(self.image_token)
+        tok = self.vlm.tokenizer
+        ids = tok(before)["input_ids"] + [self.image_id] * n_image_tokens + tok(after)["input_ids"]
+        if self.positions == "image":
+            pos = [k for k, t in enumerate(ids) if t == self.image_id]
+        elif self.positions == "prompt":
+            start = max(k for k, t in enumerate(ids) if t == self.vision_end_id) + 1
+            end = ids.index(self.im_end_id, start)
+            pos = list(range(start, end))
+        else:
+            pos = [len(ids) - 1]
+        if not pos:
+            raise ValueError(f"no positions to pool for prompt {prompt!r} under fve_pooling={self.pooling}")
+        return ids, pos
+
+    def _preprocess(self, job):
+        """Pixel patches and grid of the job's image under the pixel budget, or set ``job.error``."""
+        image = job.load_image()
+        if isinstance(image, str):      # _decode's failure reason
+            job.error = image
+            return
+        try:
+            out = self.vlm.image_processor(images=[image], return_tensors="pt",
+                                           size={"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels})
+        except (ValueError, OSError) as e:
+            job.error = f"image processor rejected it: {e}"
+            return
+        job.pixels = (out["pixel_values"], tuple(int(g) for g in out["image_grid_thw"][0]))
+
+    @torch.inference_mode()
+    def _vision(self, jobs):
+        """Vision features for ``jobs``: from the cache, else one vision-tower pass over every distinct
+        image among them (the outputs go to the cache)."""
+        todo = {}
+        for job in jobs:
+            job.vision = self.vision_cache.peek(job.vision_key)
+            if job.vision is None and job.vision_key not in todo:
+                todo[job.vision_key] = job
+        if todo:
+            pixels = torch.cat([j.pixels[0] for j in todo.values()]).to(self.vlm.device)
+            grid = torch.tensor([j.pixels[1] for j in todo.values()], dtype=torch.long, device=self.vlm.device)
+            out = self.vlm.model.model.get_image_features(pixels, grid, return_dict=True)
+            deepstack = getattr(out, "deepstack_features", None) or []
+            fresh = {}
+            for k, (key, job) in enumerate(todo.items()):
+                fresh[key] = VisionFeatures(out.pooler_output[k].cpu(), [level[k].cpu() for level in deepstack],
+                                            job.pixels[1])
+                self.vision_cache.put(key, fresh[key])
+            for job in jobs:
+                if job.vision is None:
+                    job.vision = fresh[job.vision_key]
+        for job in jobs:
+            job.pixels = None
+
+    def _lookup(self, chunk, pool):
+        """Vision features from the cache, else start decoding + preprocessing the image (in the
+        worker threads when there are any); returns the futures to wait for."""
+        futures = []
+        for job in chunk:
+            job.vision = self.vision_cache.get(job.vision_key)
+            if job.vision is None:
+                if pool is None:
+                    self._preprocess(job)
+                else:
+                    futures.append(pool.submit(self._preprocess, job))
+        return futures
+
+    def _run(self, jobs, on_done=None):
+        """Fill ``job.vector`` (the embedding) or ``job.error`` for every job; ``on_done(job)`` is
+        called as soon as a job is final.
+
+        Jobs go in windows of ``SORT_WINDOW_BATCHES`` batches: while the model runs one window, the
+        worker threads decode and preprocess the images of the next (PIL and numpy release the GIL),
+        so the host keeps the GPU fed. Tokenisation stays on this thread (fast tokenizers are not
+        safe to share between threads). Inside a window, sequences are sorted by length to keep
+        padding small.
+        """
+        start = last_log = time.perf_counter()
+        window = self.batch_size * SORT_WINDOW_BATCHES
+        chunks = [jobs[lo:lo + window] for lo in range(0, len(jobs), window)]
+        pool = ThreadPoolExecutor(self.preprocess_workers) if self.preprocess_workers > 0 and jobs else None
+        done = 0
+        try:
+            pending = self._lookup(chunks[0], pool) if chunks else []
+            for k, chunk in enumerate(chunks):
+                for future in pending:
+                    future.result()
+                pending = self._lookup(chunks[k + 1], pool) if k + 1 < len(chunks) else []
+                ready = []
+                for job in chunk:
+                    if job.error:
+                        if on_done:
+                            on_done(job)
+                        continue
+                    grid = job.vision.grid if job.vision is not None else job.pixels[1]
+                    n_image_tokens = grid[0] * grid[1] * grid[2] // self.merge_size ** 2
+                    job.ids, job.positions = self.token_ids(job.prompt, n_image_tokens)
+                    ready.append(job)
+                ready.sort(key=lambda j: len(j.ids))
+                for b in range(0, len(ready), self.batch_size):
+                    batch = ready[b:b + self.batch_size]
+                    self._vision([j for j in batch if j.vision is None])
+                    for job, vec in zip(batch, self._language(batch)):
+                        job.vector, job.vision = vec, None
+                        if on_done:
+                            on_done(job)
+                    done += len(batch)
+                    now = time.perf_counter()
+                    if now - last_log >= PROGRESS_EVERY_S:
+                        logger.info("FVE: encoded %d/%d (%.1f items/s)", done, len(jobs), done / (now - start))
+                        last_log = now
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    @torch.inference_mode()
+    def _language(self, batch):
+        """One padded language-model forward; returns the pooled, L2-normalised float32 vectors."""
+        device = self.vlm.device
+        length = max(len(j.ids) for j in batch)
+        ids = torch.full((len(batch), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), length), dtype=torch.long)
+        offsets = []
+        for r, job in enumerate(batch):
+            off = length - len(job.ids) if self.padding_side == "left" else 0
+            ids[r, off:off + len(job.ids)] = torch.tensor(job.ids)
+            mask[r, off:off + len(job.ids)] = 1
+            offsets.append(off)
+        feats = [j.vision for j in batch]
+        fields = {"pooler_output": tuple(f.pooler.to(device) for f in feats)}
+        if self.vlm.model_type == "qwen3_vl":
+            fields["deepstack_features"] = [tuple(f.deepstack[level].to(device) for f in feats)
+                                            for level in range(len(feats[0].deepstack))]
+        ids, mask = ids.to(device), mask.to(device)
+        out = self.vlm.model.model(
+            input_ids=ids, attention_mask=mask, mm_token_type_ids=(ids == self.image_id).long(),
+            image_grid_thw=torch.tensor([f.grid for f in feats], dtype=torch.long, device=device),
+            mm_encoder_outputs={"image": self._vision_output_cls(**fields)},
+            output_hidden_states=self.layer != self.vlm.num_layers, use_cache=False)
+        hidden = out.last_hidden_state if self.layer == self.vlm.num_layers else out.hidden_states[self.layer]
+        pooled = torch.stack([hidden[r, torch.tensor(job.positions, device=device) + off].float().mean(0)
+                              for r, (job, off) in enumerate(zip(batch, offsets))])
+        return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+
+
+def _read_bytes(path):
+    """``(bytes, None)`` or ``(None, reason)`` for a missing or empty file."""
+    if not path:
+        return None, "no image path"
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return None, f"unreadable: {e.strerror or e}" if os.path.exists(path) else "file not found"
+    if not data:
+        return None, "empty file"
+    return data, None
+
+
+def _decode(path):
+    """The RGB image at ``path``, or a string saying why it cannot be used."""
+    from PIL import Image
+
+    data, reason = _read_bytes(path)
+    if data is None:
+        return reason
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+        return f"not a decodable image: {e}"
+
+
+def item_requests(items, records, dataset_dir):
+    """:class:`ItemRequest` per item of ``items`` (``read_items`` output) with its prompt from
+    ``records`` (prompt-file records); image paths are relative to ``dataset_dir``. Every item needs
+    a prompt; prompts for unknown items are an error (a prompt file from another dataset)."""
+    prompts = {r["item_id"]: r["prompt"] for r in records}
+    known = {it.item_id for it in items}
+    missing = [it.item_id for it in items if it.item_id not in prompts]
+    extra = sorted(set(prompts) - known)
+    if missing or extra:
+        raise ValueError(f"prompts do not match the items: {len(missing)} items without a prompt "
+                         f"({_shorten(missing)}), {len(extra)} prompts for unknown items ({_shorten(extra)})")
+    return [ItemRequest(it.item_id, os.path.join(dataset_dir, it.image) if it.image else "", prompts[it.item_id])
+            for it in items]
+
+
+def save_encoding(result, encoder, feature_dir, name, metadata=None):
+    """Write ``result`` as feature set ``name`` (e.g. ``fve/cycle_1``) with provenance: the encoder's
+    settings, the encode summary (cache hits, missing images) and ``metadata``."""
+    from recbole_reveal.data.feature_store import save_item_features
+
+    meta = dict(encoder.describe(), **result.summary(), **(metadata or {}))
+    return save_item_features(feature_dir, name, result.tokens, result.matrix, meta)

@@ -1,0 +1,362 @@
+"""FVE's initial prompts (paper §4.3.3): review keywords + item metadata -> one prompt per item.
+
+Keywords of an item, from the dataset's ``<name>.review`` file (``user_id:token item_id:token
+timestamp:float review:token``):
+
+1. reviews used: ``exclude_eval`` (default) drops, per user, the reviews of the user's last two
+   interactions in ``<name>.inter`` -- the validation and test targets of the leave-one-out split --
+   so item prompts carry no text written at evaluation time; ``all`` uses every review (the
+   reference code);
+2. each review: lowercased; apostrophes removed (``don't`` -> ``dont``); every other character that
+   is not a letter or digit is a separator; tokens that are stop words (:data:`ENGLISH_STOP_WORDS`, or
+   the file ``fve_stopwords``), a single character, or only digits are dropped;
+3. the item's keywords: its ``fve_keywords_topk`` (5) most frequent tokens over the kept reviews
+   (occurrences), ties broken alphabetically, so the result never depends on file order.
+
+Prompts come from the templates in ``properties/fve/templates.yaml`` (see there): ``{title}``,
+``{category}`` (most specific category, i.e. the last of ``categories``), ``{categories}``,
+``{brand}``, ``{keywords}`` (", "-joined), ``{item_id}``. ``token_seq`` fields are space-separated
+tokens in which ``_`` stands for a space.
+
+Prompt files are JSON lines, UTF-8, one object per item in ``.item`` order::
+
+    {"item_id": "i0000", "prompt": "An item image of a Backpacks. ...", "keywords": ["blue", ...]}
+
+``item_id`` and ``prompt`` (non-empty strings) are required; other keys are kept as they are (the
+cycle loop adds its own). ``python -m recbole_reveal.fve.prompts --dataset NAME`` writes the initial
+prompts of a dataset.
+"""
+
+import argparse
+import json
+import logging
+import os
+import re
+import string
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import yaml
+
+from recbole_reveal.errors import ConfigError
+from recbole_reveal.features.extract import read_atomic
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_TEMPLATES = os.path.join(PROJECT_ROOT, "properties", "fve", "templates.yaml")
+
+ITEM_FIELDS = ("title", "category", "categories", "brand", "keywords", "item_id")
+# template key -> the placeholders it may use (None: a mapping or number, not a template)
+TEMPLATE_FIELDS = {
+    "initial_prompt": ITEM_FIELDS,
+    "initial_prompt_no_keywords": ITEM_FIELDS,
+    "evaluation_instruction": (),
+    "rewrite_instruction": ("evaluation_instruction", "prompt", "title", "category", "brand",
+                            "review_summary", "feedback", "goal", "max_words"),
+    "empty_field": None,
+    "rewrite_goals": None,
+    "rewrite_max_words": None,
+}
+
+# A general-purpose English stop-word list: articles, pronouns, auxiliaries, prepositions,
+# conjunctions, common adverbs/determiners, and contractions written without their apostrophe (the
+# tokeniser removes apostrophes). Content words -- including review words such as "love", "great" or
+# "quality" -- are kept: which of them matter is for the critic to decide, not this list.
+ENGLISH_STOP_WORDS = frozenset("""
+a about above after again against all also am an and any are as at be because been before being
+below between both but by can cannot could did do does doing down during each either else ever few
+for from further had has have having he her here hers herself him himself his how however if in
+into is it its itself just least less let like may me might mine more most much must my myself
+neither no nor not now of off often on once only or other ought our ours ourselves out over own
+per quite rather really same shall she should since so some such than that the their theirs them
+themselves then there these they this those though through thus to too under until up upon us very
+was we were what whatever when whenever where whereas wherever whether which while who whoever
+whom whose why will with within without would yet you your yours yourself yourselves
+aint arent cant couldnt didnt doesnt dont hadnt hasnt havent hed hes id ill im isnt ive lets
+mightnt mustnt neednt shant shed shes shouldnt thats theres theyd theyll theyre theyve wasnt wed
+werent weve whats wheres whos wont wouldnt youd youll youre youve
+""".split())
+
+_APOSTROPHES = re.compile(r"['\u2019\u02bc`]")
+_WORD = re.compile(r"[^\W_]+")   # runs of letters/digits (any script); "_" and punctuation separate
+
+
+@dataclass(frozen=True)
+class ItemMeta:
+    item_id: str
+    title: str
+    categories: tuple
+    brand: str
+    image: str
+
+
+def tokenize_review(text, stop_words=ENGLISH_STOP_WORDS):
+    """Keyword candidates of one review, in order (rule 2 of the module docstring)."""
+    words = _WORD.findall(_APOSTROPHES.sub("", text.lower()))
+    return [w for w in words if len(w) > 1 and not w.isdigit() and w not in stop_words]
+
+
+def extract_keywords(reviews, top_k=5, stop_words=ENGLISH_STOP_WORDS):
+    """The ``top_k`` most frequent candidates over ``reviews``; ties alphabetical."""
+    counts = Counter()
+    for review in reviews:
+        counts.update(tokenize_review(review, stop_words))
+    return [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]]
+
+
+def load_stop_words(path=None):
+    """The built-in list, or the words of ``path`` (one per line, ``#`` comments, lowercased)."""
+    if not path:
+        return ENGLISH_STOP_WORDS
+    if not os.path.isfile(path):
+        raise ConfigError(f"fve_stopwords: file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        return frozenset(w.strip().lower() for w in f if w.strip() and not w.lstrip().startswith("#"))
+
+
+def _clean(value):
+    """An atomic-file value as text: ``_`` inside tokens means a space; whitespace collapsed."""
+    return " ".join(value.replace("_", " ").split())
+
+
+def read_items(item_path):
+    """The items of a ``.item`` file in file order (title / categories / brand / image optional)."""
+    if not os.path.isfile(item_path):
+        raise FileNotFoundError(f"item file not found: {item_path}")
+    columns, _, rows = read_atomic(item_path)
+    if "item_id" not in columns:
+        raise ValueError(f"{item_path}: no item_id column (columns: {columns})")
+    col = {c: columns.index(c) for c in columns}
+
+    def get(row, name):
+        return row[col[name]] if name in col else ""
+
+    items, seen = [], set()
+    for row in rows:
+        token = row[col["item_id"]]
+        if token in seen:
+            raise ValueError(f"{item_path}: duplicate item_id {token!r}")
+        seen.add(token)
+        items.append(ItemMeta(item_id=token, title=_clean(get(row, "title")),
+                              categories=tuple(_clean(c) for c in get(row, "categories").split() if _clean(c)),
+                              brand=_clean(get(row, "brand")), image=get(row, "image")))
+    return items
+
+
+def evaluation_holdout(inter_path, n_holdout=2):
+    """``{(user, item, timestamp)}`` of each user's last ``n_holdout`` interactions (timestamp order,
+    ties by file order): the leave-one-out validation and test targets."""
+    columns, _, rows = read_atomic(inter_path)
+    for needed in ("user_id", "item_id"):
+        if needed not in columns:
+            raise ValueError(f"{inter_path}: no {needed} column (columns: {columns})")
+    u, i = columns.index("user_id"), columns.index("item_id")
+    t = columns.index("timestamp") if "timestamp" in columns else None
+    per_user = defaultdict(list)
+    for line, row in enumerate(rows):
+        ts = float(row[t]) if t is not None and row[t] != "" else None
+        per_user[row[u]].append(((ts if ts is not None else 0.0), line, row[i], ts))
+    held = set()
+    for user, events in per_user.items():
+        for _, _, item, ts in sorted(events)[-n_holdout:]:
+            held.add((user, item, ts))
+    return held
+
+
+def read_reviews(review_path, holdout=None):
+    """``{item: [review, ...]}`` from a ``.review`` file, without the ``holdout`` interactions."""
+    columns, _, rows = read_atomic(review_path)
+    for needed in ("item_id", "review"):
+        if needed not in columns:
+            raise ValueError(f"{review_path}: no {needed} column (columns: {columns})")
+    i, r = columns.index("item_id"), columns.index("review")
+    u = columns.index("user_id") if "user_id" in columns else None
+    t = columns.index("timestamp") if "timestamp" in columns else None
+    if holdout and u is None:
+        raise ValueError(f"{review_path}: excluding evaluation reviews needs a user_id column; "
+                         "set fve_keyword_reviews: all to use every review")
+    reviews, dropped = defaultdict(list), 0
+    for row in rows:
+        if holdout:
+            ts = float(row[t]) if t is not None and row[t] != "" else None
+            if (row[u], row[i], ts) in holdout or (row[u], row[i], None) in holdout:
+                dropped += 1
+                continue
+        reviews[row[i]].append(row[r])
+    logger.info("read %d reviews of %d items from %s (%d evaluation-time reviews left out)",
+                sum(map(len, reviews.values())), len(reviews), review_path, dropped)
+    return reviews
+
+
+def item_keywords(dataset, data_path, top_k=5, reviews="exclude_eval", stop_words=ENGLISH_STOP_WORDS):
+    """``{item: [keyword, ...]}`` for the items that have reviews ({} when there is no .review file)."""
+    if reviews not in ("exclude_eval", "all"):
+        raise ConfigError(f"fve_keyword_reviews must be 'exclude_eval' or 'all', got {reviews!r}")
+    root = os.path.join(data_path, dataset)
+    review_path = os.path.join(root, f"{dataset}.review")
+    if not os.path.isfile(review_path):
+        logger.warning("no review file %s: every initial prompt uses initial_prompt_no_keywords", review_path)
+        return {}
+    holdout = None
+    if reviews == "exclude_eval":
+        inter_path = os.path.join(root, f"{dataset}.inter")
+        if not os.path.isfile(inter_path):
+            raise FileNotFoundError(f"fve_keyword_reviews: exclude_eval needs {inter_path} to find the "
+                                    "evaluation interactions (or set fve_keyword_reviews: all)")
+        holdout = evaluation_holdout(inter_path)
+    return {item: extract_keywords(texts, top_k, stop_words)
+            for item, texts in read_reviews(review_path, holdout).items()}
+
+
+def template_fields(template):
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+
+
+def load_templates(path=None):
+    """The templates file (default ``properties/fve/templates.yaml``), checked: every key of
+    :data:`TEMPLATE_FIELDS` present, placeholders allowed, goals ``pos`` and ``neg``."""
+    path = path or DEFAULT_TEMPLATES
+    if not os.path.isfile(path):
+        raise ConfigError(f"fve_templates: file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        templates = yaml.safe_load(f) or {}
+    missing = [k for k in TEMPLATE_FIELDS if k not in templates]
+    if missing:
+        raise ConfigError(f"{path}: missing template keys {missing}")
+    for key, allowed in TEMPLATE_FIELDS.items():
+        if allowed is None:
+            continue
+        if not isinstance(templates[key], str) or not templates[key].strip():
+            raise ConfigError(f"{path}: {key} must be a non-empty string")
+        try:
+            used = template_fields(templates[key])
+        except ValueError as e:
+            raise ConfigError(f"{path}: {key} is not a valid template ({e})") from e
+        bad = sorted(f for f in used if f not in allowed)
+        if bad:
+            raise ConfigError(f"{path}: {key} uses unknown placeholders {bad}; allowed: {sorted(allowed)}")
+    if not isinstance(templates["empty_field"], dict):
+        raise ConfigError(f"{path}: empty_field must be a mapping (title/category/brand -> text)")
+    goals = templates["rewrite_goals"]
+    if not isinstance(goals, dict) or set(goals) != {"pos", "neg"}:
+        raise ConfigError(f"{path}: rewrite_goals must have exactly the keys pos and neg")
+    if not isinstance(templates["rewrite_max_words"], int) or templates["rewrite_max_words"] < 1:
+        raise ConfigError(f"{path}: rewrite_max_words must be a positive integer")
+    templates["_path"] = path
+    return templates
+
+
+def render(templates, key, **fields):
+    """Fill template ``key``; every placeholder it uses must be given."""
+    template = templates[key]
+    missing = sorted(template_fields(template) - set(fields))
+    if missing:
+        raise ValueError(f"template {key} ({templates.get('_path')}) needs {missing}")
+    return template.format(**fields)
+
+
+def item_fields(item, keywords, templates):
+    """The placeholder values of ``item`` (empty values replaced by ``empty_field``)."""
+    empty = templates["empty_field"]
+    category = item.categories[-1] if item.categories else ""
+    return {"title": item.title or empty.get("title", ""),
+            "category": category or empty.get("category", ""),
+            "categories": ", ".join(item.categories) or empty.get("category", ""),
+            "brand": item.brand or empty.get("brand", ""),
+            "keywords": ", ".join(keywords), "item_id": item.item_id}
+
+
+def initial_prompt(item, keywords, templates):
+    key = "initial_prompt" if keywords else "initial_prompt_no_keywords"
+    return " ".join(render(templates, key, **item_fields(item, keywords, templates)).split())
+
+
+def build_initial_prompts(dataset, data_path, templates=None, top_k=5, reviews="exclude_eval", stop_words=None):
+    """One record per item of ``<data_path>/<dataset>/<dataset>.item``, in file order:
+    ``{"item_id", "prompt", "keywords"}``."""
+    templates = templates if isinstance(templates, dict) else load_templates(templates)
+    stop_words = stop_words if isinstance(stop_words, frozenset) else load_stop_words(stop_words)
+    if int(top_k) < 1:
+        raise ConfigError(f"fve_keywords_topk must be >= 1, got {top_k}")
+    items = read_items(os.path.join(data_path, dataset, f"{dataset}.item"))
+    keywords = item_keywords(dataset, data_path, int(top_k), reviews, stop_words)
+    records = [{"item_id": it.item_id, "prompt": initial_prompt(it, keywords.get(it.item_id, []), templates),
+                "keywords": keywords.get(it.item_id, [])} for it in items]
+    without = sum(1 for r in records if not r["keywords"])
+    if without:
+        logger.info("%d of %d items have no review keywords (initial_prompt_no_keywords)", without, len(records))
+    return records
+
+
+def write_prompts(path, records):
+    """Write prompt records as JSON lines, atomically (temporary file, then rename)."""
+    records = list(records)
+    _check_records(records, path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".jsonl")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _check_records(records, where):
+    seen = set()
+    for n, rec in enumerate(records, 1):
+        if not isinstance(rec, dict):
+            raise ValueError(f"{where}: record {n} is not an object")
+        for key in ("item_id", "prompt"):
+            if not isinstance(rec.get(key), str) or not rec[key].strip():
+                raise ValueError(f"{where}: record {n} needs a non-empty string '{key}'")
+        if rec["item_id"] in seen:
+            raise ValueError(f"{where}: record {n}: duplicate item_id {rec['item_id']!r}")
+        seen.add(rec["item_id"])
+
+
+def read_prompts(path):
+    """The records of a prompt file (list, file order); malformed lines are errors naming the line."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"prompt file not found: {path}")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not a JSON object ({e.msg})") from e
+    _check_records(records, path)
+    return records
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Write FVE's initial prompt per item (JSON lines).")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data_path", default="dataset_atomic")
+    p.add_argument("--out", help="output file (default <data_path>/<dataset>/fve/prompts_initial.jsonl)")
+    p.add_argument("--templates", help=f"templates file (default {os.path.relpath(DEFAULT_TEMPLATES)})")
+    p.add_argument("--top_k", type=int, default=5)
+    p.add_argument("--reviews", choices=["exclude_eval", "all"], default="exclude_eval")
+    p.add_argument("--stopwords", help="stop-word file, one per line (default: the built-in English list)")
+    a = p.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    records = build_initial_prompts(a.dataset, a.data_path, a.templates, a.top_k, a.reviews, a.stopwords)
+    out = a.out or os.path.join(a.data_path, a.dataset, "fve", "prompts_initial.jsonl")
+    write_prompts(out, records)
+    logger.info("wrote %d prompts to %s", len(records), out)
+    return out
+
+
+if __name__ == "__main__":
+    main()

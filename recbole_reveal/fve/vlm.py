@@ -1,0 +1,468 @@
+"""Load a local Qwen2.5-VL / Qwen3-VL folder for FVE, without torchvision.
+
+* :func:`load_vlm` checks the folder (:func:`check_vlm_folder`: a clear error naming the missing
+  files and the download command), loads the model with ``local_files_only=True`` (bf16 on GPU,
+  fp32 on CPU) and builds the processor with :func:`build_processor`.
+* The processor is assembled from its parts: the fast tokenizer, the PIL image processor and the
+  folder's chat template, with no video processor. ``AutoProcessor`` cannot be used: it insists on
+  the video processor, which imports torchvision, and torchvision does not import beside torch
+  2.13. FVE only ever feeds still images.
+* :func:`build_tiny_qwen2_5_vl` / :func:`build_tiny_qwen3_vl` write a randomly initialised model of
+  the real classes (plus a small byte-level BPE tokenizer with the real Qwen special tokens, the
+  Qwen chat template and an image-processor config) as an ordinary local folder, so tests and the
+  CPU benchmark go through exactly the loading path a real checkpoint takes.
+* :func:`random_qwen2_5_vl` builds random weights at the real 3B / 7B shapes in memory, for
+  throughput measurements on a GPU without downloading anything.
+"""
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from recbole_reveal.errors import RevealUserError
+
+logger = logging.getLogger(__name__)
+
+# model_type in config.json -> (model class, processor class, a checkpoint to download)
+SUPPORTED_MODELS = {
+    "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", "Qwen/Qwen2.5-VL-7B-Instruct"),
+    "qwen3_vl": ("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", "Qwen/Qwen3-VL-8B-Instruct"),
+}
+
+# The 22 special tokens of the Qwen2/2.5 vocabulary, in id order (151643 ... 151664 in the real one).
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
+    "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>",
+]
+
+# The chat template Qwen2-VL / Qwen2.5-VL Instruct checkpoints ship (chat_template.json): a default
+# system turn, images as <|vision_start|><|image_pad|><|vision_end|> in message order.
+QWEN2_5_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Qwen3-VL's template has no default system turn; otherwise the same structure for text + images.
+QWEN3_VL_CHAT_TEMPLATE = QWEN2_5_VL_CHAT_TEMPLATE.replace(
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}", "")
+
+# Published config.json values of the two checkpoints the paper's Table 6 compares.
+REAL_SHAPES = {
+    "7b": dict(
+        text=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                  num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000,
+                  rope_theta=1e6, mrope_section=[16, 24, 24], tie_word_embeddings=False),
+        vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                    window_size=112, fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2)),
+    "3b": dict(
+        text=dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                  num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000,
+                  rope_theta=1e6, mrope_section=[16, 24, 24], tie_word_embeddings=True),
+        vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                    window_size=112, fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2)),
+}
+
+SMALL_FILE_LIMIT = 64 * 2**20   # files up to this size are hashed whole for the model id
+WEIGHT_SAMPLES, SAMPLE_BYTES = 16, 64 * 2**10
+
+
+class VLMUnavailable(RevealUserError, FileNotFoundError):
+    """The VLM folder is missing or incomplete; the message names what to download."""
+
+
+@dataclass
+class LoadedVLM:
+    """A frozen VLM ready for FVE: model (eval mode), processor, and the ids FVE needs."""
+
+    model: torch.nn.Module
+    processor: object
+    model_type: str
+    model_id: str            # content hash of the folder (see vlm_model_id); part of every cache key
+    path: str = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def image_processor(self):
+        return self.processor.image_processor
+
+    def token_id(self, token):
+        tid = self.tokenizer.convert_tokens_to_ids(token)
+        if tid is None or tid == self.tokenizer.unk_token_id and token != self.tokenizer.unk_token:
+            raise ValueError(f"the VLM tokenizer has no token {token!r}")
+        return tid
+
+    @property
+    def hidden_size(self):
+        return int(self.model.config.text_config.hidden_size)
+
+    @property
+    def num_layers(self):
+        return int(self.model.config.text_config.num_hidden_layers)
+
+    def describe(self):
+        return {"vlm_path": self.path, "vlm_model_type": self.model_type, "vlm_model_id": self.model_id,
+                "vlm_dtype": str(self.dtype).replace("torch.", ""), "vlm_hidden_size": self.hidden_size}
+
+
+def _download_hint(path, model_type=None):
+    repo = SUPPORTED_MODELS.get(model_type, SUPPORTED_MODELS["qwen2_5_vl"])[2]
+    return (f"Download the whole model repository on a machine with internet, e.g. "
+            f"`hf download {repo} --local-dir {path}` (or `huggingface-cli download {repo} "
+            f"--local-dir {path}`), copy it here and set vlm_path to that folder. Any Qwen2.5-VL or "
+            f"Qwen3-VL checkpoint works ({', '.join(v[2] for v in SUPPORTED_MODELS.values())}, ...).")
+
+
+def _chat_template_of(path):
+    """The folder's chat template: chat_template.jinja, chat_template.json, then tokenizer_config.json."""
+    jinja = os.path.join(path, "chat_template.jinja")
+    if os.path.isfile(jinja):
+        with open(jinja, encoding="utf-8") as f:
+            return f.read()
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        p = os.path.join(path, name)
+        if os.path.isfile(p):
+            with open(p, encoding="utf-8") as f:
+                template = json.load(f).get("chat_template")
+            if isinstance(template, str) and template:
+                return template
+    return None
+
+
+def _weight_files(path):
+    """The weight files the folder needs (from the shard index when there is one), or None."""
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        p = os.path.join(path, index)
+        if os.path.isfile(p):
+            with open(p, encoding="utf-8") as f:
+                return sorted(set(json.load(f)["weight_map"].values()))
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if os.path.isfile(os.path.join(path, single)):
+            return [single]
+    return None
+
+
+def check_vlm_folder(path):
+    """Check that ``path`` holds a complete supported VLM; returns its parsed config.json.
+
+    Raises :class:`VLMUnavailable` listing every missing file (config, every weight shard, tokenizer,
+    image-processor config, chat template) and the command to download the checkpoint.
+    """
+    if not path:
+        raise VLMUnavailable("no VLM given: set vlm_path to a local Qwen2.5-VL or Qwen3-VL folder. "
+                             + _download_hint("/models/Qwen2.5-VL-7B-Instruct"))
+    path = str(path)
+    if not os.path.isdir(path):
+        raise VLMUnavailable(f"vlm_path {path} is not a folder. " + _download_hint(path))
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise VLMUnavailable(f"vlm_path {path} is incomplete: missing config.json. " + _download_hint(path))
+    with open(cfg_path, encoding="utf-8") as f:
+        config = json.load(f)
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODELS:
+        raise VLMUnavailable(f"{cfg_path}: model_type {model_type!r} is not supported for FVE "
+                             f"(supported: {', '.join(SUPPORTED_MODELS)}). " + _download_hint(path))
+    missing = []
+    weights = _weight_files(path)
+    if weights is None:
+        missing.append("model.safetensors (or model.safetensors.index.json and its shards)")
+    else:
+        missing += [w for w in weights if not os.path.isfile(os.path.join(path, w))]
+    if not (os.path.isfile(os.path.join(path, "tokenizer.json"))
+            or all(os.path.isfile(os.path.join(path, n)) for n in ("vocab.json", "merges.txt"))):
+        missing.append("tokenizer.json (or vocab.json + merges.txt)")
+    if not os.path.isfile(os.path.join(path, "tokenizer_config.json")):
+        missing.append("tokenizer_config.json")
+    if not os.path.isfile(os.path.join(path, "preprocessor_config.json")):
+        missing.append("preprocessor_config.json")
+    if _chat_template_of(path) is None:
+        missing.append("chat_template.json (or chat_template.jinja, or a chat_template in tokenizer_config.json)")
+    if missing:
+        raise VLMUnavailable(f"vlm_path {path} is incomplete: missing {'; '.join(missing)}. "
+                             + _download_hint(path, model_type))
+    return config
+
+
+def vlm_model_id(path):
+    """A content hash identifying the checkpoint, cheap even for 16 GB of weights.
+
+    Every file up to 64 MiB (configs, tokenizer, chat template, small weights) is hashed whole; a
+    larger file contributes its size and 16 evenly spaced 64 KiB samples, so re-downloaded or copied
+    weights keep their id and different weights (another size, a fine-tune) get another one.
+    """
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        p = os.path.join(path, name)
+        if not os.path.isfile(p) or name.startswith("."):
+            continue
+        size = os.path.getsize(p)
+        h.update(f"{name}\0{size}\0".encode())
+        with open(p, "rb") as f:
+            if size <= SMALL_FILE_LIMIT:
+                h.update(f.read())
+            else:
+                for k in range(WEIGHT_SAMPLES):
+                    f.seek((size - SAMPLE_BYTES) * k // (WEIGHT_SAMPLES - 1))
+                    h.update(f.read(SAMPLE_BYTES))
+    return h.hexdigest()[:20]
+
+
+def _transformers_class(name):
+    import transformers
+
+    return getattr(transformers, name)
+
+
+def image_only_processor_class(processor_cls):
+    """``processor_cls`` (Qwen2_5_VLProcessor, Qwen3VLProcessor) without its video processor.
+
+    ProcessorMixin takes its sub-processors from the parameter names of ``__init__`` and checks
+    each against its base class; the video base class is unimportable without torchvision. A
+    subclass whose ``__init__`` names only the image processor and the tokenizer passes the checks,
+    keeps every text/image method of the real processor, and sets ``video_processor = None``.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        processor_cls.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+        self.video_processor = None
+
+    return type(processor_cls.__name__ + "ImageOnly", (processor_cls,), {"__init__": __init__})
+
+
+def build_processor(path, model_type=None):
+    """The folder's processor (tokenizer + PIL image processor + chat template), no torchvision."""
+    from transformers import AutoTokenizer
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    path = str(path)
+    if model_type is None:
+        model_type = check_vlm_folder(path)["model_type"]
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    # Qwen2.5-VL and Qwen3-VL share this image processor class; the folder's preprocessor_config.json
+    # sets patch size (14 / 16), merge size, mean/std and the default pixel budget.
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
+    cls = image_only_processor_class(_transformers_class(SUPPORTED_MODELS[model_type][1]))
+    return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=_chat_template_of(path))
+
+
+def resolve_device(device="auto"):
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype, device):
+    """``auto``: bf16 on a GPU (the paper's compute dtype), fp32 on CPU (bf16 matmuls are slow there)."""
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+             "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+    if dtype not in names:
+        raise ValueError(f"fve_dtype must be one of auto, {', '.join(names)}; got {dtype!r}")
+    return names[dtype]
+
+
+def load_vlm(path, device="auto", dtype="auto", attn_implementation=None):
+    """Load the VLM folder ``path`` (``local_files_only=True``) in eval mode with frozen weights."""
+    config = check_vlm_folder(path)
+    model_type = config["model_type"]
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    model_cls = _transformers_class(SUPPORTED_MODELS[model_type][0])
+    kwargs = {"local_files_only": True, "dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if device.type == "cuda":
+        kwargs["device_map"] = {"": str(device)}  # load straight onto the GPU
+    model = model_cls.from_pretrained(str(path), **kwargs)
+    model = model.to(device).eval().requires_grad_(False)
+    processor = build_processor(path, model_type)
+    vlm = LoadedVLM(model=model, processor=processor, model_type=model_type, model_id=vlm_model_id(path),
+                    path=os.path.abspath(path), device=device, dtype=dtype)
+    logger.info("loaded VLM %s (%s, id %s) on %s in %s", path, model_type, vlm.model_id, device, dtype)
+    return vlm
+
+
+# --------------------------------------------------------------------------------------------------
+# Test and benchmark support: tiny random models saved as real folders, random real-shape models.
+
+# A fixed English corpus for the scratch tokenizer: prompt-like text, so prompts tokenise into a
+# realistic number of pieces rather than one token per byte.
+_TOKENIZER_CORPUS = (
+    "An item image of a backpack. Item name: Vertex backpack ZH-224. Users often mention: blue, "
+    "sturdy, zipper, straps, pockets. Focus on the overall appearance of the item. You are a helpful "
+    "assistant. The colour, pattern, shape, material, texture, stripes, dots, checks and size of the "
+    "product; a watch, a mug, a tent, a lamp, a perfume bottle, a shoe, a jacket. Assess whether the "
+    "current prompt effectively extracts visual features for recommendation by comparing the "
+    "prediction with the ground truth. ANALYSIS: NEW_PROMPT: red green yellow purple orange white "
+    "black grey brown pink. Arrived on time, works as described, would buy again, recommended."
+)
+
+
+def build_scratch_tokenizer(vocab_size=600):
+    """A byte-level BPE ``Qwen2Tokenizer`` trained on a fixed corpus, with Qwen's special tokens.
+
+    Same pre-tokenisation (Qwen's split regex + byte level) and the same special-token strings as the
+    real tokenizer; ids differ (the model config is built from this tokenizer's ids). Deterministic.
+    """
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator([_TOKENIZER_CORPUS] * 4, trainer)
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    tokenizer = Qwen2Tokenizer(vocab=model["vocab"], merges=merges)
+    tokenizer.add_tokens(QWEN_SPECIAL_TOKENS, special_tokens=True)
+    return tokenizer
+
+
+def _special_ids(tokenizer):
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    return dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"]), ids
+
+
+def _qwen2_5_vl_config(tokenizer, text, vision):
+    from transformers import Qwen2_5_VLConfig
+
+    tokens, ids = _special_ids(tokenizer)
+    text = dict(text)
+    rope = {"rope_type": "default", "rope_theta": text.pop("rope_theta"), "mrope_section": text.pop("mrope_section")}
+    text_config = dict(text, rope_parameters=rope, bos_token_id=ids["<|endoftext|>"],
+                       eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    vision_config = dict(dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2), **vision)
+    return Qwen2_5_VLConfig(text_config=text_config, vision_config=vision_config, **tokens)
+
+
+TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=4096, rope_theta=1e6,
+                 mrope_section=[2, 3, 3], tie_word_embeddings=True)
+TINY_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                   window_size=112, fullatt_block_indexes=[1])
+
+
+def _save_folder(folder, model, tokenizer, image_processor, chat_template):
+    os.makedirs(folder, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    image_processor.save_pretrained(folder)
+    # chat_template.json is where the released Qwen-VL checkpoints keep it
+    with open(os.path.join(folder, "chat_template.json"), "w", encoding="utf-8") as f:
+        json.dump({"chat_template": chat_template}, f, indent=2)
+    return folder
+
+
+def build_tiny_qwen2_5_vl(folder, seed=0):
+    """Write a tiny randomly initialised Qwen2.5-VL (~0.2 M parameters: text hidden 64, 2 layers;
+    vision depth 2, hidden 32) with the real classes as a local folder; returns ``folder``."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = build_scratch_tokenizer()
+    config = _qwen2_5_vl_config(tokenizer, dict(TINY_TEXT, vocab_size=len(tokenizer)), TINY_VISION)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
+    return _save_folder(folder, model, tokenizer, image_processor, QWEN2_5_VL_CHAT_TEMPLATE)
+
+
+def build_tiny_qwen3_vl(folder, seed=0):
+    """As :func:`build_tiny_qwen2_5_vl` for Qwen3-VL (patch 16, DeepStack features at both vision
+    layers), to exercise the second supported family."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = build_scratch_tokenizer()
+    tokens, ids = _special_ids(tokenizer)
+    text_config = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+                       rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 3, 3],
+                                        "mrope_interleaved": True},
+                       bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                       pad_token_id=ids["<|endoftext|>"])
+    vision_config = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                         patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                         deepstack_visual_indexes=[0, 1], num_position_embeddings=64)
+    config = Qwen3VLConfig(text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, **tokens)
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config).eval()
+    image_processor = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
+                                               min_pixels=64 * 64, max_pixels=32 * 32 * 1024,
+                                               image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    return _save_folder(folder, model, tokenizer, image_processor, QWEN3_VL_CHAT_TEMPLATE)
+
+
+def random_qwen2_5_vl(shape, device="cuda", dtype="auto", seed=0, attn_implementation=None):
+    """Random weights at the real Qwen2.5-VL-3B or -7B shape (``shape`` = "3b" / "7b"; "tiny" is the
+    test model's shape), built in memory on ``device`` in the compute dtype, with the scratch
+    tokenizer and the released image-processor settings.
+
+    For throughput and memory measurements only: the compute per item is the real checkpoint's
+    (same layers, widths, heads, vision tower, image tokens); the embeddings mean nothing. The
+    scratch tokenizer splits prompts into somewhat more tokens than Qwen's 151 k vocabulary, so the
+    measured cost is slightly pessimistic.
+    """
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    shapes = dict(REAL_SHAPES, tiny=dict(text=TINY_TEXT, vision=TINY_VISION))
+    if shape not in shapes:
+        raise ValueError(f"shape must be one of {sorted(shapes)}, got {shape!r}")
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    tokenizer = build_scratch_tokenizer()
+    text = dict(shapes[shape]["text"])
+    text.setdefault("vocab_size", len(tokenizer))
+    config = _qwen2_5_vl_config(tokenizer, text, shapes[shape]["vision"])
+    if attn_implementation:
+        config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    with torch.device(device):   # initialise on the device, in the compute dtype: no fp32 copy of 8 B weights
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+    model = model.eval().requires_grad_(False)
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
+    processor = image_only_processor_class(_transformers_class("Qwen2_5_VLProcessor"))(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN2_5_VL_CHAT_TEMPLATE)
+    return LoadedVLM(model=model, processor=processor, model_type="qwen2_5_vl",
+                     model_id=f"random-qwen2.5-vl-{shape}-seed{seed}", path=None, device=device, dtype=dtype)
+
+
+def real_shape_config(shape):
+    """The Qwen2_5_VLConfig of the released 3B / 7B checkpoint (with the scratch tokenizer's
+    special-token ids), e.g. to count parameters on the meta device."""
+    if shape not in REAL_SHAPES:
+        raise ValueError(f"shape must be one of {sorted(REAL_SHAPES)}, got {shape!r}")
+    return _qwen2_5_vl_config(build_scratch_tokenizer(), REAL_SHAPES[shape]["text"], REAL_SHAPES[shape]["vision"])

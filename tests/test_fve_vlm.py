@@ -1,0 +1,150 @@
+"""Loading a local Qwen-VL folder without torchvision: the tiny random folders go through the same
+path as a real checkpoint (check, from_pretrained with local_files_only, processor from parts)."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from recbole_reveal.errors import RevealUserError
+from recbole_reveal.fve.vlm import (
+    VLMUnavailable, build_tiny_qwen2_5_vl, build_tiny_qwen3_vl, check_vlm_folder, load_vlm, vlm_model_id,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGE = os.path.join(ROOT, "dataset_atomic", "synthetic-demo", "images", "i0000.png")
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return build_tiny_qwen2_5_vl(str(tmp_path_factory.mktemp("vlm") / "tiny-qwen2.5-vl"))
+
+
+def test_tiny_folder_loads_as_the_real_classes(tiny_folder):
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2Tokenizer
+
+    vlm = load_vlm(tiny_folder, device="cpu")
+    assert type(vlm.model) is Qwen2_5_VLForConditionalGeneration and not vlm.model.training
+    assert isinstance(vlm.processor, Qwen2_5_VLProcessor) and vlm.processor.video_processor is None
+    assert isinstance(vlm.tokenizer, Qwen2Tokenizer)
+    assert vlm.dtype == torch.float32 and vlm.device.type == "cpu"
+    assert not any(p.requires_grad for p in vlm.model.parameters())
+    # the special tokens are the real strings and the config points at their ids
+    cfg = vlm.model.config
+    assert cfg.image_token_id == vlm.token_id("<|image_pad|>")
+    assert cfg.vision_start_token_id == vlm.token_id("<|vision_start|>")
+    assert cfg.text_config.hidden_size == 64 and cfg.text_config.num_hidden_layers == 2
+    assert cfg.vision_config.depth == 2 and cfg.vision_config.hidden_size == 32
+    assert sum(p.numel() for p in vlm.model.parameters()) < 1_000_000
+
+
+def test_processor_chat_template_and_generate_work_without_torchvision(tiny_folder):
+    vlm = load_vlm(tiny_folder, device="cpu")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe it."}]}]
+    text = vlm.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                    "<|vision_start|><|image_pad|><|vision_end|>Describe it.<|im_end|>\n<|im_start|>assistant\n")
+    image = Image.open(IMAGE).convert("RGB")
+    batch = vlm.processor(text=[text], images=[image], return_tensors="pt")
+    grid = batch["image_grid_thw"][0]
+    assert int((batch["input_ids"] == vlm.model.config.image_token_id).sum()) == int(grid.prod()) // 4
+    torch.manual_seed(0)
+    out = vlm.model.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == batch["input_ids"].shape[1] + 3
+    with pytest.raises(ImportError):
+        import torchvision  # noqa: F401  (the reason the processor is built from parts)
+
+
+def test_builder_is_deterministic_and_model_id_tracks_content(tiny_folder, tmp_path):
+    again = build_tiny_qwen2_5_vl(str(tmp_path / "again"))
+    assert vlm_model_id(again) == vlm_model_id(tiny_folder)
+    other = build_tiny_qwen2_5_vl(str(tmp_path / "other"), seed=1)
+    assert vlm_model_id(other) != vlm_model_id(tiny_folder)
+    # a copied folder keeps its id: the id is content, not location
+    copy = shutil.copytree(tiny_folder, str(tmp_path / "copy"))
+    assert vlm_model_id(copy) == vlm_model_id(tiny_folder)
+
+
+def _copy_without(src, dst, *names):
+    shutil.copytree(src, dst)
+    for n in names:
+        os.remove(os.path.join(dst, n))
+    return dst
+
+
+def test_missing_or_incomplete_folder_is_a_clear_error(tiny_folder, tmp_path):
+    with pytest.raises(VLMUnavailable, match=r"is not a folder.*hf download Qwen/Qwen2\.5-VL-7B-Instruct"):
+        load_vlm(str(tmp_path / "nowhere"))
+    with pytest.raises(VLMUnavailable, match="no VLM given: set vlm_path"):
+        check_vlm_folder(None)
+    folder = _copy_without(tiny_folder, str(tmp_path / "partial"), "preprocessor_config.json", "chat_template.json")
+    with pytest.raises(VLMUnavailable) as err:
+        load_vlm(folder)
+    assert "missing preprocessor_config.json; chat_template.json" in str(err.value)
+    assert f"--local-dir {folder}" in str(err.value)
+    assert isinstance(err.value, RevealUserError)  # the CLI prints it as one line
+    no_config = _copy_without(tiny_folder, str(tmp_path / "noconfig"), "config.json")
+    with pytest.raises(VLMUnavailable, match="missing config.json"):
+        check_vlm_folder(no_config)
+
+
+def test_missing_weight_shard_is_named(tiny_folder, tmp_path):
+    folder = _copy_without(tiny_folder, str(tmp_path / "sharded"), "model.safetensors")
+    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
+                                            "b": "model-00002-of-00002.safetensors"}}
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump(index, f)
+    shutil.copy(os.path.join(tiny_folder, "model.safetensors"),
+                os.path.join(folder, "model-00001-of-00002.safetensors"))
+    with pytest.raises(VLMUnavailable, match=r"missing model-00002-of-00002\.safetensors\."):
+        check_vlm_folder(folder)
+
+
+def test_unsupported_model_type_is_refused(tiny_folder, tmp_path):
+    folder = shutil.copytree(tiny_folder, str(tmp_path / "llava"))
+    cfg_path = os.path.join(folder, "config.json")
+    cfg = json.load(open(cfg_path))
+    cfg["model_type"] = "llava"
+    json.dump(cfg, open(cfg_path, "w"))
+    with pytest.raises(VLMUnavailable, match="model_type 'llava' is not supported"):
+        check_vlm_folder(folder)
+
+
+def test_qwen3_vl_folder_loads(tmp_path):
+    from transformers import Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+
+    vlm = load_vlm(build_tiny_qwen3_vl(str(tmp_path / "tiny-qwen3-vl")), device="cpu")
+    assert type(vlm.model) is Qwen3VLForConditionalGeneration and vlm.model_type == "qwen3_vl"
+    assert isinstance(vlm.processor, Qwen3VLProcessor)
+    assert vlm.image_processor.patch_size == 16
+
+
+@pytest.mark.parametrize("shape,billions", [("3b", 3.75), ("7b", 8.29)])
+def test_benchmark_shapes_match_the_released_checkpoints(shape, billions):
+    """The random-weight benchmark models have the published parameter counts (meta device: no memory)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from recbole_reveal.fve.vlm import real_shape_config
+
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(real_shape_config(shape))
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 2) == billions
+    assert model.config.vision_config.hidden_size == 1280 and model.config.vision_config.depth == 32
+
+
+def test_random_model_in_bf16_encodes():
+    """The GPU code path's dtype handling (weights built in bf16, pooling in fp32), on CPU."""
+    from recbole_reveal.fve.encoder import FVEEncoder
+    from recbole_reveal.fve.vlm import random_qwen2_5_vl
+
+    vlm = random_qwen2_5_vl("tiny", device="cpu", dtype="bf16")
+    assert {p.dtype for p in vlm.model.parameters()} == {torch.bfloat16}
+    enc = FVEEncoder(vlm, min_pixels=56 * 56, max_pixels=112 * 112)
+    image = Image.open(IMAGE)
+    vectors = enc.embed([image, image], ["a red mug with dots", "a plain blue tent"])
+    assert vectors.dtype == np.float32 and abs(float(np.linalg.norm(vectors[0])) - 1) < 1e-5
+    assert enc.settings()["dtype"] == "bfloat16"
