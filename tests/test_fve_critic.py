@@ -1,0 +1,234 @@
+"""FVE critic and rewrite: strict parsing of the ANALYSIS / NEW_PROMPT answer, the request text, the
+prompt update, and an end-to-end critic call on the tiny random Qwen2.5-VL (whose random answers are
+malformed: the fallback path, its counts, and deterministic generation)."""
+
+import os
+
+import pytest
+
+from recbole_reveal.errors import ConfigError
+from recbole_reveal.fve.critic import (
+    CriticRecord, CriticRequest, RewriteParseError, apply_rewrites, critic_settings, critic_text,
+    feedback_summary, generate_answers, parse_rewrite, read_critic_log, review_summary, run_critic,
+    write_critic_log,
+)
+from recbole_reveal.fve.prompts import load_templates, read_prompts, write_prompts
+from recbole_reveal.fve.vlm import build_tiny_qwen2_5_vl, load_vlm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGES = [os.path.join(ROOT, "dataset_atomic", "synthetic-demo", "images", f"i000{k}.png") for k in range(3)]
+GOOD = "ANALYSIS: The prompt ignores the strap colour.\nNEW_PROMPT: A blue Vertex backpack with black straps."
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """The tiny model's generate steps are too small to gain from threads; on a shared machine extra
+    threads cost several times the run time (docs/fve.md, benchmark)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def templates():
+    return load_templates()
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return build_tiny_qwen2_5_vl(str(tmp_path_factory.mktemp("vlm") / "tiny"))
+
+
+@pytest.fixture(scope="module")
+def vlm(tiny_folder):
+    return load_vlm(tiny_folder, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def lively_vlm(tiny_folder):
+    """The tiny model with its decoder matrices scaled by 30: at initialisation scale, greedy decoding
+    just repeats one token whatever the input; scaled, the answers depend on image and text, so
+    comparing them between paddings and between calls means something."""
+    import torch
+
+    vlm = load_vlm(tiny_folder, device="cpu")
+    with torch.no_grad():
+        for name, p in vlm.model.named_parameters():
+            if "language_model.layers" in name and p.ndim == 2:
+                p.mul_(30)
+    return vlm
+
+
+def test_well_formed_answers_parse():
+    assert parse_rewrite(GOOD) == ("The prompt ignores the strap colour.", "A blue Vertex backpack with black straps.")
+    # surrounding whitespace, a multi-line analysis, spacing inside the prompt, enclosing quotes
+    answer = '\n ANALYSIS: too coarse;\n misses the  zipper.\nNEW_PROMPT:  "A red   tent."  \n\n'
+    analysis, prompt = parse_rewrite(answer)
+    assert analysis == "too coarse; misses the zipper." and prompt == "A red tent."
+    forty = " ".join(["word"] * 40)
+    assert parse_rewrite(f"ANALYSIS: a\nNEW_PROMPT: {forty}")[1] == forty
+
+
+@pytest.mark.parametrize("answer, reason", [
+    ("", "empty answer"),
+    ("   \n ", "empty answer"),
+    ("NEW_PROMPT: A tent.", "missing ANALYSIS"),
+    ("ANALYSIS: fine as is.", "missing NEW_PROMPT"),
+    ("ANALYSIS: ok\nNEW_PROMPT:   ", "empty new prompt"),
+    ("ANALYSIS: ok\nNEW_PROMPT: \"\"", "empty new prompt"),
+    ("ANALYSIS:  \nNEW_PROMPT: A tent.", "empty analysis"),
+    ("ANALYSIS: ok\nNEW_PROMPT: " + " ".join(["word"] * 41), "too long"),
+    ("ANALYSIS: ok\nNEW_PROMPT: A tent.<|im_end|>", "special tokens"),
+    ("ANALYSIS: ok\nNEW_PROMPT: <|image_pad|> A tent.", "special tokens"),
+    ("Sure! ANALYSIS: ok\nNEW_PROMPT: A tent.", "text before ANALYSIS"),
+    ("Here you go.\nANALYSIS: ok\nNEW_PROMPT: A tent.", "text before ANALYSIS"),
+    ("ANALYSIS: ok\nNEW_PROMPT: A tent.\nThis prompt is better because...", "extra text after NEW_PROMPT"),
+    ("ANALYSIS: ok NEW_PROMPT: A tent.", "NEW_PROMPT not on its own line"),
+    ("ANALYSIS: ok\nANALYSIS: again\nNEW_PROMPT: A tent.", "repeated ANALYSIS"),
+    ("ANALYSIS: ok\nNEW_PROMPT: A tent.\nNEW_PROMPT: A lamp.", "repeated NEW_PROMPT"),
+    ("analysis: ok\nnew_prompt: A tent.", "missing ANALYSIS"),
+])
+def test_malformed_answers_are_rejected_with_their_reason(answer, reason):
+    with pytest.raises(RewriteParseError) as e:
+        parse_rewrite(answer)
+    assert e.value.reason == reason
+
+
+def test_word_limit_is_configurable():
+    with pytest.raises(RewriteParseError, match="6 words > 5"):
+        parse_rewrite("ANALYSIS: a\nNEW_PROMPT: one two three four five six", max_words=5)
+
+
+def test_critic_text_carries_prompt_feedback_goal_and_instruction(templates):
+    stat = {"target_count": 3, "mean_rank": 17.25, "top_k1_rate": 0.0, "top_k2_rate": 1 / 3}
+    fb = feedback_summary("pos", stat, [7, 9], lambda i: f"item {i}")
+    assert fb == ("This item was the next purchase of 3 evaluation users; its mean rank was 17.2, in the top 10 "
+                  "for 0% and in the top 20 for 33% of them. Ranked first for those users instead: item 7; item 9.")
+    req = CriticRequest("i1", IMAGES[0], "An item image of a tent.", "pos", fb, title="Trail tent",
+                        review_summary=review_summary(["roomy", "green"]))
+    text = critic_text(templates, req)
+    for part in (templates["evaluation_instruction"], "Current prompt: An item image of a tent.", fb,
+                 templates["rewrite_goals"]["pos"], "frequent review words: roomy, green", "Trail tent",
+                 "at most 40 words", "brand: unknown brand", "ANALYSIS:", "NEW_PROMPT:"):
+        assert part in text
+    assert "{" not in text
+    neg = feedback_summary("neg", {"wrong": 4, "wrong_top_k1": 0.5, "danger": 0.25}, [], str)
+    assert neg.startswith("This item appeared in the top 20 of 4 evaluation users who did not choose it")
+    assert templates["rewrite_goals"]["neg"] in critic_text(templates, CriticRequest("i", "", "p", "neg", neg))
+    with pytest.raises(ValueError, match="label"):
+        critic_text(templates, CriticRequest("i", "", "p", "up", neg))
+
+
+def test_apply_rewrites_changes_only_accepted_items(tmp_path):
+    prompts = [{"item_id": f"i{k}", "prompt": f"old {k}", "keywords": ["x"]} for k in range(4)]
+    critic = [CriticRecord("i2", "pos", "old 2", "new 2", "why", GOOD, None, True),
+              CriticRecord("i0", "neg", "old 0", "old 0", "", "junk", "missing ANALYSIS")]
+    out = apply_rewrites(prompts, critic, cycle=1)
+    assert [r["prompt"] for r in out] == ["old 0", "old 1", "new 2", "old 3"]
+    assert out[2] == {"item_id": "i2", "prompt": "new 2", "keywords": ["x"], "analysis": "why", "cycle": 1}
+    assert prompts[2]["prompt"] == "old 2"                     # input untouched
+    write_prompts(str(tmp_path / "p.jsonl"), out)
+    assert read_prompts(str(tmp_path / "p.jsonl")) == out
+    write_critic_log(str(tmp_path / "critic.jsonl"), critic)
+    assert read_critic_log(str(tmp_path / "critic.jsonl")) == critic
+    with pytest.raises(ValueError, match="without a prompt"):
+        apply_rewrites(prompts[:1], critic)
+
+
+def test_critic_settings():
+    assert critic_settings() == {"fve_rewrite_max_new_tokens": 192, "fve_rewrite_batch_size": 4,
+                                 "fve_rewrite_seed": 0}
+    with pytest.raises(ConfigError, match="fve_rewrite_batch_size"):
+        critic_settings({"fve_rewrite_batch_size": 0})
+
+
+def test_end_to_end_critic_on_the_tiny_vlm_falls_back_and_is_deterministic(vlm, templates, caplog):
+    requests = [CriticRequest(f"i{k}", IMAGES[k], f"An item image of a thing number {k}.", "pos" if k % 2 else "neg",
+                              "This item appeared in the top 20 of 2 evaluation users.", title=f"Item {k}")
+                for k in range(3)]
+    requests.append(CriticRequest("gone", os.path.join(ROOT, "no-such-image.png"), "A lamp.", "pos", "fb"))
+    kwargs = dict(max_new_tokens=12, batch_size=2, seed=0, max_pixels=112 * 112)
+    with caplog.at_level("INFO", logger="recbole_reveal.fve.critic"):
+        records, counts = run_critic(vlm, requests, templates, **kwargs)
+    assert "FVE critic: 4 items, 0 rewrites accepted (0 changed), 4 kept the old prompt" in caplog.text
+    assert "no usable image: 1" in caplog.text
+    assert [r.item_id for r in records] == ["i0", "i1", "i2", "gone"]
+    # random weights never produce the format: every item keeps its prompt, with a reason
+    assert all(r.fallback and r.new_prompt == r.old_prompt == q.prompt and not r.changed
+               for r, q in zip(records, requests))
+    assert records[3].fallback == "no usable image (file not found)" and records[3].raw_answer == ""
+    assert all(r.raw_answer or r.fallback.startswith("truncated") for r in records[:3])
+    assert counts["fallback"] == 4 and counts["accepted"] == 0 and counts["fallback: no usable image"] == 1
+    assert sum(v for k, v in counts.items() if k.startswith("fallback: ")) == 4
+    again, counts_again = run_critic(vlm, requests, templates, **kwargs)
+    assert [r.raw_answer for r in again] == [r.raw_answer for r in records] and counts_again == counts
+    # the items' prompts survive into the next cycle unchanged
+    prompts = [{"item_id": q.item_id, "prompt": q.prompt} for q in requests]
+    assert apply_rewrites(prompts, records, cycle=1) == prompts
+
+
+def test_left_padded_batches_generate_what_single_items_do(lively_vlm):
+    from PIL import Image
+
+    vlm = lively_vlm
+
+    images = [Image.open(p).convert("RGB") for p in IMAGES]
+    texts = ["Describe it.", "Describe the colour and the shape of this item in detail.", "Shape?"]
+    side = vlm.tokenizer.padding_side
+    batched = generate_answers(vlm, images, texts, max_new_tokens=8, batch_size=3, max_pixels=112 * 112)
+    single = generate_answers(vlm, images, texts, max_new_tokens=8, batch_size=1, max_pixels=112 * 112)
+    assert batched == single
+    assert len({answer for answer, _ in batched}) == 3         # the answers differ per input
+    assert generate_answers(vlm, images, texts, max_new_tokens=8, batch_size=3, max_pixels=112 * 112) == batched
+    assert vlm.tokenizer.padding_side == side                 # restored
+
+
+def test_lively_answers_are_rejected_and_counted(lively_vlm, templates):
+    requests = [CriticRequest(f"i{k}", IMAGES[k], f"An item image of a thing number {k}.", "pos", "fb")
+                for k in range(3)]
+    records, counts = run_critic(lively_vlm, requests, templates, max_new_tokens=16, batch_size=3,
+                                 max_pixels=112 * 112)
+    assert counts["fallback"] == 3 and counts["accepted"] == 0
+    reasons = {r.fallback.split(":")[0] for r in records}
+    assert reasons <= {"truncated", "special tokens", "missing ANALYSIS", "text before ANALYSIS"}
+    again, _ = run_critic(lively_vlm, requests, templates, max_new_tokens=16, batch_size=1, max_pixels=112 * 112)
+    assert [r.raw_answer for r in again] == [r.raw_answer for r in records]
+
+
+def test_requests_from_feedback_reach_the_vlm(vlm, templates):
+    import numpy as np
+
+    from recbole_reveal.fve.feedback import Rankings, item_statistics, select_items
+    from recbole_reveal.fve.prompts import read_items
+
+    demo = os.path.join(ROOT, "dataset_atomic", "synthetic-demo")
+    items = read_items(os.path.join(demo, "synthetic-demo.item"))[:5]
+    tokens = ["[PAD]"] + [it.item_id for it in items]            # internal id -> token
+    prompts = [{"item_id": it.item_id, "prompt": f"An item image of {it.title}.", "keywords": ["sturdy"] if k else []}
+               for k, it in enumerate(items)]
+    # item 3 is the target of row 2 but ranked last; item 2 is ranked first for users who chose others
+    r = Rankings(users=np.arange(1, 5), targets=np.array([1, 1, 3, 2]), target_rank=np.array([2, 1, 5, 1]),
+                 top=np.array([[2, 1, 3, 4, 5], [1, 2, 3, 4, 5], [2, 4, 5, 1, 3], [2, 3, 1, 4, 5]]), n_items=6)
+    stats = item_statistics(r, feedback_k=(1, 2), exposure_k=3)
+    selection = select_items(stats, 0.25)
+    assert selection == [(2, "neg"), (3, "pos")]
+    from recbole_reveal.fve.critic import build_requests
+
+    requests = build_requests(selection, stats, r, tokens, items, prompts, demo, feedback_k=(1, 2))
+    neg, pos = requests
+    assert (neg.item_id, neg.label, pos.item_id, pos.label) == (tokens[2], "neg", tokens[3], "pos")
+    assert neg.image_path == os.path.join(demo, items[1].image) and os.path.isfile(neg.image_path)
+    assert neg.prompt == prompts[1]["prompt"] and neg.review_summary == "frequent review words: sturdy"
+    assert neg.brand == items[1].brand and neg.category == items[1].categories[-1]
+    # neg: rows 0 and 2 chose items 1 and 3 (shown by title); pos: row 2 got item 2 first instead
+    assert neg.feedback.endswith(f"Those users actually chose: {items[0].title}; {items[2].title}.")
+    assert "top 2 of 3 evaluation users who did not choose it" in neg.feedback
+    assert pos.feedback.startswith("This item was the next purchase of 1 evaluation users; its mean rank was 5.0")
+    assert pos.feedback.endswith(f"Ranked first for those users instead: {items[1].title}.")
+    records, counts = run_critic(vlm, requests, templates, max_new_tokens=8, batch_size=2, max_pixels=112 * 112)
+    assert [r.item_id for r in records] == [tokens[2], tokens[3]] and counts["fallback"] == 2
+    with pytest.raises(ValueError, match="no prompt"):
+        build_requests(selection, stats, r, tokens, items, prompts[:1], demo, feedback_k=(1, 2))
