@@ -24,7 +24,6 @@ prompt) and keep their prompt, with the reason recorded.
 import json
 import logging
 import os
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass
 
@@ -32,7 +31,7 @@ import torch
 
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.encoder import _decode
-from recbole_reveal.fve.prompts import render
+from recbole_reveal.fve.prompts import render, write_jsonl
 from recbole_reveal.fve.vlm import QWEN_SPECIAL_TOKENS
 
 logger = logging.getLogger(__name__)
@@ -319,20 +318,8 @@ def apply_rewrites(prompt_records, critic_records, cycle=None):
 
 
 def write_critic_log(path, records):
-    """Write :class:`CriticRecord` s (or dicts) as JSON lines, atomically (temporary file, rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".jsonl")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(asdict(rec) if isinstance(rec, CriticRecord) else rec, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    """Write :class:`CriticRecord` s (or dicts) as JSON lines, atomically."""
+    return write_jsonl(path, (asdict(r) if isinstance(r, CriticRecord) else r for r in records))
 
 
 def read_critic_log(path):

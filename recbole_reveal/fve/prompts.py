@@ -294,13 +294,18 @@ def write_prompts(path, records):
     """Write prompt records as JSON lines, atomically (temporary file, then rename)."""
     records = list(records)
     _check_records(records, path)
+    return write_jsonl(path, records)
+
+
+def write_jsonl(path, rows):
+    """Write dicts as JSON lines atomically: a crash never leaves a half-written file behind."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".jsonl")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False, sort_keys=False) + "\n")
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
