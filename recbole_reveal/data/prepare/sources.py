@@ -114,22 +114,29 @@ def _amazon_timestamp(rec, counters, line):
     return _reject(counters, line, problem, f"unixReviewTime={value!r:.30}")
 
 
+def _review_records(path, counters, user_key, item_key, rating_key):
+    """``(line, record, user, item, rating)`` for every review line whose JSON object, ids and rating
+    are valid; every other line is counted (under its key's name) and skipped."""
+    for line, text in iter_lines(path, counters):
+        rec = _json_object(text, counters, line)
+        if rec is None:
+            continue
+        user = _get_id(rec, user_key, counters, line)
+        if user is None:
+            continue
+        item = _get_id(rec, item_key, counters, line)
+        if item is None:
+            continue
+        rating = _get_number(rec, rating_key, counters, line)
+        if rating is None:
+            continue
+        yield line, rec, user, item, rating
+
+
 def read_amazon_reviews(path, log, spool, max_bad_fraction):
     """``reviews_<Category>_5.json.gz``: one JSON object per line."""
     c = FileCounters(os.path.basename(path))
-    for line, text in iter_lines(path, c):
-        rec = _json_object(text, c, line)
-        if rec is None:
-            continue
-        user = _get_id(rec, "reviewerID", c, line)
-        if user is None:
-            continue
-        item = _get_id(rec, "asin", c, line)
-        if item is None:
-            continue
-        rating = _get_number(rec, "overall", c, line)
-        if rating is None:
-            continue
+    for line, rec, user, item, rating in _review_records(path, c, "reviewerID", "asin", "overall"):
         timestamp = _amazon_timestamp(rec, c, line)
         if timestamp is None:
             continue
@@ -283,19 +290,7 @@ def yelp_timestamp(value):
 def read_yelp_reviews(path, log, spool, max_bad_fraction):
     """``yelp_academic_dataset_review.json``: one JSON object per line."""
     c = FileCounters(os.path.basename(path))
-    for line, text in iter_lines(path, c):
-        rec = _json_object(text, c, line)
-        if rec is None:
-            continue
-        user = _get_id(rec, "user_id", c, line)
-        if user is None:
-            continue
-        item = _get_id(rec, "business_id", c, line)
-        if item is None:
-            continue
-        rating = _get_number(rec, "stars", c, line)
-        if rating is None:
-            continue
+    for line, rec, user, item, rating in _review_records(path, c, "user_id", "business_id", "stars"):
         date = rec.get("date")
         timestamp = yelp_timestamp(date)
         if timestamp is None:
