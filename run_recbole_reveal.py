@@ -4,7 +4,8 @@
         [--config_files=a.yaml b.yaml] [--key=value ...]
 
 Any other ``--key=value`` is a RecBole config key and has the highest precedence
-(see recbole_reveal/quick_start.py and docs/usage.md).
+(see recbole_reveal/quick_start.py and docs/usage.md). With ``--vlm_path=<local Qwen-VL folder>``
+(in any config source) the run is the FVE refinement loop over ``fve_cycles`` cycles (docs/fve.md).
 """
 
 import sys
@@ -56,10 +57,15 @@ def main(argv=None):
         return 0
     model, dataset, config_files, rest = parse_args(argv)
 
-    from recbole_reveal import run_recbole_reveal
+    from recbole_reveal import build_config, run_recbole_reveal
     from recbole_reveal.errors import USER_ERRORS
 
     try:
+        if build_config(model, dataset, config_files, cmd_args=rest)["vlm_path"]:
+            from recbole_reveal.fve.loop import run_fve
+
+            print(run_fve(model, dataset, config_file_list=config_files, cmd_args=rest)["table_text"])
+            return 0
         result = run_recbole_reveal(model, dataset, config_file_list=config_files, cmd_args=rest)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,5 +1,6 @@
-"""FVE components (paper §4.3): initial prompts, the VLM, the prompt-conditioned vision encoder and
-its caches. The refinement loop that drives them is built on these. See docs/fve.md."""
+"""FVE (paper §4.3): initial prompts, the VLM, the prompt-conditioned vision encoder and its caches,
+feedback and critic, and the resumable refinement loop ``run_fve`` (recbole_reveal.fve.loop, imported
+on use: it pulls in training). See docs/fve.md."""
 
 from recbole_reveal.fve.cache import EmbeddingCache, VisionFeatureCache
 from recbole_reveal.fve.config import build_fve_encoder, fve_settings

@@ -16,7 +16,7 @@ _CHOICES = {
     "fve_keyword_reviews": ("exclude_eval", "all"),
     "fve_dtype": ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"),
 }
-_POSITIVE_INT = ("fve_batch_size", "fve_keywords_topk", "fve_min_pixels")
+_POSITIVE_INT = ("fve_batch_size", "fve_keywords_topk", "fve_min_pixels", "fve_cycles")
 _OPTIONAL_POSITIVE_INT = ("fve_max_pixels",)
 _NON_NEGATIVE_INT = ("fve_vision_cache_mb", "fve_preprocess_workers")
 
@@ -51,6 +51,9 @@ def fve_settings(config=None):
         low = 0 if key in _NON_NEGATIVE_INT else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{key} must be an integer >= {low}; got {value!r}")
+    for key in ("fve_run_dir", "fve_stop_after"):
+        if settings[key] is not None and (not isinstance(settings[key], str) or not settings[key]):
+            raise ConfigError(f"{key} must be a non-empty string or ~; got {settings[key]!r}")
     if not isinstance(settings["fve_layer"], int) or isinstance(settings["fve_layer"], bool):
         raise ConfigError(f"fve_layer must be an integer; got {settings['fve_layer']!r}")
     if settings["fve_max_pixels"] is not None and settings["fve_max_pixels"] < settings["fve_min_pixels"]:

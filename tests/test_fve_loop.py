@@ -1,0 +1,210 @@
+"""The FVE loop end to end on a tiny synthetic dataset with images and the tiny random Qwen2.5-VL:
+two cycles, the embedding cache across cycles, a free re-run, resume after a clean stop between
+stages (identical artefacts), and a changed config reported with the key's name.
+
+The random VLM's critic answers are malformed (docs/fve.md), so every selected item keeps its prompt:
+cycle 1 changes no prompt and re-encodes no item. That is asserted as such, not mocked away."""
+
+import filecmp
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from recbole_reveal.data.feature_store import load_item_features, save_item_features
+from recbole_reveal.data.synthetic import generate_dataset
+from recbole_reveal.errors import ConfigError
+from recbole_reveal.fve.critic import read_critic_log
+from recbole_reveal.fve.loop import run_fve, stage_names
+from recbole_reveal.fve.prompts import read_prompts
+from recbole_reveal.fve.vlm import build_tiny_qwen2_5_vl
+
+N_ITEMS = 24
+NAME = "fveloop"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("fve_loop_data"))
+    generate_dataset(root, NAME, n_users=60, n_items=N_ITEMS, seed=7, image_size=64)
+    return root
+
+
+@pytest.fixture(scope="module")
+def vlm_folder(tmp_path_factory):
+    return build_tiny_qwen2_5_vl(str(tmp_path_factory.mktemp("vlm") / "tiny"))
+
+
+def feature_dir_with_text(data_root, folder):
+    """A feature folder of its own per run (the loop writes fve/cycle_<x> there) with random text features."""
+    tokens = [f"i{i:04d}" for i in range(N_ITEMS)]
+    with open(os.path.join(data_root, NAME, f"{NAME}.item"), encoding="utf-8") as f:
+        tokens = [line.split("\t")[0] for line in f.read().splitlines()[1:] if line]
+    text = np.random.default_rng(0).normal(size=(len(tokens), 8)).astype(np.float32)
+    save_item_features(str(folder), "text_minilm", tokens, text)
+    return str(folder), tokens
+
+
+def loop_config(data_root, vlm_folder, feature_dir, **extra):
+    return dict({
+        "data_path": data_root, "feature_dir": feature_dir, "vlm_path": vlm_folder, "fve_device": "cpu",
+        "fve_cycles": 2, "fve_preprocess_workers": 0, "fve_vision_cache_mb": 64,
+        "fve_rewrite_max_new_tokens": 8, "fve_rewrite_batch_size": 8, "fve_rewrite_fraction": 0.25,
+        "epochs": 2, "hidden_size": 16, "inner_size": 32, "n_heads": 2, "train_batch_size": 128,
+        "eval_batch_size": 256, "MAX_ITEM_LIST_LENGTH": 10, "stopping_step": 100, "show_progress": False,
+    }, **extra)
+
+
+@pytest.fixture(scope="module")
+def full_run(data_root, vlm_folder, tmp_path_factory):
+    fdir, tokens = feature_dir_with_text(data_root, tmp_path_factory.mktemp("features_a"))
+    cfg = loop_config(data_root, vlm_folder, fdir)
+    return cfg, run_fve("M3SRec_REVEAL", NAME, config_dict=cfg), tokens
+
+
+def test_two_cycles_encode_train_and_rewrite(full_run):
+    cfg, out, tokens = full_run
+    fdir = cfg["feature_dir"]
+    assert out["executed"] == stage_names(2) and out["stopped_after"] is None
+    assert [r["cycle"] for r in out["table"]] == [0, 1]
+    c0, c1 = out["table"]
+    # cycle 0 encodes every item (fresh cache); both cycles trained and evaluated
+    assert c0["prompts_changed"] == N_ITEMS and c0["items_reencoded"] == N_ITEMS and c0["cache_hits"] == 0
+    # the backbone is re-initialised each cycle: identical features give identical metrics
+    assert c0["valid"] == c1["valid"] and c0["test"] == c1["test"]
+    import torch
+
+    state = torch.load(os.path.join(out["run_dir"], "cycle_1", "model.pth"))
+    assert tuple(state["vision_mean_table.weight"].shape) == (N_ITEMS + 1, 64)   # trained on the VLM features
+    for row in out["table"]:
+        assert 0.0 <= row["valid"]["ndcg@20"] <= 1.0 and 0.0 <= row["test"]["recall@20"] <= 1.0
+        assert all(row["seconds"][k] is not None for k in ("encode", "train", "feedback"))
+    assert c1["seconds"]["critic"] is None and c1["critic"] is None
+    m0 = load_item_features(fdir, "fve/cycle_0")
+    m1 = load_item_features(fdir, "fve/cycle_1")
+    assert m0[1].shape == (N_ITEMS, 64) and sorted(m0[0]) == sorted(tokens)
+    np.testing.assert_allclose(np.linalg.norm(m0[1], axis=1), 1.0, atol=1e-5)
+    # the critic ran on the selected items; the random VLM's answers are all malformed -> fallbacks
+    critic = read_critic_log(os.path.join(fdir, "fve", "critic_cycle_0.jsonl"))
+    assert len(critic) == c0["selected"] == 6            # ceil(0.25 * 24), all with priority > 0
+    assert c0["critic"]["fallback"] == len(critic) and c0["critic"].get("accepted", 0) == 0
+    assert sum(v for k, v in c0["critic"].items() if k.startswith("fallback: ")) == len(critic)
+    assert all(r.fallback and r.new_prompt == r.old_prompt for r in critic)
+    p0 = read_prompts(os.path.join(fdir, "fve", "prompts_cycle_0.jsonl"))
+    p1 = read_prompts(os.path.join(fdir, "fve", "prompts_cycle_1.jsonl"))
+    assert [r["prompt"] for r in p0] == [r["prompt"] for r in p1]
+    # unchanged prompts: nothing re-encoded in cycle 1, every row bit-identical
+    assert c1["prompts_changed"] == 0 and c1["items_reencoded"] == 0 and c1["cache_hits"] == N_ITEMS
+    r0, r1 = dict(zip(m0[0], m0[1])), dict(zip(m1[0], m1[1]))
+    for t in tokens:
+        assert np.array_equal(r0[t], r1[t]), t
+    # the stage record and the table on disk
+    state = json.load(open(os.path.join(out["run_dir"], "stages.json")))
+    assert sorted(state["stages"]) == sorted(stage_names(2))
+    assert json.load(open(os.path.join(out["run_dir"], "table.json"))) == out["table"]
+    log = open(os.path.join(out["run_dir"], "fve.log"), encoding="utf-8").read()
+    assert "FVE per-cycle table" in log and "kept the old prompt" in log
+
+
+def test_rerun_of_a_finished_run_runs_nothing(full_run):
+    cfg, out, _ = full_run
+    npy = os.path.join(cfg["feature_dir"], "fve", "cycle_0.npy")
+    mtime = os.stat(npy).st_mtime_ns
+    again = run_fve("M3SRec_REVEAL", NAME, config_dict=cfg)
+    assert again["executed"] == [] and again["table"] == out["table"]
+    assert os.stat(npy).st_mtime_ns == mtime
+
+
+def test_changed_config_is_reported_with_its_key(full_run):
+    cfg, _, _ = full_run
+    with pytest.raises(ConfigError, match=r"learning_rate.*0\.001.*0\.005"):
+        run_fve("M3SRec_REVEAL", NAME, config_dict=dict(cfg, learning_rate=0.005))
+    with pytest.raises(ConfigError, match="fve_pooling"):
+        run_fve("M3SRec_REVEAL", NAME, config_dict=dict(cfg, fve_pooling="last_token"))
+    with pytest.raises(ConfigError, match="fve_stop_after must be one of"):
+        run_fve("M3SRec_REVEAL", NAME, config_dict=dict(cfg, fve_stop_after="cycle_1/critic"))
+
+
+def test_stop_between_stages_then_resume_gives_identical_artefacts(full_run, data_root, vlm_folder, tmp_path):
+    cfg_a, out_a, _ = full_run
+    fdir, _ = feature_dir_with_text(data_root, tmp_path / "features_b")
+    cfg = loop_config(data_root, vlm_folder, fdir)
+    first = run_fve("M3SRec_REVEAL", NAME, config_dict=dict(cfg, fve_stop_after="cycle_0/feedback"))
+    assert first["stopped_after"] == "cycle_0/feedback"
+    assert first["executed"] == ["init", "cycle_0/encode", "cycle_0/train", "cycle_0/feedback"]
+    assert not os.path.exists(os.path.join(fdir, "fve", "cycle_1.npy"))
+    # a second stop point on the way, then to the end
+    second = run_fve("M3SRec_REVEAL", NAME, config_dict=dict(cfg, fve_stop_after="cycle_1/encode"))
+    assert second["executed"] == ["cycle_0/critic", "cycle_1/encode"]
+    rest = run_fve("M3SRec_REVEAL", NAME, config_dict=cfg)
+    assert rest["executed"] == ["cycle_1/train", "cycle_1/feedback"]
+    strip = lambda rows: [dict(r, seconds=None) for r in rows]  # noqa: E731
+    assert strip(rest["table"]) == strip(out_a["table"])
+    a_fve, b_fve = os.path.join(cfg_a["feature_dir"], "fve"), os.path.join(fdir, "fve")
+    for name in ("cycle_0.npy", "cycle_1.npy", "cycle_0.items", "prompts_cycle_0.jsonl", "prompts_cycle_1.jsonl",
+                 "critic_cycle_0.jsonl", "run/cycle_0/feedback.json", "run/cycle_1/feedback.json"):
+        assert filecmp.cmp(os.path.join(a_fve, name), os.path.join(b_fve, name), shallow=False), name
+    for x in (0, 1):
+        with np.load(os.path.join(a_fve, f"run/cycle_{x}/rankings.npz")) as za, \
+                np.load(os.path.join(b_fve, f"run/cycle_{x}/rankings.npz")) as zb:
+            for key in za.files:
+                assert np.array_equal(za[key], zb[key]), (x, key)
+
+
+def test_lost_artefact_reruns_from_its_stage(full_run, data_root, vlm_folder, tmp_path):
+    cfg_a, _, _ = full_run
+    fdir = str(tmp_path / "features_c")
+    shutil.copytree(cfg_a["feature_dir"], fdir)
+    cfg = dict(cfg_a, feature_dir=fdir)
+    os.remove(os.path.join(fdir, "fve", "run", "cycle_1", "model.pth"))
+    out = run_fve("M3SRec_REVEAL", NAME, config_dict=cfg)
+    assert out["executed"] == ["cycle_1/train", "cycle_1/feedback"]
+
+
+def test_more_cycles_extend_a_finished_run(full_run, tmp_path):
+    cfg_a, out_a, _ = full_run
+    fdir = str(tmp_path / "features_d")
+    shutil.copytree(cfg_a["feature_dir"], fdir)
+    out = run_fve("M3SRec_REVEAL", NAME, config_dict=dict(cfg_a, feature_dir=fdir, fve_cycles=3))
+    assert out["executed"] == ["cycle_1/critic", "cycle_2/encode", "cycle_2/train", "cycle_2/feedback"]
+    assert out["table"][:1] == out_a["table"][:1] and len(out["table"]) == 3
+    assert out["table"][2]["items_reencoded"] == 0 and out["table"][2]["cache_hits"] == N_ITEMS
+
+
+def test_without_a_vlm_the_loop_says_what_to_download(data_root, tmp_path):
+    fdir, _ = feature_dir_with_text(data_root, tmp_path / "features_e")
+    cfg = loop_config(data_root, None, fdir)
+    with pytest.raises(ConfigError, match="vlm_path.*hf download"):
+        run_fve("M3SRec_REVEAL", NAME, config_dict=cfg)
+    assert not os.path.exists(os.path.join(fdir, "fve"))
+
+
+def test_entry_script_runs_the_loop_when_a_vlm_is_configured(data_root, vlm_folder, tmp_path, capsys):
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import run_recbole_reveal as script
+
+    fdir, _ = feature_dir_with_text(data_root, tmp_path / "features_cli")
+    cfg_file = tmp_path / "fve.yaml"
+    cfg_file.write_text(yaml.safe_dump(loop_config(data_root, vlm_folder, fdir, fve_cycles=1)))
+    code = script.main(["--model=M3SRec_REVEAL", f"--dataset={NAME}", f"--config_files={cfg_file}"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "cycle" in out
+    tokens, matrix = load_item_features(fdir, "fve/cycle_0")
+    assert len(tokens) == N_ITEMS and matrix.shape[0] == N_ITEMS
