@@ -5,7 +5,8 @@
 
 Any other ``--key=value`` is a RecBole config key and has the highest precedence
 (see recbole_reveal/quick_start.py and docs/usage.md). With ``--vlm_path=<local Qwen-VL folder>``
-(in any config source) the run is the FVE refinement loop over ``fve_cycles`` cycles (docs/fve.md).
+(in any config source) the run is the FVE refinement loop over ``fve_cycles`` cycles (docs/fve.md);
+``--fve=False`` keeps the static visual features, ``--fve=True`` insists on a VLM.
 """
 
 import sys
@@ -59,9 +60,10 @@ def main(argv=None):
 
     from recbole_reveal import build_config, run_recbole_reveal
     from recbole_reveal.errors import USER_ERRORS
+    from recbole_reveal.quick_start import fve_requested
 
     try:
-        if build_config(model, dataset, config_files, cmd_args=rest)["vlm_path"]:
+        if fve_requested(build_config(model, dataset, config_files, cmd_args=rest)):
             from recbole_reveal.fve.loop import run_fve
 
             print(run_fve(model, dataset, config_file_list=config_files, cmd_args=rest)["table_text"])

@@ -109,6 +109,20 @@ def prepare_run(model, dataset, config_file_list=None, config_dict=None, cmd_arg
     return config, loaders, model_obj, trainer
 
 
+def fve_requested(config):
+    """Whether a run is the FVE loop: ``fve: True`` (needs ``vlm_path``), ``fve: False`` (never), or
+    unset (``~``: on exactly when ``vlm_path`` is given). ``fve`` and ``avl`` are the two ablation
+    switches of a ``*_REVEAL`` model."""
+    fve, vlm_path = config["fve"], config["vlm_path"]
+    if fve and not vlm_path:
+        raise ConfigError(
+            "fve=True needs vlm_path, a local Qwen2.5-VL / Qwen3-VL folder: download one with "
+            "`hf download Qwen/Qwen2.5-VL-7B-Instruct --local-dir /models/Qwen2.5-VL-7B-Instruct` "
+            "and pass --vlm_path=/models/Qwen2.5-VL-7B-Instruct (or set fve=False for AVL only)"
+        )
+    return bool(vlm_path) if fve is None else bool(fve)
+
+
 def run_recbole_reveal(model, dataset, config_file_list=None, config_dict=None, saved=True, cmd_args=()):
     """Train ``model`` on ``dataset`` and evaluate it; returns a dict with ``best_valid_score``,
     ``valid_score_bigger``, ``best_valid_result``, ``test_result``, ``masked_test_results``
@@ -119,6 +133,12 @@ def run_recbole_reveal(model, dataset, config_file_list=None, config_dict=None, 
         model, dataset, config_file_list, config_dict, cmd_args
     )
     logger = getLogger()
+    if getattr(model_obj, "reveal", False) and not config["fve"]:
+        logger.info(
+            set_color("REVEAL without FVE", "yellow") + f": {config['model']} trains on the static visual "
+            f"features '{config['vision_feature']}' (AVL {'on' if config['avl'] else 'off'}); set vlm_path "
+            "(run_recbole_reveal.py runs the FVE loop then) for feedback-guided visual extraction"
+        )
     zeroed = config["eval_zeroed_modalities"] or []
     if zeroed and not hasattr(model_obj, "zeroed_modalities"):
         raise ConfigError(f"eval_zeroed_modalities={zeroed}: {config['model']} has no modalities to zero")

@@ -99,3 +99,25 @@ def test_config_file_loaded_from_the_command_line(tiny_config, tmp_path):
     cfg.write_text(yaml.safe_dump(dict(tiny_config, epochs=1)))
     code = script.main(["--model=M3SRec_REVEAL", "--dataset=tiny", f"--config_files={cfg}", "--avl_alpha=0.5"])
     assert code == 0
+
+
+def test_fve_switch(tiny_root, tmp_path, capsys):
+    from recbole_reveal.errors import ConfigError
+    from recbole_reveal.quick_start import fve_requested
+
+    base = {"data_path": tiny_root}
+    assert fve_requested(build_config("M3SRec_REVEAL", "tiny", config_dict=base)) is False
+    assert fve_requested(build_config("M3SRec_REVEAL", "tiny", config_dict=dict(base, vlm_path=str(tmp_path)))) is True
+    off = build_config("M3SRec_REVEAL", "tiny", config_dict=dict(base, vlm_path=str(tmp_path), fve=False))
+    assert fve_requested(off) is False
+    with pytest.raises(ConfigError, match="hf download"):
+        fve_requested(build_config("M3SRec_REVEAL", "tiny", config_dict=dict(base, fve=True)))
+    code = script.main(["--model=M3SRec_REVEAL", "--dataset=tiny", f"--data_path={tiny_root}", "--fve=True"])
+    assert code == 2 and "vlm_path" in capsys.readouterr().err
+
+
+def test_reveal_without_a_vlm_says_it_uses_static_visual_features(tiny_config, caplog):
+    with caplog.at_level("INFO"):
+        run_recbole_reveal("M3SRec_REVEAL", "tiny", config_dict=dict(tiny_config, epochs=1))
+    notices = [r.getMessage() for r in caplog.records if "REVEAL without FVE" in r.getMessage()]
+    assert len(notices) == 1 and "vision_efficientnet_lite0" in notices[0] and "AVL on" in notices[0]
