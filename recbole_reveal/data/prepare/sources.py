@@ -133,6 +133,21 @@ def _review_records(path, counters, user_key, item_key, rating_key):
         yield line, rec, user, item, rating
 
 
+def _wanted_new_id(rec, key, wanted, items, counters, line):
+    """The item id of a metadata record if it is valid, reviewed (in ``wanted``) and not seen before
+    (the first entry of a repeated id is kept); otherwise count why and return None."""
+    item = _get_id(rec, key, counters, line)
+    if item is None:
+        return None
+    if item not in wanted:
+        counters.add("not_reviewed")
+        return None
+    if item in items:
+        counters.add(f"duplicate_{key}", line, f"{key} {item} seen before; first entry kept")
+        return None
+    return item
+
+
 def read_amazon_reviews(path, log, spool, max_bad_fraction):
     """``reviews_<Category>_5.json.gz``: one JSON object per line."""
     c = FileCounters(os.path.basename(path))
@@ -228,14 +243,8 @@ def read_amazon_meta(path, wanted, max_bad_fraction):
         if not isinstance(rec, dict):
             c.add("not_object", line, f"a {type(rec).__name__}")
             continue
-        asin = _get_id(rec, "asin", c, line)
+        asin = _wanted_new_id(rec, "asin", wanted, items, c, line)
         if asin is None:
-            continue
-        if asin not in wanted:
-            c.add("not_reviewed")
-            continue
-        if asin in items:
-            c.add("duplicate_asin", line, f"asin {asin} seen before; first entry kept")
             continue
         url = rec.get("imUrl")
         sources = []
@@ -310,14 +319,8 @@ def read_yelp_businesses(path, wanted, max_bad_fraction):
         rec = _json_object(text, c, line)
         if rec is None:
             continue
-        bid = _get_id(rec, "business_id", c, line)
+        bid = _wanted_new_id(rec, "business_id", wanted, items, c, line)
         if bid is None:
-            continue
-        if bid not in wanted:
-            c.add("not_reviewed")
-            continue
-        if bid in items:
-            c.add("duplicate_business_id", line, f"business {bid} seen before; first entry kept")
             continue
         cats = rec.get("categories")
         tokens = []
