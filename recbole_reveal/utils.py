@@ -67,12 +67,17 @@ def is_plugin_model(model_class):
 
 
 def get_trainer(model_type, model_name):
-    """Trainer class: ``AVLTrainer`` for REVEAL variants, else RecBole's choice for the model."""
+    """Trainer class: ``AVLTrainer`` for REVEAL variants, ``PluginTrainer`` (RecBole's ``Trainer`` plus
+    the per-epoch model callback) for other plugin models, else RecBole's choice for the model."""
     model_class = get_model(model_name)
     if getattr(model_class, "reveal", False):
         from recbole_reveal.trainer import AVLTrainer
 
         return AVLTrainer
+    if is_plugin_model(model_class):
+        from recbole_reveal.trainer import PluginTrainer
+
+        return PluginTrainer
     return recbole_get_trainer(model_type, model_name)
 
 

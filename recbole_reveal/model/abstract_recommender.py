@@ -31,7 +31,15 @@ class MultimodalSequentialRecommender(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self._zeroed = frozenset()
+        # config key ``zeroed_modalities``: zeroed for the model's whole life, training and
+        # inference (the uni-modal runs of paper §2 / Table 4's V-only setting)
+        always = list(config["zeroed_modalities"] or [])
+        unknown = set(always) - set(MODALITIES)
+        if unknown:
+            raise ValueError(
+                f"config key 'zeroed_modalities' lists {sorted(unknown)}; expected a subset of {MODALITIES}"
+            )
+        self._zeroed = frozenset(always)
 
     # -- (a) modality masking -------------------------------------------------------------
     @contextmanager

@@ -20,18 +20,17 @@ import math
 
 import numpy as np
 import torch
-from recbole.trainer import Trainer
+
 from recbole.utils import set_color
 
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
-
+from recbole_reveal.trainer.trainer import PluginTrainer
 
 def avl_scale(loss_v, loss_t, mean_loss_v, mean_loss_t, alpha):
     """Eqs 9-13: ``K = exp(alpha * (exp(L_v - L_t) - exp(mean_L_v - mean_L_t)))``."""
     r = math.exp(loss_v - loss_t)
     r_bar = math.exp(mean_loss_v - mean_loss_t)
     return math.exp(alpha * (r - r_bar))
-
 
 class ModalityBalance:
     """Running state of AVL: means of the unimodal losses over every step so far (eq 11)."""
@@ -76,8 +75,7 @@ class ModalityBalance:
     def load_state_dict(self, state):
         self.steps, self.mean_loss_v, self.mean_loss_t = state["steps"], state["mean_loss_v"], state["mean_loss_t"]
 
-
-class AVLTrainer(Trainer):
+class AVLTrainer(PluginTrainer):
     r"""RecBole trainer with Adaptive Visual Learning for ``*_REVEAL`` models.
 
     Config keys (``properties/model/REVEAL.yaml``): ``avl`` (on/off), ``avl_alpha``, ``avl_clamp``,
