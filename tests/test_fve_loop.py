@@ -208,3 +208,86 @@ def test_entry_script_runs_the_loop_when_a_vlm_is_configured(data_root, vlm_fold
     assert "cycle" in out
     tokens, matrix = load_item_features(fdir, "fve/cycle_0")
     assert len(tokens) == N_ITEMS and matrix.shape[0] == N_ITEMS
+
+
+# ---- accepted rewrites: a scripted VLM whose critic answer is always well-formed ---------------------
+NEW_PROMPT = "Describe the fabric, colour and shape of this product."
+ANSWER = ["ANALYSIS:", " The image hides the material.\n", "NEW_PROMPT:", " " + NEW_PROMPT]
+
+
+@pytest.fixture(scope="module")
+def scripted_vlm_folder(tmp_path_factory):
+    from scripted_vlm import build_scripted_qwen2_5_vl
+
+    return build_scripted_qwen2_5_vl(str(tmp_path_factory.mktemp("vlm") / "scripted"), ANSWER)
+
+
+@pytest.fixture(scope="module")
+def rewriting_run(data_root, scripted_vlm_folder, tmp_path_factory):
+    fdir, tokens = feature_dir_with_text(data_root, tmp_path_factory.mktemp("features_rewrite"))
+    cfg = loop_config(data_root, scripted_vlm_folder, fdir, fve_rewrite_max_new_tokens=12)
+    return cfg, run_fve("M3SRec_REVEAL", NAME, config_dict=cfg), tokens
+
+
+def test_accepted_rewrites_reencode_exactly_the_rewritten_items(rewriting_run):
+    cfg, out, tokens = rewriting_run
+    fdir = cfg["feature_dir"]
+    c0, c1 = out["table"]
+    critic = read_critic_log(os.path.join(fdir, "fve", "critic_cycle_0.jsonl"))
+    assert len(critic) == c0["selected"] == 6
+    assert c0["critic"]["accepted"] == 6 and c0["critic"].get("fallback", 0) == 0
+    assert all(r.new_prompt == NEW_PROMPT and r.analysis == "The image hides the material." for r in critic)
+    rewritten = {r.item_id for r in critic}
+    p0 = {r["item_id"]: r["prompt"] for r in read_prompts(os.path.join(fdir, "fve", "prompts_cycle_0.jsonl"))}
+    p1 = {r["item_id"]: r["prompt"] for r in read_prompts(os.path.join(fdir, "fve", "prompts_cycle_1.jsonl"))}
+    assert {t for t in tokens if p0[t] != p1[t]} == rewritten and all(p1[t] == NEW_PROMPT for t in rewritten)
+    # cycle 1 encodes the rewritten items only; the others come from the cache, bit-identical
+    assert c1["prompts_changed"] == 6 and c1["items_reencoded"] == 6 and c1["cache_hits"] == N_ITEMS - 6
+    m0, m1 = load_item_features(fdir, "fve/cycle_0"), load_item_features(fdir, "fve/cycle_1")
+    r0, r1 = dict(zip(m0[0], m0[1])), dict(zip(m1[0], m1[1]))
+    for t in tokens:
+        if t in rewritten:   # the embedding depends on the prompt (fve_pooling image_after_prompt)
+            assert not np.allclose(r0[t], r1[t], atol=1e-4), t
+        else:
+            assert np.array_equal(r0[t], r1[t]), t
+    # new features -> a different backbone (re-initialised each cycle by default)
+    assert c0["valid"] != c1["valid"]
+
+
+def test_warm_start_continues_from_the_previous_cycle(rewriting_run, tmp_path):
+    import torch
+
+    cfg, out, _ = rewriting_run
+    fdir, _ = feature_dir_with_text(cfg["data_path"], tmp_path / "features_warm")
+    warm_cfg = dict(cfg, feature_dir=fdir, fve_warm_start=True)
+    warm = run_fve("M3SRec_REVEAL", NAME, config_dict=warm_cfg)
+    # cycle 0 is the same either way; cycle 1 starts from cycle 0's weights instead of a fresh init
+    assert warm["table"][0]["valid"] == out["table"][0]["valid"]
+    assert warm["table"][1]["valid"] != out["table"][1]["valid"]
+    log = open(os.path.join(warm["run_dir"], "fve.log"), encoding="utf-8").read()
+    assert "warm start from cycle 0's backbone" in log and "vision_mean_table.weight" in log
+
+
+def test_warm_start_loads_all_but_the_new_feature_tables(tiny_config):
+    import torch
+
+    from helpers import build_pipeline
+    from recbole_reveal.fve.loop import warm_start
+
+    _, (train_data, _, _), fresh, _ = build_pipeline("M3SRec", tiny_config)
+    _, _, other, _ = build_pipeline("M3SRec", dict(tiny_config, seed=7))
+    previous = {k: v + 1.0 for k, v in other.state_dict().items()}     # stands for cycle x-1's weights
+    vision = train_data._dataset.item_features["vision"]
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    kept = warm_start(fresh, previous, vision)
+    assert kept == ["vision_cov_table.weight", "vision_mean_table.weight"]
+    for key, value in fresh.state_dict().items():
+        if key in kept:
+            assert torch.equal(value, before[key]) and torch.equal(value, vision), key
+        else:
+            assert torch.equal(value, previous[key]), key
+    # a feature table the model does not declare would carry the old features over: refused by name
+    _, _, undeclared, _ = build_pipeline("M3SRec", tiny_config)
+    undeclared.vision_feature_tables = ("vision_cov_table",)
+    with pytest.raises(ConfigError, match="vision_mean_table.weight"):
+        warm_start(undeclared, previous, vision)

@@ -54,6 +54,8 @@ def fve_settings(config=None):
     for key in ("fve_run_dir", "fve_stop_after"):
         if settings[key] is not None and (not isinstance(settings[key], str) or not settings[key]):
             raise ConfigError(f"{key} must be a non-empty string or ~; got {settings[key]!r}")
+    if not isinstance(settings["fve_warm_start"], bool):
+        raise ConfigError(f"fve_warm_start must be True or False; got {settings['fve_warm_start']!r}")
     if not isinstance(settings["fve_layer"], int) or isinstance(settings["fve_layer"], bool):
         raise ConfigError(f"fve_layer must be an integer; got {settings['fve_layer']!r}")
     if settings["fve_max_pixels"] is not None and settings["fve_max_pixels"] < settings["fve_min_pixels"]:

@@ -65,6 +65,26 @@ def fingerprint_config(config, settings):
     return relevant, hashlib.sha256(blob.encode()).hexdigest()
 
 
+def warm_start(model, previous_state, vision_features):
+    """Load the previous cycle's weights into the freshly built ``model``, except its declared
+    ``vision_feature_tables``, which keep their initialisation from this cycle's features.
+
+    A state entry that equals this cycle's feature matrix but is not declared would silently carry the
+    old features over: that is an error naming the entry.
+    """
+    fresh = model.state_dict()
+    keep = {f"{m}.{k}" for m in model.vision_feature_tables
+            for k in dict(model.named_modules())[m].state_dict()}
+    for key, value in fresh.items():
+        if key not in keep and value.shape == vision_features.shape and torch.equal(value.cpu(), vision_features):
+            raise ConfigError(
+                f"fve_warm_start: {type(model).__name__}.{key} is initialised from the visual features but is "
+                "not listed in the model's vision_feature_tables; declare it there, or set fve_warm_start: False")
+    state = {k: (fresh[k] if k in keep else v) for k, v in previous_state.items()}
+    model.load_state_dict(state)
+    return sorted(keep)
+
+
 def _atomic_json(path, obj):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
@@ -341,11 +361,17 @@ class _Loop:
                 "dim": int(enc.dim), "feature_set": f"fve/cycle_{x}"}
 
     def stage_train(self, x):
-        """Train a freshly initialised backbone (seeded as ``run_recbole_reveal`` seeds it) to convergence
-        on cycle x's features, then evaluate it on the test users."""
+        """Train the backbone to convergence on cycle x's features (freshly initialised and seeded as
+        ``run_recbole_reveal`` seeds it; with ``fve_warm_start``, cycles after the first start from the
+        previous cycle's weights), then evaluate it on the test users."""
         from recbole_reveal.quick_start import _close_log_handlers
 
         config, (train_data, valid_data, test_data), model_obj, trainer = self.prepare(x)
+        if self.settings["fve_warm_start"] and x > 0:
+            previous = torch.load(self.model_path(x - 1), map_location=config["device"])
+            kept = warm_start(trainer.model, previous, train_data._dataset.item_features["vision"])
+            logger.info("FVE cycle %d: warm start from cycle %d's backbone (re-initialised from the new "
+                        "features: %s)", x, x - 1, ", ".join(kept) or "nothing")
         try:
             best_score, best_valid = trainer.fit(train_data, valid_data, saved=True,
                                                  show_progress=config["show_progress"])

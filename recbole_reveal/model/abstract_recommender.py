@@ -28,6 +28,9 @@ class MultimodalSequentialRecommender(SequentialRecommender):
     """
 
     vision_modules = ()
+    # sub-modules initialised from the visual feature matrix (re-initialised, not carried over, when
+    # the FVE loop warm-starts a cycle from the previous cycle's weights)
+    vision_feature_tables = ()
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

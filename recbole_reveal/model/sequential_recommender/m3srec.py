@@ -55,6 +55,7 @@ class M3SRec(MultimodalSequentialRecommender):
         "mean_fusion.vision_experts",
         "cov_fusion.vision_experts",
     )
+    vision_feature_tables = ("vision_mean_table", "vision_cov_table")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
