@@ -291,3 +291,17 @@ def test_warm_start_loads_all_but_the_new_feature_tables(tiny_config):
     undeclared.vision_feature_tables = ("vision_cov_table",)
     with pytest.raises(ConfigError, match="vision_mean_table.weight"):
         warm_start(undeclared, previous, vision)
+
+
+def test_data_parallel_encoding_in_the_loop(full_run, data_root, vlm_folder, tmp_path):
+    cfg, out, tokens = full_run
+    fdir, _ = feature_dir_with_text(data_root, tmp_path / "features_dp")
+    dp = run_fve("M3SRec_REVEAL", NAME, config_dict=dict(cfg, feature_dir=fdir, fve_cycles=1, fve_num_processes=2))
+    row = dp["table"][0]
+    assert row["items_reencoded"] == N_ITEMS and row["cache_hits"] == 0
+    state = json.load(open(os.path.join(dp["run_dir"], "stages.json")))
+    assert state["stages"]["cycle_0/encode"]["processes"] == 2
+    single = dict(zip(*load_item_features(cfg["feature_dir"], "fve/cycle_0")))
+    merged = dict(zip(*load_item_features(fdir, "fve/cycle_0")))
+    for t in tokens:
+        np.testing.assert_allclose(merged[t], single[t], atol=1e-5)

@@ -54,6 +54,9 @@ def fve_settings(config=None):
     for key in ("fve_run_dir", "fve_stop_after"):
         if settings[key] is not None and (not isinstance(settings[key], str) or not settings[key]):
             raise ConfigError(f"{key} must be a non-empty string or ~; got {settings[key]!r}")
+    procs = settings["fve_num_processes"]
+    if procs != "auto" and (isinstance(procs, bool) or not isinstance(procs, int) or procs < 1):
+        raise ConfigError(f"fve_num_processes must be 'auto' or an integer >= 1; got {procs!r}")
     if not isinstance(settings["fve_warm_start"], bool):
         raise ConfigError(f"fve_warm_start must be True or False; got {settings['fve_warm_start']!r}")
     if not isinstance(settings["fve_layer"], int) or isinstance(settings["fve_layer"], bool):

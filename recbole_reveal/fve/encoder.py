@@ -506,8 +506,10 @@ def item_requests(items, records, dataset_dir):
 
 def save_encoding(result, encoder, feature_dir, name, metadata=None):
     """Write ``result`` as feature set ``name`` (e.g. ``fve/cycle_1``) with provenance: the encoder's
-    settings, the encode summary (cache hits, missing images) and ``metadata``."""
+    settings (``encoder`` is the :class:`FVEEncoder` or its ``describe()`` dict), the encode summary
+    (cache hits, missing images) and ``metadata``."""
     from recbole_reveal.data.feature_store import save_item_features
 
-    meta = dict(encoder.describe(), **result.summary(), **(metadata or {}))
+    description = encoder if isinstance(encoder, dict) else encoder.describe()
+    meta = dict(description, **result.summary(), **(metadata or {}))
     return save_item_features(feature_dir, name, result.tokens, result.matrix, meta)

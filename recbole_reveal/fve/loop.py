@@ -28,6 +28,7 @@ FORMAT_VERSION = 1
 # ``vision_feature`` / ``vision_feature_dim`` / ``checkpoint_dir`` are set by the loop per cycle.
 _IGNORED_KEYS = {
     "fve_stop_after", "fve_run_dir", "fve_cycles", "fve_preprocess_workers", "fve_vision_cache_mb",
+    "fve_num_processes",
     "fve_vision_cache_dir", "fve_cache_dir", "feature_dir", "show_progress", "state", "checkpoint_dir",
     "vision_feature",
     "vision_feature_dim", "log_wandb", "wandb_project", "tensorboard", "device", "gpu_id", "use_gpu",
@@ -344,21 +345,30 @@ class _Loop:
     def stage_encode(self, x):
         from recbole_reveal.fve.cache import EmbeddingCache
         from recbole_reveal.fve.encoder import item_requests, save_encoding
+        from recbole_reveal.fve.parallel import encode_data_parallel, resolve_num_processes
         from recbole_reveal.fve.prompts import read_prompts
 
         records = read_prompts(self.prompts_path(x))
         changed = len(records) if x == 0 else _prompt_changes(read_prompts(self.prompts_path(x - 1)), records)
-        cache = EmbeddingCache(self.settings["fve_cache_dir"] or os.path.join(self.fve_dir, "cache"))
-        enc = self.encoder
-        result = enc.encode_items(item_requests(self.items, records, self.dataset_dir), cache=cache)
-        save_encoding(result, enc, self.feature_dir, f"fve/cycle_{x}",
-                      {"cycle": x, "prompts": self.prompts_path(x)})
+        cache_dir = self.settings["fve_cache_dir"] or os.path.join(self.fve_dir, "cache")
+        requests = item_requests(self.items, records, self.dataset_dir)
+        processes = resolve_num_processes(self.settings["fve_num_processes"], self.settings["fve_device"])
+        if processes > 1:
+            result, description = encode_data_parallel(
+                requests, _jsonable(self.settings), cache_dir, os.path.join(self.cycle_dir(x), "encode_workers"),
+                processes)
+        else:
+            enc = self.encoder
+            result = enc.encode_items(requests, cache=EmbeddingCache(cache_dir))
+            description = enc.describe()
+        save_encoding(result, description, self.feature_dir, f"fve/cycle_{x}",
+                      {"cycle": x, "prompts": self.prompts_path(x), "processes": processes})
         summary = result.summary()
         logger.info("FVE cycle %d: %d prompts changed, %d items encoded, %d cache hits, %d missing images",
                     x, changed, summary["encoded"], summary["cache_hits"], summary["missing_images"])
         return {"prompts_changed": changed, "items_reencoded": summary["encoded"],
                 "cache_hits": summary["cache_hits"], "missing_images": summary["missing_images"],
-                "dim": int(enc.dim), "feature_set": f"fve/cycle_{x}"}
+                "dim": int(description["dim"]), "processes": processes, "feature_set": f"fve/cycle_{x}"}
 
     def stage_train(self, x):
         """Train the backbone to convergence on cycle x's features (freshly initialised and seeded as
