@@ -19,7 +19,7 @@ from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.critic import read_critic_log
 from recbole_reveal.fve.loop import run_fve, stage_names
 from recbole_reveal.fve.prompts import read_prompts
-from recbole_reveal.fve.vlm import build_tiny_qwen2_5_vl
+from recbole_reveal.fve.vlm import build_scripted_qwen2_5_vl, build_tiny_qwen2_5_vl
 
 N_ITEMS = 24
 NAME = "fveloop"
@@ -217,8 +217,6 @@ ANSWER = ["ANALYSIS:", " The image hides the material.\n", "NEW_PROMPT:", " " + 
 
 @pytest.fixture(scope="module")
 def scripted_vlm_folder(tmp_path_factory):
-    from scripted_vlm import build_scripted_qwen2_5_vl
-
     return build_scripted_qwen2_5_vl(str(tmp_path_factory.mktemp("vlm") / "scripted"), ANSWER)
 
 

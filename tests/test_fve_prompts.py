@@ -165,3 +165,22 @@ def test_demo_prompts_are_deterministic_via_the_command(tmp_path):
     assert first["prompt"].startswith("An item image of a Backpacks. Item name: Vertex backpack ZH-224. "
                                       "Users often mention: ")
     assert len(first["keywords"]) == 5
+
+
+def test_streamed_counts_give_the_keywords_of_the_texts(tmp_path):
+    from recbole_reveal.fve.prompts import extract_keywords, review_keyword_counts, top_keywords
+
+    texts = {"a": ["Great zipper, strong ZIPPER!", "zipper broke; strap fine", "The strap is strong"],
+             "b": ["Lovely colour", "colour faded after washing, colour"]}
+    path = tmp_path / "x.review"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("user_id:token\titem_id:token\ttimestamp:float\treview:token_seq\n")
+        for n, (item, reviews) in enumerate(sorted(texts.items())):
+            for k, text in enumerate(reviews):
+                f.write(f"u{k}\t{item}\t{100 * n + k}\t{text}\n")
+    counts = review_keyword_counts(str(path))
+    assert counts["a"]["zipper"] == 3 and counts["a"]["strong"] == 2 and counts["b"]["colour"] == 3
+    for item, reviews in texts.items():
+        assert top_keywords(counts[item], 3) == extract_keywords(reviews, 3)
+    held = review_keyword_counts(str(path), holdout={("u0", "a", 0.0)})
+    assert held["a"]["zipper"] == 1

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import yaml
 
 from recbole_reveal.errors import ConfigError
-from recbole_reveal.features.extract import read_atomic
+from recbole_reveal.features.extract import iter_atomic, read_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def extract_keywords(reviews, top_k=5, stop_words=ENGLISH_STOP_WORDS):
     counts = Counter()
     for review in reviews:
         counts.update(tokenize_review(review, stop_words))
-    return [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]]
+    return top_keywords(counts, top_k)
 
 
 def load_stop_words(path=None):
@@ -165,9 +165,10 @@ def evaluation_holdout(inter_path, n_holdout=2):
     return held
 
 
-def read_reviews(review_path, holdout=None):
-    """``{item: [review, ...]}`` from a ``.review`` file, without the ``holdout`` interactions."""
-    columns, _, rows = read_atomic(review_path)
+def review_keyword_counts(review_path, holdout=None, stop_words=ENGLISH_STOP_WORDS):
+    """``{item: Counter(keyword candidate -> count)}`` over a ``.review`` file without the ``holdout``
+    interactions. The file is streamed line by line: only the counts stay in memory, not the texts."""
+    columns, _, rows = iter_atomic(review_path)
     for needed in ("item_id", "review"):
         if needed not in columns:
             raise ValueError(f"{review_path}: no {needed} column (columns: {columns})")
@@ -177,17 +178,23 @@ def read_reviews(review_path, holdout=None):
     if holdout and u is None:
         raise ValueError(f"{review_path}: excluding evaluation reviews needs a user_id column; "
                          "set fve_keyword_reviews: all to use every review")
-    reviews, dropped = defaultdict(list), 0
+    counts, kept, dropped = defaultdict(Counter), 0, 0
     for row in rows:
         if holdout:
             ts = float(row[t]) if t is not None and row[t] != "" else None
             if (row[u], row[i], ts) in holdout or (row[u], row[i], None) in holdout:
                 dropped += 1
                 continue
-        reviews[row[i]].append(row[r])
+        counts[row[i]].update(tokenize_review(row[r], stop_words))
+        kept += 1
     logger.info("read %d reviews of %d items from %s (%d evaluation-time reviews left out)",
-                sum(map(len, reviews.values())), len(reviews), review_path, dropped)
-    return reviews
+                kept, len(counts), review_path, dropped)
+    return counts
+
+
+def top_keywords(counts, top_k=5):
+    """The ``top_k`` most frequent entries of a Counter; ties alphabetical."""
+    return [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]]
 
 
 def item_keywords(dataset, data_path, top_k=5, reviews="exclude_eval", stop_words=ENGLISH_STOP_WORDS):
@@ -206,8 +213,8 @@ def item_keywords(dataset, data_path, top_k=5, reviews="exclude_eval", stop_word
             raise FileNotFoundError(f"fve_keyword_reviews: exclude_eval needs {inter_path} to find the "
                                     "evaluation interactions (or set fve_keyword_reviews: all)")
         holdout = evaluation_holdout(inter_path)
-    return {item: extract_keywords(texts, top_k, stop_words)
-            for item, texts in read_reviews(review_path, holdout).items()}
+    return {item: top_keywords(counts, top_k)
+            for item, counts in review_keyword_counts(review_path, holdout, stop_words).items()}
 
 
 def template_fields(template):
