@@ -11,6 +11,9 @@ Each fix is scoped as narrowly as the problem allows:
 * importing ``recbole.model.sequential_recommender`` imports SINE, which switches on autograd anomaly
   detection for the whole process (~40 % slower training). We import that package here, once, and
   switch anomaly detection back off; a later import does not re-run SINE's module code.
+* recent scipy (1.17 here) has no private ``dok_matrix._update`` that RecBole's graph models (LightGCN,
+  NGCF, NCL, GCMC, SpectralCF, KGIN, MCCLK) call to build their adjacency matrix; it is restored as
+  scipy's public ``dok_matrix.update`` (the same bulk insert, with index checks), only when absent.
 """
 
 import types
@@ -68,7 +71,19 @@ def import_recbole_models_without_anomaly_detection():
     torch.autograd.set_detect_anomaly(was_enabled)
 
 
+def restore_dok_matrix_update():
+    """Give scipy's ``dok_matrix`` back the ``_update`` RecBole's graph models call; returns whether
+    it was added."""
+    import scipy.sparse as sp
+
+    if hasattr(sp.dok_matrix, "_update"):
+        return False
+    sp.dok_matrix._update = sp.dok_matrix.update
+    return True
+
+
 def apply():
     restore_numpy_aliases()
+    restore_dok_matrix_update()
     import_recbole_models_without_anomaly_detection()
     trust_recbole_checkpoints()

@@ -4,31 +4,41 @@ import importlib
 import pkgutil
 
 from recbole.data.utils import create_dataset as recbole_create_dataset
+from recbole.utils import ModelType
 from recbole.utils import get_trainer as recbole_get_trainer
 
-from recbole_reveal.data.dataset import MultimodalSequentialDataset
+from recbole_reveal.data.dataset import MultimodalDataset, MultimodalSequentialDataset
 from recbole_reveal.errors import UnknownModelError
-from recbole_reveal.model import sequential_recommender as plugin_models
+from recbole_reveal.model import general_recommender, sequential_recommender
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
+
+# The plugin's model packages, searched in this order (one module per model, RecBole's convention).
+PLUGIN_MODEL_PACKAGES = (sequential_recommender, general_recommender)
 
 
 def plugin_model_names():
-    """Names of the models this plugin adds (one module per model, RecBole's convention)."""
+    """Names of the models this plugin adds."""
     names = []
-    for module in pkgutil.iter_modules(plugin_models.__path__):
-        mod = importlib.import_module(f"{plugin_models.__name__}.{module.name}")
-        names += [n for n in dir(mod) if n.lower() == module.name]
+    for package in PLUGIN_MODEL_PACKAGES:
+        for module in pkgutil.iter_modules(package.__path__):
+            mod = importlib.import_module(f"{package.__name__}.{module.name}")
+            names += [n for n in dir(mod) if n.lower() == module.name]
     return sorted(names)
+
+
+def _plugin_model(model_name):
+    for package in PLUGIN_MODEL_PACKAGES:
+        module_path = f"{package.__name__}.{model_name.lower()}"
+        if importlib.util.find_spec(module_path) is not None:
+            module = importlib.import_module(module_path)
+            if hasattr(module, model_name):
+                return getattr(module, model_name)
+    return None
 
 
 def get_model(model_name):
     """Model class for ``model_name``: a plugin model, else one of RecBole's."""
-    module_path = f"{plugin_models.__name__}.{model_name.lower()}"
-    if importlib.util.find_spec(module_path) is not None:
-        module = importlib.import_module(module_path)
-        if hasattr(module, model_name):
-            return getattr(module, model_name)
-    model_class = _recbole_model(model_name)
+    model_class = _plugin_model(model_name) or _recbole_model(model_name)
     if model_class is None:
         raise UnknownModelError(
             f"unknown model '{model_name}'. Plugin models: {', '.join(plugin_model_names())}; "
@@ -82,13 +92,22 @@ def get_trainer(model_type, model_name):
 
 
 def get_dataset_class(model_class):
-    if issubclass(model_class, MultimodalSequentialRecommender):
+    """The plugin's dataset hook for a model that reads item features, else ``None`` (RecBole's own).
+
+    A model reads item features if it is a ``MultimodalSequentialRecommender`` or declares the class
+    attribute ``uses_item_features = True`` (general models such as VBPR); sequential models get
+    :class:`MultimodalSequentialDataset`, the others :class:`MultimodalDataset`.
+    """
+    if not (issubclass(model_class, MultimodalSequentialRecommender)
+            or getattr(model_class, "uses_item_features", False)):
+        return None
+    if model_class.type == ModelType.SEQUENTIAL:
         return MultimodalSequentialDataset
-    return None
+    return MultimodalDataset
 
 
 def create_dataset(config):
-    """Dataset for ``config``: the multimodal hook for plugin multimodal models, else RecBole's.
+    """Dataset for ``config``: a multimodal hook for models that read item features, else RecBole's.
 
     The multimodal dataset is always built from the files (RecBole's ``save_dataset`` cache is not
     used for it): its feature matrices must follow the current feature files and config.

@@ -49,3 +49,13 @@ def test_recbole_reloads_its_checkpoint_while_torch_default_stays_safe(tiny_conf
         torch.load(trainer.saved_model_file)
     result = trainer.evaluate(test_data, load_best_model=True)
     assert set(result) == {"recall@10", "recall@20", "ndcg@10", "ndcg@20"}
+
+
+def test_dok_matrix_update_restored_for_recbole_graph_models():
+    """RecBole's LightGCN/NGCF build their adjacency with ``dok_matrix._update`` (gone in new scipy)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    m = sp.dok_matrix((3, 3), dtype=np.float32)
+    m._update({(0, 1): 1.0, (2, 0): 2.0})
+    assert m.toarray().tolist() == [[0, 1, 0], [0, 0, 0], [2, 0, 0]]

@@ -1,24 +1,28 @@
-"""RecBole dataset hook that attaches per-item text and visual feature matrices."""
+"""RecBole dataset hooks that attach per-item text and visual feature matrices.
+
+:class:`MultimodalSequentialDataset` serves the sequential multimodal models (M3SRec, ...);
+:class:`MultimodalDataset` serves general (non-sequential) ones such as VBPR. Both read the features
+through :class:`ItemFeaturesMixin`, so they select, check and align feature sets the same way.
+"""
 
 import os
 
 import torch
-from recbole.data.dataset import SequentialDataset
+from recbole.data.dataset import Dataset, SequentialDataset
 
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.data.feature_store import align_to_item_ids, feature_paths, load_item_features
 
 
-class MultimodalSequentialDataset(SequentialDataset):
-    """A :class:`SequentialDataset` plus ``item_features = {"text": T, "vision": V}``.
+class ItemFeaturesMixin:
+    """Adds ``item_features = {modality: T}`` to a RecBole dataset, built once after RecBole's own loading.
 
-    ``T`` and ``V`` are float32 tensors of shape ``[n_items, dim]`` indexed by RecBole's internal item
-    id (row 0 = padding, all zeros). They are read from the feature directory
-    (``feature_dir``, default ``<data_path>/<dataset>/features``) using the feature-set names in the
-    config keys ``text_feature`` and ``vision_feature`` (e.g. ``vision_efficientnet_lite0``, or
-    ``fve/cycle_2`` for an FVE cycle's visual features), with optional dimension checks
-    ``text_feature_dim`` / ``vision_feature_dim``. See ``recbole_reveal.data.feature_store`` for the
-    file format and the checks.
+    ``T`` is a float32 tensor of shape ``[n_items, dim]`` indexed by RecBole's internal item id (row 0 =
+    padding, all zeros). It is read from the feature directory (``feature_dir``, default
+    ``<data_path>/<dataset>/features``) using the feature-set names in the config keys ``text_feature``
+    and ``vision_feature`` (e.g. ``vision_efficientnet_lite0``, or ``fve/cycle_2`` for an FVE cycle's
+    visual features), with optional dimension checks ``text_feature_dim`` / ``vision_feature_dim``. See
+    ``recbole_reveal.data.feature_store`` for the file format and the checks.
     """
 
     modality_keys = {"text": "text_feature", "vision": "vision_feature"}
@@ -26,6 +30,10 @@ class MultimodalSequentialDataset(SequentialDataset):
     def __init__(self, config):
         super().__init__(config)
         self.item_features = self.load_item_features()
+
+    def feature_modalities(self):
+        """The modalities this dataset loads (every one in ``modality_keys`` unless overridden)."""
+        return tuple(self.modality_keys)
 
     @property
     def feature_dir(self):
@@ -45,7 +53,8 @@ class MultimodalSequentialDataset(SequentialDataset):
     def load_item_features(self):
         id2token = self.field2id_token[self.iid_field]
         features = {}
-        for modality, key in self.modality_keys.items():
+        for modality in self.feature_modalities():
+            key = self.modality_keys[modality]
             name = self._feature_name(modality)
             tokens, matrix = load_item_features(
                 self.feature_dir, name, expected_dim=self.config[f"{key}_dim"]
@@ -57,3 +66,28 @@ class MultimodalSequentialDataset(SequentialDataset):
                 f"({matrix.shape[0]} rows, dim {matrix.shape[1]}, {len(id2token) - 1} dataset items)"
             )
         return features
+
+
+class MultimodalSequentialDataset(ItemFeaturesMixin, SequentialDataset):
+    """A :class:`SequentialDataset` plus ``item_features = {"text": T, "vision": V}`` (both always
+    loaded; see :class:`ItemFeaturesMixin`)."""
+
+
+class MultimodalDataset(ItemFeaturesMixin, Dataset):
+    """A general RecBole :class:`Dataset` (user-item pairs, for non-sequential models such as VBPR) plus
+    ``item_features`` for the modalities in the config key ``feature_modalities`` (default: all), so a
+    vision-only model needs no text feature file."""
+
+    def feature_modalities(self):
+        wanted = self.config["feature_modalities"]
+        if wanted is None:
+            return super().feature_modalities()
+        if isinstance(wanted, str):
+            wanted = [wanted]
+        unknown = [m for m in wanted if m not in self.modality_keys]
+        if unknown or not wanted:
+            raise ConfigError(
+                f"config key 'feature_modalities' is {wanted}; expected a non-empty list drawn from "
+                f"{list(self.modality_keys)}"
+            )
+        return tuple(wanted)

@@ -1,0 +1,1 @@
+from recbole_reveal.model.general_recommender.vbpr import VBPR
