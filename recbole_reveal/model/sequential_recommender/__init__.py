@@ -1,2 +1,3 @@
 from recbole_reveal.model.sequential_recommender.m3srec import M3SRec
 from recbole_reveal.model.sequential_recommender.m3srec_reveal import M3SRec_REVEAL
+from recbole_reveal.model.sequential_recommender.stosa import STOSA
