@@ -8,6 +8,18 @@ from helpers import write_tiny_dataset
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """The tests train tiny models: one thread is as fast on a quiet machine, and on a busy one two
+    threads make tiny matrix products up to ~100x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _run_in_tmp(tmp_path_factory):
     """RecBole writes ./log and ./log_tensorboard (relative paths its writer threads keep using):
     run the whole session in one scratch directory, out of the repository."""
