@@ -16,6 +16,7 @@ from recbole.config import Config
 from recbole.data import data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
+from recbole_reveal.cost import CostMeter, cost_path, format_cost, write_cost
 from recbole_reveal.errors import ConfigError, DatasetNotFoundError
 from recbole_reveal.utils import create_dataset, get_model, get_trainer, is_plugin_model
 
@@ -126,12 +127,17 @@ def fve_requested(config):
 def run_recbole_reveal(model, dataset, config_file_list=None, config_dict=None, saved=True, cmd_args=()):
     """Train ``model`` on ``dataset`` and evaluate it; returns a dict with ``best_valid_score``,
     ``valid_score_bigger``, ``best_valid_result``, ``test_result``, ``masked_test_results``
-    (test results with each modality in ``eval_zeroed_modalities`` zeroed at inference) and
-    ``config``. This is also the objective RecBole's HyperTuning calls (see ``objective_function``).
+    (test results with each modality in ``eval_zeroed_modalities`` zeroed at inference),
+    ``cost`` (seconds per stage and peak memory, see :mod:`recbole_reveal.cost`), ``cost_file`` (that
+    report as JSON beside the checkpoint) and ``config``. This is also the objective RecBole's
+    HyperTuning calls (see ``objective_function``).
     """
-    config, (train_data, valid_data, test_data), model_obj, trainer = prepare_run(
-        model, dataset, config_file_list, config_dict, cmd_args
-    )
+    meter = CostMeter()
+    meter.start_memory()
+    with meter.stage("setup"):
+        config, (train_data, valid_data, test_data), model_obj, trainer = prepare_run(
+            model, dataset, config_file_list, config_dict, cmd_args
+        )
     logger = getLogger()
     if getattr(model_obj, "reveal", False) and not config["fve"]:
         logger.info(
@@ -142,21 +148,29 @@ def run_recbole_reveal(model, dataset, config_file_list=None, config_dict=None, 
     zeroed = config["eval_zeroed_modalities"] or []
     if zeroed and not hasattr(model_obj, "zeroed_modalities"):
         raise ConfigError(f"eval_zeroed_modalities={zeroed}: {config['model']} has no modalities to zero")
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-    )
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    # fit = the training run (Table 7's training time w/o FVE); train / valid = its epochs' parts
+    with meter.stage("fit"), meter.timing(trainer, "_train_epoch", "train"), \
+            meter.timing(trainer, "_valid_epoch", "valid"):
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        )
+    with meter.stage("test_inference"):     # includes reading the best checkpoint back
+        test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     masked_test_results = {}
     for modality in zeroed:
-        with model_obj.zeroed_modalities(modality):
+        with model_obj.zeroed_modalities(modality), meter.stage(f"test_inference_{modality}_zeroed"):
             masked_test_results[modality] = trainer.evaluate(
                 test_data, load_best_model=False, show_progress=config["show_progress"]
             )
+    cost = meter.report(device=config["device"], model=config["model"], dataset=config["dataset"],
+                        seed=config["seed"], test_users=_n_users(test_data))
+    cost_file = write_cost(cost_path(trainer.saved_model_file), cost)
 
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
     for modality, result in masked_test_results.items():
         logger.info(set_color(f"test result, {modality} zeroed", "yellow") + f": {result}")
+    logger.info(format_cost(cost, title=set_color("run cost", "yellow") + f" (also in {cost_file})"))
     _close_log_handlers()
     return {
         "best_valid_score": best_valid_score,
@@ -164,8 +178,16 @@ def run_recbole_reveal(model, dataset, config_file_list=None, config_dict=None, 
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "masked_test_results": masked_test_results,
+        "cost": cost,
+        "cost_file": cost_file,
         "config": config,
     }
+
+
+def _n_users(eval_data):
+    """Users an evaluation loader ranks: one row per user for sequential models, ``uid_list`` else."""
+    uids = getattr(eval_data, "uid_list", None)
+    return int(len(uids)) if uids is not None else int(len(eval_data._dataset))
 
 
 def objective_function(config_dict=None, config_file_list=None, saved=True):
