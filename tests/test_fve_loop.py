@@ -115,7 +115,13 @@ def test_two_cycles_encode_train_and_rewrite(full_run):
     assert sorted(state["stages"]) == sorted(stage_names(2))
     assert json.load(open(os.path.join(out["run_dir"], "table.json"))) == out["table"]
     log = open(os.path.join(out["run_dir"], "fve.log"), encoding="utf-8").read()
-    assert "FVE per-cycle table" in log and "kept the old prompt" in log
+    assert "FVE per-cycle table" in log and "kept the old prompt" in log and "FVE run cost" in log
+    # the cost report (Table 7): FVE stages vs the backbone's training, saved in the run folder
+    cost = out["cost"]
+    assert cost["calls"]["fit"] == 2 and cost["calls"]["fve_encode"] == 2 and cost["calls"]["fve_critic"] == 1
+    assert cost["fve_encode_s"] > 0 and cost["fit_s"] > 0 and cost["backbone_s"] >= cost["fit_s"]
+    assert cost["peak_rss_mb"] > 0 and cost["cycles"] == 2
+    assert json.load(open(out["cost_file"])) == cost
 
 
 def test_rerun_of_a_finished_run_runs_nothing(full_run):
@@ -124,6 +130,7 @@ def test_rerun_of_a_finished_run_runs_nothing(full_run):
     mtime = os.stat(npy).st_mtime_ns
     again = run_fve("M3SRec_REVEAL", NAME, config_dict=cfg)
     assert again["executed"] == [] and again["table"] == out["table"]
+    assert "fit" not in again["cost"]["calls"] and again["cost"]["executed"] == 0
     assert os.stat(npy).st_mtime_ns == mtime
 
 

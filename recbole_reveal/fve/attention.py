@@ -100,13 +100,12 @@ def patch_attention(vlm, image, prompt, pooling=DEFAULT_POOLING, layer=-1, min_p
     """
     _check_eager(vlm)
     encoder = FVEEncoder(vlm, pooling=pooling, min_pixels=min_pixels, max_pixels=max_pixels, preprocess_workers=0)
-    encoder._check_prompt(prompt, "heatmap prompt")
+    encoder.check_prompt(prompt, "heatmap prompt")
     n_layers = vlm.num_layers
     if not -n_layers <= int(layer) < n_layers:
         raise ValueError(f"layer {layer} is out of range for a {n_layers}-layer model (-1 = the final layer)")
     layer = int(layer) % n_layers
-    pixels = vlm.image_processor(images=[image.convert("RGB")], return_tensors="pt",
-                                 size={"shortest_edge": encoder.min_pixels, "longest_edge": encoder.max_pixels})
+    pixels = encoder.pixel_inputs(image.convert("RGB"))
     grid = tuple(int(g) for g in pixels["image_grid_thw"][0])
     ids, _ = encoder.token_ids(prompt, grid[0] * grid[1] * grid[2] // encoder.merge_size ** 2)
     device = vlm.device

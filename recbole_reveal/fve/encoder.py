@@ -211,7 +211,7 @@ class FVEEncoder:
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         jobs = []
         for image, prompt in zip(images, prompts):
-            self._check_prompt(prompt, "embed()")
+            self.check_prompt(prompt, "embed()")
             image = image.convert("RGB")
             key = "pixels:" + sha256_bytes(f"{image.size}".encode() + image.tobytes())
             jobs.append(_Job(self._vision_key(key), (lambda im=image: im), prompt))
@@ -238,7 +238,7 @@ class FVEEncoder:
         hits, jobs = {}, {}                              # embedding key -> first row / _Job
         rows_of = {}                                     # embedding key -> [rows]
         for i, req in enumerate(requests):
-            self._check_prompt(req.prompt, f"item {req.token}")
+            self.check_prompt(req.prompt, f"item {req.token}")
             data, reason = _read_bytes(req.image_path)
             if data is None:
                 missing[i] = reason
@@ -288,7 +288,8 @@ class FVEEncoder:
         return result
 
     # ------------------------------------------------------------------ internals
-    def _check_prompt(self, prompt, where):
+    def check_prompt(self, prompt, where):
+        """Refuse an empty prompt or one holding reserved chat tokens (``where`` names it in the error)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"{where}: empty prompt")
         bad = [t for t in self.reserved if t in prompt]
@@ -330,6 +331,12 @@ class FVEEncoder:
             raise ValueError(f"no positions to pool for prompt {prompt!r} under fve_pooling={self.pooling}")
         return ids, pos
 
+    def pixel_inputs(self, image):
+        """The image processor's output (``pixel_values``, ``image_grid_thw``) for one PIL image,
+        resized within this encoder's pixel budget."""
+        return self.vlm.image_processor(images=[image], return_tensors="pt",
+                                        size={"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels})
+
     def _preprocess(self, job):
         """Pixel patches and grid of the job's image under the pixel budget, or set ``job.error``."""
         image = job.load_image()
@@ -337,8 +344,7 @@ class FVEEncoder:
             job.error = image
             return
         try:
-            out = self.vlm.image_processor(images=[image], return_tensors="pt",
-                                           size={"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels})
+            out = self.pixel_inputs(image)
         except (ValueError, OSError) as e:
             job.error = f"image processor rejected it: {e}"
             return

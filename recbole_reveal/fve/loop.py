@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from recbole_reveal.cost import CostMeter, format_cost, write_cost
 from recbole_reveal.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ _IGNORED_KEYS = {
     "save_dataset", "dataset_save_path", "save_dataloaders", "dataloaders_save_path", "log_dir",
 }
 STAGE_KINDS = ("encode", "train", "feedback", "critic")
+# cost-report names of the stages (recbole_reveal.cost): FVE's own work as fve_*, the backbone's not
+COST_STAGES = {"init": "fve_init", "encode": "fve_encode", "train": "backbone", "feedback": "fve_feedback",
+               "critic": "fve_critic"}
 
 
 def stage_names(n_cycles):
@@ -192,9 +196,11 @@ def run_fve(model, dataset, config_file_list=None, config_dict=None, cmd_args=()
     run_dir = settings["fve_run_dir"] or os.path.join(fve_dir, "run")
     relevant, fp = fingerprint_config(base, settings)
     run = _Run(run_dir, relevant, fp)
+    meter = CostMeter()
+    meter.start_memory()
     with _run_log(os.path.join(run_dir, "fve.log")):
         return _run_stages(model, dataset, config_file_list, config_dict, cmd_args, base, settings, fs, cs,
-                           dataset_dir, feature_dir, fve_dir, run, names, n_cycles, stop_after)
+                           dataset_dir, feature_dir, fve_dir, run, names, n_cycles, stop_after, meter)
 
 
 @contextmanager
@@ -217,10 +223,10 @@ def _run_log(path):
 
 
 def _run_stages(model, dataset, config_file_list, config_dict, cmd_args, base, settings, fs, cs,
-                dataset_dir, feature_dir, fve_dir, run, names, n_cycles, stop_after):
+                dataset_dir, feature_dir, fve_dir, run, names, n_cycles, stop_after, meter):
     run_dir = run.dir
     loop = _Loop(model, dataset, config_file_list, config_dict, cmd_args, base, settings, fs, cs,
-                 dataset_dir, feature_dir, fve_dir, run)
+                 dataset_dir, feature_dir, fve_dir, run, meter)
 
     # A stage counts as finished only while its artefacts exist; otherwise it and all later stages rerun.
     for n, name in enumerate(names):
@@ -234,7 +240,8 @@ def _run_stages(model, dataset, config_file_list, config_dict, cmd_args, base, s
         if run.done(name):
             continue
         start = time.perf_counter()
-        record = loop.run_stage(name)
+        with meter.stage(COST_STAGES["init" if name == "init" else name.split("/")[1]]):
+            record = loop.run_stage(name)
         record["seconds"] = round(time.perf_counter() - start, 3)
         run.finish(name, record)
         executed.append(name)
@@ -250,13 +257,18 @@ def _run_stages(model, dataset, config_file_list, config_dict, cmd_args, base, s
     text = format_table(table, base["valid_metric"])
     logger.info("FVE per-cycle table (%s):\n%s", run_dir, text)
     _atomic_json(os.path.join(run_dir, "table.json"), table)
+    cost = meter.report(device=base["device"], model=base["model"], dataset=base["dataset"], seed=base["seed"],
+                        cycles=n_cycles, executed=len(executed))
+    cost_file = write_cost(os.path.join(run_dir, "cost.json"), cost)
+    logger.info("%s", format_cost(cost, title=f"FVE run cost, stages run by this call (also in {cost_file})"))
     return {"table": table, "table_text": text, "executed": executed, "stopped_after": stopped,
-            "run_dir": run_dir, "feature_dir": feature_dir}
+            "run_dir": run_dir, "feature_dir": feature_dir, "cost": cost, "cost_file": cost_file}
 
 
 class _Loop:
     def __init__(self, model, dataset, config_file_list, config_dict, cmd_args, base, settings, fs, cs,
-                 dataset_dir, feature_dir, fve_dir, run):
+                 dataset_dir, feature_dir, fve_dir, run, meter):
+        self.meter = meter
         self.model, self.dataset, self.files, self.config_dict, self.cmd_args = (
             model, dataset, config_file_list, config_dict, cmd_args)
         self.base, self.settings, self.fs, self.cs = base, settings, fs, cs
@@ -382,10 +394,15 @@ class _Loop:
             kept = warm_start(trainer.model, previous, train_data._dataset.item_features["vision"])
             logger.info("FVE cycle %d: warm start from cycle %d's backbone (re-initialised from the new "
                         "features: %s)", x, x - 1, ", ".join(kept) or "nothing")
+        meter = self.meter
         try:
-            best_score, best_valid = trainer.fit(train_data, valid_data, saved=True,
-                                                 show_progress=config["show_progress"])
-            test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=config["show_progress"])
+            with meter.stage("fit"), meter.timing(trainer, "_train_epoch", "train"), \
+                    meter.timing(trainer, "_valid_epoch", "valid"):
+                best_score, best_valid = trainer.fit(train_data, valid_data, saved=True,
+                                                     show_progress=config["show_progress"])
+            with meter.stage("test_inference"):
+                test_result = trainer.evaluate(test_data, load_best_model=True,
+                                               show_progress=config["show_progress"])
         finally:
             _close_log_handlers()
         path = self.model_path(x)
