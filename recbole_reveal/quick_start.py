@@ -206,7 +206,8 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     if model is None or dataset is None:
         raise ValueError("objective_function needs 'model' and 'dataset' in config_dict or a config file")
     result = run_recbole_reveal(model, dataset, config_file_list, config_dict, saved=saved)
-    result.pop("config")
+    config = result.pop("config")
+    result["model"] = config["model"]   # HyperTuning.trial reads it to name the trial
     return result
 
 

@@ -1,0 +1,234 @@
+"""``python run_experiments.py <command> ...``: the paper's experiments, one command per kind of table
+or figure (docs/experiments.md). ``python run_experiments.py <command> --help`` explains each option."""
+
+import argparse
+import os
+import sys
+
+import yaml
+
+from recbole_reveal.errors import ConfigError
+
+DEFAULT_OUT = "results"
+
+
+def parse_sets(items):
+    """``KEY=VALUE`` items -> {key: YAML value} (``--set epochs=5 zeroed_modalities=[text]``)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE items, got {item!r}")
+        out[key.lstrip("-")] = yaml.safe_load(value)
+    return out
+
+
+def parse_grid(items):
+    """``KEY=V1,V2,...`` items -> {key: [values]}."""
+    out = {}
+    for item in items or []:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise ConfigError(f"--grid expects KEY=V1,V2,... items, got {item!r}")
+        out[key] = [yaml.safe_load(v) for v in values.split(",")]
+    return out
+
+
+def resolve_seeds(args):
+    if args.seeds:
+        return list(args.seeds)
+    if args.n_seeds < 1:
+        raise ConfigError(f"--n_seeds must be >= 1, got {args.n_seeds}")
+    return [args.first_seed + i for i in range(args.n_seeds)]
+
+
+def _vlm_path(args, overrides):
+    """--vlm_path, else vlm_path from --set or a config file."""
+    if args.vlm_path:
+        return args.vlm_path
+    if overrides.get("vlm_path"):
+        return overrides["vlm_path"]
+    for path in reversed(args.config_files or []):
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        with open(path, encoding="utf-8") as f:
+            found = (yaml.safe_load(f) or {}).get("vlm_path")
+        if found:
+            return found
+    return None
+
+
+def _common(parser, with_seeds=True):
+    parser.add_argument("--dataset", required=True,
+                        help="dataset folder name under data_path (e.g. synthetic-demo, Sports)")
+    parser.add_argument("--out", default=DEFAULT_OUT,
+                        help="results root; this command writes to <out>/<dataset>/<command>/ (default: results)")
+    if with_seeds:
+        parser.add_argument("--n_seeds", type=int, default=5, help="number of seeds (default 5, as the paper)")
+        parser.add_argument("--first_seed", type=int, default=2020,
+                            help="seeds are first_seed, first_seed+1, ... (default 2020)")
+        parser.add_argument("--seeds", type=int, nargs="+", help="explicit seeds (replaces --n_seeds/--first_seed)")
+    parser.add_argument("--config_files", nargs="+", default=[], help="YAML config files for every run")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every run, YAML values (e.g. epochs=5 'avl_alpha=0.05')")
+    parser.add_argument("--vlm_path", help="local Qwen2.5-VL / Qwen3-VL folder; without it every 'w/ FVE' "
+                        "row is skipped (printed as 'skipped: w/ FVE needs --vlm_path')")
+    parser.add_argument("--split", choices=("test", "valid"), default="test",
+                        help="which result the table shows (default test; the paper's tables are test)")
+    parser.add_argument("--no_run", action="store_true",
+                        help="run nothing: print the plan (done / pending runs) and the table of what is saved")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="run_experiments.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("seeds", help="Table 2: models over seeds, mean ± std, REVEAL vs backbone with paired t-test",
+                       description="Run each model over the seeds; table of R@10/R@20/N@10/N@20 mean ± std, and "
+                       "for each X_REVEAL the relative improvement over X and the two-sided paired t-test "
+                       "p-value (pairs = same seed).")
+    p.add_argument("--models", nargs="+", required=True, help="model names (plugin or RecBole), e.g. M3SRec M3SRec_REVEAL")
+    p.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
+                   help="also sweep these config values (one row per model and grid point), e.g. avl_alpha=0.05,0.1")
+    p.add_argument("--eval_zeroed", nargs="+", default=[], choices=("text", "vision"),
+                   help="also report each model (that has modalities) with these modalities zeroed at inference")
+    _common(p)
+
+    p = sub.add_parser("modality", help="Fig. 1d-e + Table 4: modality ablation of a backbone and its V-only variants",
+                       description="Full modality; text-only trained uni-modally (vision zeroed in training and "
+                       "inference); text-only multimodal (vision zeroed at inference only); the same two for "
+                       "vision-only; then Table 4's V-only setting (text zeroed in training and inference) for "
+                       "the base model, + FVE, + AVL, + REVEAL. Also draws figure1.png.")
+    p.add_argument("--backbone", required=True, help="backbone name, e.g. M3SRec (X_REVEAL is the REVEAL model)")
+    _common(p)
+
+    p = sub.add_parser("variants", help="Table 3: base, w/ FVE, w/ AVL, w/ REVEAL of a backbone",
+                       description="The backbone X, X_REVEAL with FVE only (avl=False), with AVL only "
+                       "(fve=False), and with both; improvement and p-value against the base model.")
+    p.add_argument("--backbone", required=True, help="backbone name, e.g. M3SRec")
+    _common(p)
+
+    p = sub.add_parser("plot", help="Figs. 4-5: a metric vs fve_cycles and vs avl_alpha from saved results",
+                       description="Sensitivity plots from saved run records (of seeds/variants/modality/"
+                       "run_hyper.py). AVL runs give points at their avl_alpha; FVE runs one point per cycle "
+                       "(X_max = cycle + 1); runs with the switch off are the dashed baseline.")
+    p.add_argument("--results", nargs="+", required=True,
+                   help="run-record files or folders (searched recursively), e.g. results/Sports")
+    p.add_argument("--param", choices=("avl_alpha", "fve_cycles", "both"), default="both")
+    p.add_argument("--metric", default="recall@20", help="metric key (default recall@20)")
+    p.add_argument("--split", choices=("test", "valid"), default="test")
+    p.add_argument("--models", nargs="+", help="only runs of these models")
+    p.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="only runs whose resolved config has these values, e.g. 'zeroed_modalities=[text]'")
+    p.add_argument("--out", default=os.path.join(DEFAULT_OUT, "plots"), help="folder for the PNGs")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from recbole_reveal.errors import USER_ERRORS
+
+    try:
+        if args.command == "plot":
+            return _plot(args)
+        return _table_command(args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _table_command(args):
+    from recbole_reveal.experiments import protocols
+    from recbole_reveal.experiments.runs import ResultStore, execute
+    from recbole_reveal.experiments.tables import render_csv, render_markdown, render_runs_csv, summarise
+
+    overrides = parse_sets(args.set)
+    seeds = resolve_seeds(args)
+    vlm_path = _vlm_path(args, overrides)
+    overrides.pop("vlm_path", None)         # given to the rows that run FVE, not to every run
+    if args.command == "seeds":
+        protocols.check_models(args.models)
+        rows = protocols.seeds_rows(args.models, overrides, parse_grid(args.grid), args.eval_zeroed, vlm_path)
+        title = f"{args.dataset}: models over seeds (Table 2)"
+    elif args.command == "variants":
+        protocols.check_models([protocols.backbone_of(args.backbone)])
+        rows = protocols.variants_rows(args.backbone, overrides, vlm_path)
+        title = f"{args.dataset}: REVEAL variants of {protocols.backbone_of(args.backbone)} (Table 3)"
+    else:
+        protocols.check_models([protocols.backbone_of(args.backbone)])
+        rows = protocols.modality_rows(args.backbone, overrides, vlm_path)
+        title = f"{args.dataset}: modality ablation of {protocols.backbone_of(args.backbone)} (Fig. 1d-e, Table 4)"
+    rows = protocols.mark_missing_models(rows)
+    title += f", {args.split} metrics, mean ± std over seeds {seeds}"
+    out_dir = os.path.join(args.out, args.dataset, args.command)
+    store = ResultStore(out_dir)
+    specs = protocols.runnable_specs(rows)
+    todo = [(spec, seed) for seed in seeds for spec in specs if store.load(spec, seed, args.dataset) is None]
+    for row in rows:
+        if row.skipped:
+            print(f"skipped: {row.label}: {row.skipped}")
+    print(f"{len(specs) * len(seeds)} runs ({len(specs)} settings x {len(seeds)} seeds), "
+          f"{len(specs) * len(seeds) - len(todo)} already saved in {store.runs_dir}")
+    if args.no_run:
+        for spec, seed in todo:
+            print(f"  pending: {spec.label}, seed {seed}")
+    else:
+        for n, (spec, seed) in enumerate(todo, 1):
+            print(f"[{n}/{len(todo)}] {spec.label}, seed {seed}", flush=True)
+            record, _ = execute(spec, seed, args.dataset, store, args.config_files)
+            r20 = record["test_result"].get("recall@20")
+            print(f"[{n}/{len(todo)}] done in {record['seconds']:.0f} s"
+                  + ("" if r20 is None else f", test recall@20 {r20:.4f}") + f" -> {store.path(spec, seed)}", flush=True)
+
+    records = store.records()
+    summary = summarise(rows, records, seeds, args.split)
+    markdown = render_markdown(summary, title)
+    _write(os.path.join(out_dir, "table.md"), markdown)
+    _write(os.path.join(out_dir, "table.csv"), render_csv(summary))
+    _write(os.path.join(out_dir, "runs.csv"), render_runs_csv(rows, records, seeds, args.split))
+    print("\n" + markdown)
+    print(f"written: {out_dir}/table.md, table.csv, runs.csv")
+    figure_rows = summary[:5]       # Fig. 1d-e: the five input configurations, not Table 4's block
+    if args.command == "modality" and any(e["mean"] for e in figure_rows):
+        from recbole_reveal.experiments.plots import plot_modality
+
+        path = plot_modality(figure_rows, os.path.join(out_dir, "figure1.png"),
+                             title=f"{args.dataset}, {protocols.backbone_of(args.backbone)}: {len(seeds)} seeds")
+        print(f"written: {path}")
+    return 0
+
+
+def _plot(args):
+    from recbole_reveal.experiments.plots import plot_sensitivity
+    from recbole_reveal.experiments.runs import load_records
+
+    records = load_records(args.results)
+    if args.models:
+        records = [r for r in records if r["model"] in args.models]
+    for key, value in parse_sets(args.where).items():
+        records = [r for r in records if (r.get("config") or {}).get(key) == value]
+    if not records:
+        raise ConfigError(f"no run records in {args.results} match the filters")
+    params = ("fve_cycles", "avl_alpha") if args.param == "both" else (args.param,)
+    made = 0
+    for param in params:
+        try:
+            path = plot_sensitivity(records, param, os.path.join(args.out, f"sensitivity_{param}.png"),
+                                    metric=args.metric, split=args.split)
+        except ConfigError as e:
+            if args.param != "both":
+                raise
+            print(f"no {param} plot: {e}")
+            continue
+        made += 1
+        print(f"written: {path}")
+    if not made:
+        raise ConfigError("no plot could be drawn from these records")
+    return 0
+
+
+def _write(path, text):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)

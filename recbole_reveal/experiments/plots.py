@@ -1,0 +1,144 @@
+"""Figures from saved run records (headless matplotlib, Agg): the sensitivity plots of Figs. 4-5 (a
+metric vs ``fve_cycles`` = X_max and vs ``avl_alpha``, one panel per dataset) and the modality bars of
+Fig. 1d-e.
+
+Points of a sensitivity plot: a run with AVL on gives the point ``avl_alpha``; an FVE run gives one
+point per finished cycle (cycle x of its loop is the result of X_max = x + 1, the loop's last cycle
+being the one trained on the final prompts). Runs with neither AVL nor FVE are the baseline, drawn as
+a dashed line; a run with only the other switch on is left out. Values are mean ± std over the seeds (error bars).
+"""
+
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from recbole_reveal.errors import ConfigError  # noqa: E402
+from recbole_reveal.experiments.stats import mean_std  # noqa: E402
+
+PANEL_IN = (4.0, 3.0)       # inches per panel
+DPI = 100
+PARAMS = {"avl_alpha": "α (avl_alpha)", "fve_cycles": "X_max (fve_cycles)"}
+
+
+def _result(record, split):
+    return record.get("test_result" if split == "test" else "best_valid_result") or {}
+
+
+def sensitivity_points(record, param, metric, split="test"):
+    """``(x, value)`` points of one record for ``param``; ``x`` None marks a baseline (switch off)."""
+    config = record.get("config") or {}
+    metric = metric.lower()
+    avl_on = bool(config.get("avl"))
+    table = record.get("fve_cycles_table")
+    if param == "avl_alpha":
+        if avl_on and config.get("avl_alpha") is not None:
+            x = float(config["avl_alpha"])
+        elif not table:
+            x = None
+        else:
+            return []               # FVE without AVL: neither a point nor the baseline
+        value = _result(record, split).get(metric)
+        return [] if value is None else [(x, float(value))]
+    if param == "fve_cycles":
+        if not table:
+            value = _result(record, split).get(metric)
+            return [] if value is None or avl_on else [(None, float(value))]
+        key = "test" if split == "test" else "valid"
+        return [(row["cycle"] + 1, float(row[key][metric])) for row in table if metric in row.get(key, {})]
+    raise ConfigError(f"plot: param must be one of {sorted(PARAMS)}, got {param!r}")
+
+
+def sensitivity_series(records, param, metric, split="test"):
+    """{dataset: {"points": {x: [values]}, "baseline": [values]}}."""
+    out = {}
+    for record in records:
+        panel = out.setdefault(record["dataset"], {"points": {}, "baseline": []})
+        for x, value in sensitivity_points(record, param, metric, split):
+            if x is None:
+                panel["baseline"].append(value)
+            else:
+                panel["points"].setdefault(x, []).append(value)
+    return {d: p for d, p in out.items() if p["points"]}
+
+
+def plot_sensitivity(records, param, out_path, metric="recall@20", split="test", title=None):
+    """One panel per dataset: ``metric`` (mean ± std over runs) at each value of ``param``, equally
+    spaced as in the paper, and the switch-off baseline as a dashed line. Returns the path."""
+    series = sensitivity_series(records, param, metric, split)
+    if not series:
+        raise ConfigError(f"plot: no saved run has a value of {param} with {metric} "
+                          f"({'AVL on' if param == 'avl_alpha' else 'an FVE loop'} is needed)")
+    datasets = sorted(series)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(PANEL_IN[0] * len(datasets), PANEL_IN[1]),
+                             dpi=DPI, squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        panel = series[dataset]
+        xs = sorted(panel["points"])
+        stats = [mean_std(panel["points"][x]) for x in xs]
+        pos = list(range(len(xs)))
+        ax.errorbar(pos, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3,
+                    label="REVEAL" if param == "avl_alpha" else "w/ FVE")
+        if panel["baseline"]:
+            base, _ = mean_std(panel["baseline"])
+            ax.axhline(base, linestyle="--", color="grey",
+                       label="AVL off" if param == "avl_alpha" else "FVE off")
+        ax.set_xticks(pos)
+        ax.set_xticklabels([_tick(x) for x in xs])
+        ax.set_xlabel(PARAMS[param])
+        ax.set_ylabel(f"{split} {metric}")
+        ax.set_title(dataset)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, out_path)
+    return out_path
+
+
+def _tick(x):
+    return str(int(x)) if float(x).is_integer() and x >= 1 else f"{x:g}"
+
+
+def plot_modality(summary, out_path, metrics=(("recall@20", "R@20"), ("ndcg@20", "N@20")), title=None):
+    """Fig. 1d-e: one bar per row of a ``modality`` table summary that has numbers, per metric panel,
+    with std error bars."""
+    rows = [e for e in summary if not e["skipped"] and e["mean"]]
+    if not rows:
+        raise ConfigError("plot: no modality results to draw")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(PANEL_IN[0] * 1.5 * len(metrics), PANEL_IN[1] * 1.4),
+                             dpi=DPI, squeeze=False)
+    for ax, (metric, name) in zip(axes[0], metrics):
+        means = [e["mean"].get(metric, math.nan) for e in rows]
+        stds = [e["std"].get(metric, 0.0) for e in rows]
+        ax.bar(range(len(rows)), means, yerr=stds, capsize=3, color=[_colour(e["label"]) for e in rows])
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([e["label"] for e in rows], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(f"test {name}")
+        ax.grid(axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, out_path)
+    return out_path
+
+
+def _colour(label):
+    low = label.lower()
+    if low.startswith("full"):
+        return "tab:grey"
+    if low.startswith("text"):
+        return "tab:blue"
+    return "tab:orange"
+
+
+def _save(fig, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,164 @@
+"""The paper's experiments as lists of table rows (§2 / Fig. 1d-e, Tables 2-4).
+
+A :class:`Row` names the run behind it (a :class:`~recbole_reveal.experiments.runs.RunSpec`), which of
+the run's results it shows (``view``: the test result, or the test result with a modality zeroed at
+inference), and optionally the row it is compared with (relative improvement, paired t-test).
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+from recbole_reveal.errors import ConfigError
+from recbole_reveal.experiments.runs import RunSpec
+
+REVEAL_SUFFIX = "_REVEAL"
+FVE_NEEDS_VLM = "w/ FVE needs --vlm_path (a local Qwen2.5-VL / Qwen3-VL folder)"
+
+
+@dataclass
+class Row:
+    label: str
+    spec: RunSpec
+    view: Optional[str] = None          # None: test_result; "text"/"vision": that modality zeroed at inference
+    reference: Optional[str] = None     # label of the row this one is compared with
+    section: Optional[str] = None       # heading printed above the row's block
+    skipped: Optional[str] = None       # why the row cannot run (e.g. FVE without a VLM)
+
+
+def backbone_of(model):
+    """``X`` for ``X_REVEAL``, else the name itself."""
+    return model[: -len(REVEAL_SUFFIX)] if model.endswith(REVEAL_SUFFIX) else model
+
+
+def check_models(models):
+    """Resolve every name now, so a typo fails before hours of runs."""
+    from recbole_reveal import get_model
+
+    for model in models:
+        get_model(model)
+
+
+def _reserved(overrides, keys, command):
+    clash = sorted(set(overrides) & set(keys))
+    if clash:
+        raise ConfigError(f"'{command}' sets {clash} itself for each of its rows; remove them from --set")
+
+
+def _fve(spec, vlm_path):
+    """The spec with FVE on, or (spec, reason) when no VLM is given."""
+    if not vlm_path:
+        return spec.with_overrides(fve=True), FVE_NEEDS_VLM
+    return spec.with_overrides(fve=True, vlm_path=vlm_path), None
+
+
+def seeds_rows(models, overrides=None, grid=None, eval_zeroed=(), vlm_path=None):
+    """Table 2: one row per model (x each value of ``grid``: {key: [values]}); each ``X_REVEAL`` row is
+    compared with the ``X`` row of the same grid point, when ``X`` is in ``models``. With
+    ``eval_zeroed``, each model that has modalities also gets a row per modality zeroed at inference.
+    ``vlm_path`` goes to the ``*_REVEAL`` models only (their FVE loop); the others never see it."""
+    overrides = dict(overrides or {})
+    eval_zeroed = list(eval_zeroed or [])
+    if eval_zeroed:
+        _reserved(overrides, ("eval_zeroed_modalities",), "seeds --eval_zeroed")
+    points = [{}]
+    for key, values in (grid or {}).items():
+        points = [dict(p, **{key: v}) for p in points for v in values]
+    rows = []
+    for point in points:
+        tag = ", ".join(f"{k}={v}" for k, v in point.items())
+        labels = {m: (f"{m} ({tag})" if tag else m) for m in models}
+        for model in models:
+            base = backbone_of(model)
+            reference = labels[base] if model != base and base in labels else None
+            zeroed = eval_zeroed if eval_zeroed and _has_modalities(model) else []
+            extra = {"eval_zeroed_modalities": zeroed} if zeroed else {}
+            if vlm_path and model != base:
+                extra["vlm_path"] = vlm_path
+            spec = RunSpec(model, dict(overrides, **point, **extra))
+            rows.append(Row(labels[model], spec, reference=reference))
+            for modality in zeroed:
+                rows.append(Row(f"{labels[model]}, {modality} zeroed at inference", spec, view=modality))
+    return rows
+
+
+def _has_modalities(model):
+    from recbole_reveal import get_model
+
+    return hasattr(get_model(model), "zeroed_modalities")
+
+
+def variants_rows(backbone, overrides=None, vlm_path=None):
+    """Table 3: base model, w/ FVE, w/ AVL, w/ REVEAL (each switch alone, then both)."""
+    overrides = dict(overrides or {})
+    _reserved(overrides, ("avl", "fve", "vlm_path"), "variants")
+    backbone = backbone_of(backbone)
+    reveal = RunSpec(backbone + REVEAL_SUFFIX, overrides)
+    fve_only, why = _fve(reveal.with_overrides(avl=False), vlm_path)
+    both, _ = _fve(reveal.with_overrides(avl=True), vlm_path)
+    base = "Base model"
+    return [
+        Row(base, RunSpec(backbone, overrides), section=backbone),
+        Row("w/ FVE", fve_only, reference=base, skipped=why),
+        Row("w/ AVL", reveal.with_overrides(avl=True, fve=False), reference=base),
+        Row("w/ REVEAL", both, reference=base, skipped=why),
+    ]
+
+
+def modality_rows(backbone, overrides=None, vlm_path=None):
+    """§2 / Fig. 1d-e: the five input configurations, then Table 4's V-only block (text zeroed in
+    training and inference) for base, + FVE, + AVL, + REVEAL."""
+    overrides = dict(overrides or {})
+    _reserved(overrides, ("avl", "fve", "vlm_path", "zeroed_modalities", "eval_zeroed_modalities"), "modality")
+    backbone = backbone_of(backbone)
+    if not _has_modalities(backbone):
+        raise ConfigError(f"'modality' zeroes text / vision inputs: {backbone} has no modality masking "
+                          "(a MultimodalSequentialRecommender backbone such as M3SRec, MISSRec, HM4SR is needed)")
+    full = RunSpec(backbone, dict(overrides, eval_zeroed_modalities=["text", "vision"]))
+    text_uni = RunSpec(backbone, dict(overrides, zeroed_modalities=["vision"]))
+    vision_uni = RunSpec(backbone, dict(overrides, zeroed_modalities=["text"]))
+    reveal_v = RunSpec(backbone + REVEAL_SUFFIX, dict(overrides, zeroed_modalities=["text"]))
+    fve_only, why = _fve(reveal_v.with_overrides(avl=False), vlm_path)
+    both, _ = _fve(reveal_v.with_overrides(avl=True), vlm_path)
+    v_only = "V-Only"
+    return [
+        Row("Full modality", full, section=f"{backbone}: modality ablation (Fig. 1d-e)"),
+        Row("Text-only (unimodal)", text_uni),
+        Row("Text-only (multimodal)", full, view="vision"),
+        Row("Vision-only (unimodal)", vision_uni),
+        Row("Vision-only (multimodal)", full, view="text"),
+        Row(v_only, vision_uni, section=f"{backbone}: Vision-Only setting (Table 4)"),
+        Row("V-Only + FVE", fve_only, reference=v_only, skipped=why),
+        Row("V-Only + AVL", reveal_v.with_overrides(avl=True, fve=False), reference=v_only),
+        Row("V-Only + REVEAL", both, reference=v_only, skipped=why),
+    ]
+
+
+def runnable_specs(rows):
+    """The distinct runs behind the rows that can run, in row order."""
+    specs = []
+    for row in rows:
+        if row.skipped is None and row.spec not in specs:
+            specs.append(row.spec)
+    return specs
+
+
+def mark_missing_models(rows):
+    """Rows whose model does not exist are skipped with the reason; a missing model behind a row
+    nothing is compared against (a base row) is an error."""
+    from recbole_reveal import get_model
+    from recbole_reveal.errors import UnknownModelError
+
+    known = {}
+    for row in rows:
+        name = row.spec.model
+        if name not in known:
+            try:
+                get_model(name)
+                known[name] = True
+            except UnknownModelError as e:
+                if row.reference is None:
+                    raise
+                known[name] = e
+        if known[name] is not True and row.skipped is None:
+            row.skipped = f"no model {name}"
+    return rows
