@@ -87,6 +87,19 @@ def test_table_from_result_files(tmp_path):
     assert "| 2 pairs |" in partial
 
 
+def test_grid_over_reveal_keys_runs_the_backbone_once_per_other_point():
+    rows = protocols.seeds_rows(["M3SRec", "M3SRec_REVEAL"],
+                                grid={"avl_alpha": [0.05, 0.5], "learning_rate": [0.001, 0.01]})
+    base = [r for r in rows if r.spec.model == "M3SRec"]
+    reveal = [r for r in rows if r.spec.model == "M3SRec_REVEAL"]
+    assert sorted(r.spec.overrides["learning_rate"] for r in base) == [0.001, 0.01]
+    assert all("avl_alpha" not in r.spec.overrides for r in base)
+    assert len(reveal) == 4
+    labels = {r.label: r for r in base}
+    for row in reveal:   # compared with the backbone at the same learning rate
+        assert labels[row.reference].spec.overrides["learning_rate"] == row.spec.overrides["learning_rate"]
+
+
 def test_skipped_fve_rows_are_named_without_a_vlm():
     rows = protocols.variants_rows("M3SRec_REVEAL")
     assert [r.label for r in rows] == ["Base model", "w/ FVE", "w/ AVL", "w/ REVEAL"]

@@ -63,22 +63,51 @@ def seeds_rows(models, overrides=None, grid=None, eval_zeroed=(), vlm_path=None)
     points = [{}]
     for key, values in (grid or {}).items():
         points = [dict(p, **{key: v}) for p in points for v in values]
-    rows = []
+    reveal_only = reveal_only_keys()
+    rows, labels_made = [], set()
     for point in points:
-        tag = ", ".join(f"{k}={v}" for k, v in point.items())
-        labels = {m: (f"{m} ({tag})" if tag else m) for m in models}
         for model in models:
+            is_reveal = model.endswith(REVEAL_SUFFIX)
+            # a model without REVEAL ignores REVEAL's keys: one row for the whole sweep, the
+            # reference of every grid point, instead of identical re-runs
+            own = point if is_reveal else {k: v for k, v in point.items() if k not in reveal_only}
+            label = _grid_label(model, own)
+            if label in labels_made:
+                continue
+            labels_made.add(label)
             base = backbone_of(model)
-            reference = labels[base] if model != base and base in labels else None
+            reference = None
+            if model != base and base in models:
+                reference = _grid_label(base, {k: v for k, v in point.items() if k not in reveal_only})
             zeroed = eval_zeroed if eval_zeroed and _has_modalities(model) else []
             extra = {"eval_zeroed_modalities": zeroed} if zeroed else {}
             if vlm_path and model != base:
                 extra["vlm_path"] = vlm_path
-            spec = RunSpec(model, dict(overrides, **point, **extra))
-            rows.append(Row(labels[model], spec, reference=reference))
+            spec = RunSpec(model, dict(overrides, **own, **extra))
+            rows.append(Row(label, spec, reference=reference))
             for modality in zeroed:
-                rows.append(Row(f"{labels[model]}, {modality} zeroed at inference", spec, view=modality))
+                rows.append(Row(f"{label}, {modality} zeroed at inference", spec, view=modality))
     return rows
+
+
+def _grid_label(model, point):
+    tag = ", ".join(f"{k}={v}" for k, v in point.items())
+    return f"{model} ({tag})" if tag else model
+
+
+def reveal_only_keys():
+    """Config keys only REVEAL models read: those of ``REVEAL.yaml`` and of the FVE defaults."""
+    import os
+
+    import yaml
+
+    from recbole_reveal.quick_start import PROPERTIES_DIR
+
+    keys = set()
+    for path in (os.path.join(PROPERTIES_DIR, "model", "REVEAL.yaml"), os.path.join(PROPERTIES_DIR, "fve", "fve.yaml")):
+        with open(path, encoding="utf-8") as f:
+            keys.update(yaml.safe_load(f) or {})
+    return keys
 
 
 def _has_modalities(model):
