@@ -7,6 +7,7 @@ cycle 1 changes no prompt and re-encodes no item. That is asserted as such, not 
 
 import filecmp
 import json
+import logging
 import os
 import shutil
 
@@ -178,6 +179,22 @@ def test_lost_artefact_reruns_from_its_stage(full_run, data_root, vlm_folder, tm
     os.remove(os.path.join(fdir, "fve", "run", "cycle_1", "model.pth"))
     out = run_fve("M3SRec_REVEAL", NAME, config_dict=cfg)
     assert out["executed"] == ["cycle_1/train", "cycle_1/feedback"]
+
+
+def test_features_rewritten_by_another_run_are_detected_and_remade(full_run, tmp_path, caplog):
+    cfg_a, out_a, _ = full_run
+    fdir = str(tmp_path / "features_e")
+    shutil.copytree(cfg_a["feature_dir"], fdir)
+    npy = os.path.join(fdir, "fve", "cycle_1.npy")
+    other = np.load(npy) * -1.0            # what another run sharing this feature_dir could leave there
+    np.save(npy, other)
+    with caplog.at_level(logging.WARNING):
+        out = run_fve("M3SRec_REVEAL", NAME, config_dict=dict(cfg_a, feature_dir=fdir))
+    assert out["executed"] == ["cycle_1/encode", "cycle_1/train", "cycle_1/feedback"]
+    assert "cycle_1.npy changed since it wrote them" in caplog.text
+    assert filecmp.cmp(npy, os.path.join(cfg_a["feature_dir"], "fve", "cycle_1.npy"), shallow=False)
+    strip = lambda rows: [dict(r, seconds=None, items_reencoded=None, cache_hits=None) for r in rows]  # noqa: E731
+    assert strip(out["table"]) == strip(out_a["table"])
 
 
 def test_more_cycles_extend_a_finished_run(full_run, tmp_path):

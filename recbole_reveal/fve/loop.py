@@ -100,6 +100,11 @@ def _atomic_json(path, obj):
     os.replace(tmp, path)
 
 
+def _sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _read_json(path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -228,10 +233,14 @@ def _run_stages(model, dataset, config_file_list, config_dict, cmd_args, base, s
     loop = _Loop(model, dataset, config_file_list, config_dict, cmd_args, base, settings, fs, cs,
                  dataset_dir, feature_dir, fve_dir, run, meter)
 
-    # A stage counts as finished only while its artefacts exist; otherwise it and all later stages rerun.
+    # A stage counts as finished only while its artefacts exist unchanged (another run sharing this
+    # feature_dir may have rewritten fve/cycle_<x> or the prompts); otherwise it and all later stages rerun.
     for n, name in enumerate(names):
-        if run.done(name) and not loop.artefacts_exist(name):
-            logger.warning("FVE: stage %s is recorded as finished but its files are gone; rerunning from it", name)
+        if not run.done(name):
+            continue
+        problem = loop.artefact_problem(name, run.record(name).get("artefact_sha256"))
+        if problem:
+            logger.warning("FVE: stage %s is recorded as finished but %s; rerunning from it", name, problem)
             run.drop_from(names[n:])
             break
 
@@ -243,6 +252,7 @@ def _run_stages(model, dataset, config_file_list, config_dict, cmd_args, base, s
         with meter.stage(COST_STAGES["init" if name == "init" else name.split("/")[1]]):
             record = loop.run_stage(name)
         record["seconds"] = round(time.perf_counter() - start, 3)
+        record["artefact_sha256"] = [_sha256(p) for p in loop.artefacts(name)]
         run.finish(name, record)
         executed.append(name)
         logger.info("FVE: stage %s finished in %.1f s", name, record["seconds"])
@@ -305,8 +315,19 @@ class _Loop:
                 "feedback": [self.rankings_path(x), os.path.join(self.cycle_dir(x), "feedback.json")],
                 "critic": [self.critic_path(x), self.prompts_path(x + 1)]}[kind]
 
-    def artefacts_exist(self, name):
-        return all(os.path.isfile(p) for p in self.artefacts(name))
+    def artefact_problem(self, name, digests):
+        """Why stage ``name``'s saved files cannot be trusted (None when they can): a file is gone, or
+        differs from the one the stage wrote (``digests``; records of older runs have none)."""
+        paths = self.artefacts(name)
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            return f"its files are gone ({', '.join(missing)})"
+        if digests is not None:
+            changed = [p for p, d in zip(paths, digests) if _sha256(p) != d]
+            if changed:
+                return (f"{', '.join(changed)} changed since it wrote them (another FVE run with the same "
+                        "feature_dir? give each run its own feature_dir and fve_run_dir)")
+        return None
 
     # ---- shared resources --------------------------------------------------------------------
     @property
