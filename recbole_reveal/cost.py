@@ -17,13 +17,14 @@ the memory readings, and any context passed in), :func:`format_cost` the table t
 as ``<checkpoint_dir>/<model>-<time>.cost.json`` (:func:`cost_path`). See docs/cost-and-heatmaps.md.
 """
 
-import json
 import os
 import re
 import resource
 import sys
 import time
 from contextlib import contextmanager
+
+from recbole_reveal.files import write_json_atomic
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _STATUS = "/proc/self/status"
@@ -229,11 +230,5 @@ def cost_path(checkpoint_file):
 
 
 def write_cost(path, report):
-    """Write ``report`` as JSON, atomically (temporary file, then rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    """Write ``report`` as JSON, atomically."""
+    return write_json_atomic(path, report)

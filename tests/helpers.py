@@ -46,3 +46,18 @@ def build_pipeline(model, config_dict, dataset="tiny"):
 
 def first_batch(train_data):
     return next(iter(train_data))
+
+
+def assert_full_sort_matches_predict(model, batch, tol=1e-4):
+    """``full_sort_predict`` equals ``predict`` for every item (item 0 is padding); returns the full scores.
+    ``batch`` is modified (its item column ends up holding the last item)."""
+    import torch
+
+    n = len(batch)
+    with torch.no_grad():
+        full = model.full_sort_predict(batch).view(n, -1)   # general models return it flattened
+        assert full.shape == (n, model.n_items)
+        for item in range(1, model.n_items):
+            batch.interaction[model.ITEM_ID] = torch.full((n,), item, dtype=torch.long)
+            torch.testing.assert_close(model.predict(batch), full[:, item], rtol=tol, atol=tol)
+    return full

@@ -277,8 +277,6 @@ def test_accepted_rewrites_reencode_exactly_the_rewritten_items(rewriting_run):
 
 
 def test_warm_start_continues_from_the_previous_cycle(rewriting_run, tmp_path):
-    import torch
-
     cfg, out, _ = rewriting_run
     fdir, _ = feature_dir_with_text(cfg["data_path"], tmp_path / "features_warm")
     warm_cfg = dict(cfg, feature_dir=fdir, fve_warm_start=True)

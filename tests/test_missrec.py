@@ -7,7 +7,7 @@ from recbole_reveal import run_recbole_reveal
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.model.kmeans import cluster_sums, kmeans
 from recbole_reveal.trainer import AVLTrainer
-from helpers import TINY_ITEMS, build_pipeline, first_batch
+from helpers import TINY_ITEMS, assert_full_sort_matches_predict, build_pipeline, first_batch
 
 
 @pytest.fixture
@@ -235,12 +235,7 @@ def test_full_sort_predict_equals_predict_for_every_item(missrec_config, use_ite
     assert (model.item_embedding is not None) == use_item_id
     model.eval()
     batch = first_batch(train_data)[torch.arange(5)]
-    with torch.no_grad():
-        full = model.full_sort_predict(batch)
-        assert full.shape == (5, model.n_items)
-        for item in range(1, model.n_items):
-            batch.interaction[model.ITEM_ID] = torch.full((5,), item, dtype=torch.long)
-            torch.testing.assert_close(model.predict(batch), full[:, item], rtol=1e-4, atol=1e-4)
+    assert_full_sort_matches_predict(model, batch)
 
 
 def test_missrec_learns_far_better_than_random(missrec_config):

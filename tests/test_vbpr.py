@@ -11,7 +11,7 @@ from recbole_reveal import build_config, create_dataset, run_recbole_reveal
 from recbole_reveal.data.dataset import MultimodalDataset
 from recbole_reveal.data.feature_store import save_item_features
 from recbole_reveal.errors import ConfigError
-from helpers import TINY_ITEMS, build_pipeline, first_batch, write_tiny_dataset
+from helpers import TINY_ITEMS, assert_full_sort_matches_predict, build_pipeline, first_batch, write_tiny_dataset
 
 
 def _chain_position_features(n_items):
@@ -82,10 +82,7 @@ def test_full_sort_predict_equals_predict_for_every_item(vbpr_config):
         # non-zero biases and visual bias, so that every term of the score is compared
         model.item_bias.weight.normal_()
         model.visual_bias.weight.normal_()
-        full = model.full_sort_predict(batch).view(5, -1)
-        for item in range(1, model.n_items):
-            batch.interaction[model.ITEM_ID] = torch.full((5,), item, dtype=torch.long)
-            torch.testing.assert_close(model.predict(batch), full[:, item], rtol=1e-5, atol=1e-5)
+    assert_full_sort_matches_predict(model, batch, tol=1e-5)
 
 
 def test_scores_depend_on_the_feature_file(vbpr_config):

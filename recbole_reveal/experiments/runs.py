@@ -14,6 +14,7 @@ import os
 import time
 
 from recbole_reveal.errors import ConfigError
+from recbole_reveal.files import write_json_atomic
 
 SCHEMA = 1
 # keys whose value never changes a run's numbers; they are left out of a run's identity
@@ -110,13 +111,8 @@ class ResultStore:
 
 
 def write_json(path, obj):
-    """Write ``obj`` as JSON atomically (temporary file, then rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Write ``obj`` as JSON atomically."""
+    write_json_atomic(path, obj, indent=1)
 
 
 def read_record(path):

@@ -20,6 +20,7 @@ import torch
 
 from recbole_reveal.cost import CostMeter, format_cost, write_cost
 from recbole_reveal.errors import ConfigError
+from recbole_reveal.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -91,13 +92,7 @@ def warm_start(model, previous_state, vision_features):
 
 
 def _atomic_json(path, obj):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_json_atomic(path, obj, sort_keys=True)
 
 
 def _sha256(path):
