@@ -169,3 +169,30 @@ def test_avl_with_alpha_zero_trains_exactly_like_the_backbone(tiny_config):
     strong = run_recbole_reveal("M3SRec_REVEAL", "tiny", config_dict=dict(tiny_config, avl_alpha=5.0))
     assert _metrics(zero["test_result"]) == _metrics(plain["test_result"])
     assert _metrics(strong["best_valid_result"]) != _metrics(plain["best_valid_result"])
+
+
+def test_avl_running_means_travel_with_the_checkpoint(tiny_config, tmp_path, caplog):
+    """Eq 11 averages over every step of the run: a resumed run continues the means, not from zero."""
+    cfg = dict(tiny_config, avl_sample_fraction=0.5)
+    _, (train_data, valid_data, _), _, trainer = build_pipeline("M3SRec_REVEAL", dict(cfg, epochs=1))
+    trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    saved = trainer.balance.state_dict()
+    assert saved["steps"] == len(train_data) and saved["mean_loss_v"] > 0
+    generator_state = trainer._sample_generator.get_state()
+
+    _, _, _, resumed = build_pipeline("M3SRec_REVEAL", dict(cfg, epochs=2))
+    assert resumed.balance.state_dict()["steps"] == 0
+    resumed.resume_checkpoint(trainer.saved_model_file)
+    assert resumed.start_epoch == 1
+    assert resumed.balance.state_dict() == saved
+    assert torch.equal(resumed._sample_generator.get_state(), generator_state)
+
+    # a checkpoint without AVL state (written by an older version): said, not silently zero
+    checkpoint = torch.load(trainer.saved_model_file, weights_only=False)
+    del checkpoint["plugin_trainer_state"]
+    older = str(tmp_path / "older.pth")
+    torch.save(checkpoint, older)
+    _, _, _, from_older = build_pipeline("M3SRec_REVEAL", dict(cfg, epochs=2))
+    with caplog.at_level("WARNING"):
+        from_older.resume_checkpoint(older)
+    assert "holds no AVL state" in caplog.text and from_older.balance.state_dict()["steps"] == 0

@@ -169,6 +169,23 @@ class AVLTrainer(PluginTrainer):
     def _restore_lr(self, optimizer, args, kwargs):
         self._vision_group["lr"] = self._vision_lr
 
+    # -- checkpoints ---------------------------------------------------------------------------
+    def trainer_state(self):
+        """AVL's running means (eq 11 averages over every step of the run) and its sampling generator."""
+        if not self.avl_enabled:
+            return None
+        return {"avl": self.balance.state_dict(), "avl_sample_generator": self._sample_generator.get_state()}
+
+    def load_trainer_state(self, state):
+        if not self.avl_enabled:
+            return
+        if not state or "avl" not in state:
+            self.logger.warning("the checkpoint holds no AVL state (made without AVL or by an older version): "
+                                "AVL's running loss means restart from this epoch")
+            return
+        self.balance.load_state_dict(state["avl"])
+        self._sample_generator.set_state(state["avl_sample_generator"])
+
     # -- per epoch ---------------------------------------------------------------------------
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         if not self.avl_enabled:

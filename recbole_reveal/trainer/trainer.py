@@ -1,6 +1,10 @@
-"""The trainer every plugin model gets: RecBole's, plus a per-epoch model callback."""
+"""The trainer every plugin model gets: RecBole's, plus a per-epoch model callback and trainer state
+that travels with RecBole's checkpoints."""
 
+import torch
 from recbole.trainer import Trainer
+
+TRAINER_STATE_KEY = "plugin_trainer_state"
 
 
 class PluginTrainer(Trainer):
@@ -10,7 +14,32 @@ class PluginTrainer(Trainer):
     Models use it for state rebuilt once per epoch from their current parameters, such as MISSRec's
     interest clusters; such state should live in registered buffers so that the best checkpoint
     restores it together with the weights.
+
+    A subclass whose training depends on state of its own (AVL's running loss means) returns it from
+    ``trainer_state()`` and takes it back in ``load_trainer_state(state)``: it is saved in RecBole's
+    checkpoint under ``plugin_trainer_state`` and restored by ``resume_checkpoint``.
     """
+
+    def trainer_state(self):
+        return None
+
+    def load_trainer_state(self, state):
+        pass
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        super()._save_checkpoint(epoch, verbose=verbose, **kwargs)
+        state = self.trainer_state()
+        if state is None or (not self.config["single_spec"] and self.config["local_rank"] != 0):
+            return
+        path = kwargs.get("saved_model_file", self.saved_model_file)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint[TRAINER_STATE_KEY] = state
+        torch.save(checkpoint, path, pickle_protocol=4)
+
+    def resume_checkpoint(self, resume_file):
+        super().resume_checkpoint(resume_file)
+        checkpoint = torch.load(str(resume_file), map_location="cpu", weights_only=False)
+        self.load_trainer_state(checkpoint.get(TRAINER_STATE_KEY))
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         on_epoch_start = getattr(self.model, "on_epoch_start", None)
