@@ -90,6 +90,16 @@ def _resolve_data_path(config):
         )
 
 
+def _check_topk(config, data):
+    """RecBole's full ranking fails deep inside torch.topk when a cut-off exceeds the item count."""
+    n_items = data.item_num - 1          # id 0 is padding
+    topk = config["topk"] if isinstance(config["topk"], list) else [config["topk"]]
+    if max(topk) > n_items:
+        raise ConfigError(f"topk {topk}: dataset '{config['dataset']}' has only {n_items} items, so no "
+                          f"cut-off can exceed {n_items} (e.g. --topk=\"[5,{min(10, n_items)}]\" with a "
+                          "matching valid_metric)")
+
+
 def prepare_run(model, dataset, config_file_list=None, config_dict=None, cmd_args=()):
     """Config, data loaders, model and trainer, seeded exactly as a run builds them; returns
     ``(config, (train_data, valid_data, test_data), model, trainer)``."""
@@ -101,6 +111,7 @@ def prepare_run(model, dataset, config_file_list=None, config_dict=None, cmd_arg
 
     data = create_dataset(config)
     logger.info(data)
+    _check_topk(config, data)
     loaders = data_preparation(config, data)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])

@@ -10,7 +10,7 @@ import yaml
 
 import recbole_reveal.quick_start as quick_start
 from recbole_reveal import build_config, run_recbole_reveal
-from recbole_reveal.errors import DatasetNotFoundError, UnknownModelError
+from recbole_reveal.errors import ConfigError, DatasetNotFoundError, UnknownModelError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -75,6 +75,17 @@ def test_unknown_model_lists_what_exists(tiny_root):
 def test_unknown_dataset_lists_what_exists(tiny_root):
     with pytest.raises(DatasetNotFoundError, match=r"no_such_set.*tiny.*recbole_reveal\.data\.synthetic"):
         build_config("M3SRec", "no_such_set", config_dict={"data_path": tiny_root})
+
+
+def test_topk_beyond_the_item_count_is_a_clear_error(tiny_config):
+    from helpers import TINY_ITEMS
+
+    with pytest.raises(ConfigError, match=rf"topk \[10, 50\]: dataset 'tiny' has only {TINY_ITEMS} items"):
+        run_recbole_reveal("M3SRec", "tiny", config_dict=dict(tiny_config, topk=[10, 50]))
+    # at the limit it runs
+    result = run_recbole_reveal("M3SRec", "tiny", config_dict=dict(tiny_config, epochs=1, topk=[10, TINY_ITEMS],
+                                                                    valid_metric=f"NDCG@{TINY_ITEMS}"))
+    assert result["test_result"][f"recall@{TINY_ITEMS}"] == 1.0
 
 
 def test_script_reports_user_errors_without_traceback(tiny_root):
