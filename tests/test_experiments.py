@@ -250,6 +250,30 @@ def _png_size(path):
     return struct.unpack(">II", head[16:24])
 
 
+def test_a_run_saved_in_two_folders_counts_once(tmp_path, capsys):
+    """The default-alpha REVEAL run of a seeds table and the alpha=0.1 point of a sweep are one run."""
+    from recbole_reveal.experiments.runs import distinct_runs
+
+    paths = []
+    for folder, overrides, checkpoints in (("seeds", {}, "a"), ("sweep", {"avl_alpha": 0.1}, "b")):
+        path = _fake_record(ResultStore(str(tmp_path / folder)), "M3SRec_REVEAL", 1, {"recall@20": 0.3}, overrides)
+        record = json.load(open(path))
+        record["config"] = {"avl": True, "avl_alpha": 0.1, "checkpoint_dir": checkpoints}
+        json.dump(record, open(path, "w"))
+        paths.append(path)
+    other = _fake_record(ResultStore(str(tmp_path / "sweep")), "M3SRec_REVEAL", 2, {"recall@20": 0.4}, {"avl_alpha": 0.1})
+    record = json.load(open(other))
+    record["config"] = {"avl": True, "avl_alpha": 0.1, "checkpoint_dir": "b"}
+    json.dump(record, open(other, "w"))
+    records = load_records([str(tmp_path / "seeds"), str(tmp_path / "sweep")])
+    kept, dropped = distinct_runs(records)
+    assert (len(kept), dropped) == (2, 1)
+    assert sorted(r["seed"] for r in kept) == [1, 2]
+    assert cli_main(["plot", "--results", str(tmp_path / "seeds"), str(tmp_path / "sweep"), "--param", "avl_alpha",
+                     "--out", str(tmp_path / "plots")]) == 0
+    assert "1 record(s) repeat a run already read" in capsys.readouterr().out
+
+
 def test_sensitivity_and_modality_plots(tmp_path):
     store = ResultStore(str(tmp_path / "sweep"))
     for seed in (1, 2):

@@ -201,7 +201,7 @@ def _table_command(args):
 
 def _plot(args):
     from recbole_reveal.experiments.plots import plot_sensitivity
-    from recbole_reveal.experiments.runs import load_records
+    from recbole_reveal.experiments.runs import distinct_runs, load_records
 
     records = load_records(args.results)
     if args.models:
@@ -210,6 +210,9 @@ def _plot(args):
         records = [r for r in records if (r.get("config") or {}).get(key) == value]
     if not records:
         raise ConfigError(f"no run records in {args.results} match the filters")
+    records, dropped = distinct_runs(records)
+    if dropped:
+        print(f"{dropped} record(s) repeat a run already read (same dataset, model, seed and config): counted once")
     params = ("fve_cycles", "avl_alpha") if args.param == "both" else (args.param,)
     made = 0
     for param in params:

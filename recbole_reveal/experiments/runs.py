@@ -221,3 +221,27 @@ def _link_feature_sets(source, target):
         src, dst = os.path.join(source, name), os.path.join(target, name)
         if os.path.isfile(src) and not os.path.lexists(dst):
             os.symlink(os.path.abspath(src), dst)
+
+
+# where a run wrote its outputs or found its files: not part of what was run
+_LOCATION_KEYS = ("checkpoint_dir", "data_path", "fve_run_dir", "fve_cache_dir", "fve_vision_cache_dir",
+                  "log_dir", "show_progress", "state")
+
+
+def same_run_key(record):
+    """Records of the same run (dataset, model, seed, resolved config apart from locations) share this
+    key, e.g. the default-α REVEAL run of a ``seeds`` table and the α = 0.1 point of a sweep."""
+    config = {k: v for k, v in (record.get("config") or {}).items() if k not in _LOCATION_KEYS}
+    return json.dumps([record.get("dataset"), record.get("model"), record.get("seed"), config],
+                      sort_keys=True, default=str)
+
+
+def distinct_runs(records):
+    """``(records, n_dropped)``: the first record of each run (``same_run_key``)."""
+    seen, kept = set(), []
+    for record in records:
+        key = same_run_key(record)
+        if key not in seen:
+            seen.add(key)
+            kept.append(record)
+    return kept, len(records) - len(kept)
