@@ -296,11 +296,23 @@ def test_sensitivity_and_modality_plots(tmp_path):
     json.dump(record, open(fve, "w"))
     records = load_records([store.root])
     alpha = sensitivity_series(records, "avl_alpha", "recall@20")["fake"]
-    assert {x: [round(v, 6) for v in sorted(vs)] for x, vs in alpha["points"].items()} == {
+    assert list(alpha["series"]) == ["w/ AVL"]
+    assert {x: [round(v, 6) for v in sorted(vs)] for x, vs in alpha["series"]["w/ AVL"].items()} == {
         0.05: [0.31, 0.32], 0.1: [0.35, 0.36], 1.0: [0.29, 0.30]}
     assert alpha["baseline"] == [0.27, 0.27]          # the FVE-only run is neither point nor baseline
     cycles = sensitivity_series(records, "fve_cycles", "recall@20")["fake"]
-    assert cycles == {"points": {1: [0.29], 2: [0.31], 3: [0.33]}, "baseline": [0.27, 0.27]}
+    assert cycles == {"series": {"w/ FVE": {1: [0.29], 2: [0.31], 3: [0.33]}}, "baseline": [0.27, 0.27]}
+    # a full REVEAL run (both switches) is its own line in both plots, never mixed with the single switch
+    both = _fake_record(store, "M3SRec_REVEAL", 4, {"recall@20": 0.4}, {"fve": True, "avl": True})
+    record = json.load(open(both))
+    record["config"] = {"avl": True, "avl_alpha": 0.1}
+    record["fve_cycles_table"] = [{"cycle": x, "test": {"recall@20": v}, "valid": {}} for x, v in enumerate((0.38, 0.4))]
+    json.dump(record, open(both, "w"))
+    records = load_records([store.root])
+    alpha = sensitivity_series(records, "avl_alpha", "recall@20")["fake"]
+    assert alpha["series"]["w/ REVEAL"] == {0.1: [0.4]} and len(alpha["series"]["w/ AVL"][0.1]) == 2
+    cycles = sensitivity_series(records, "fve_cycles", "recall@20")["fake"]
+    assert cycles["series"]["w/ REVEAL"] == {1: [0.38], 2: [0.4]} and cycles["series"]["w/ FVE"][2] == [0.31]
     out = plot_sensitivity(records, "avl_alpha", str(tmp_path / "plots" / "alpha.png"))
     assert _png_size(out) == (400, 300)
     out = plot_sensitivity(records, "fve_cycles", str(tmp_path / "plots" / "cycles.png"))

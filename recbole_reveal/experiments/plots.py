@@ -4,8 +4,9 @@ Fig. 1d-e.
 
 Points of a sensitivity plot: a run with AVL on gives the point ``avl_alpha``; an FVE run gives one
 point per finished cycle (cycle x of its loop is the result of X_max = x + 1, the loop's last cycle
-being the one trained on the final prompts). Runs with neither AVL nor FVE are the baseline, drawn as
-a dashed line; a run with only the other switch on is left out. Values are mean ± std over the seeds (error bars).
+being the one trained on the final prompts). Runs with the swept switch alone and runs with both
+switches on (full REVEAL) are separate lines; runs with neither are the baseline, drawn as a dashed
+line; a run with only the other switch on is left out. Values are mean ± std over the records (error bars).
 """
 
 import math
@@ -28,46 +29,53 @@ def _result(record, split):
     return record.get("test_result" if split == "test" else "best_valid_result") or {}
 
 
+SERIES = {"avl_alpha": ("w/ AVL", "w/ REVEAL"), "fve_cycles": ("w/ FVE", "w/ REVEAL")}
+
+
 def sensitivity_points(record, param, metric, split="test"):
-    """``(x, value)`` points of one record for ``param``; ``x`` None marks a baseline (switch off)."""
+    """``(series, x, value)`` points of one record for ``param``. ``series`` is ``w/ AVL`` / ``w/ FVE``
+    (the swept switch alone) or ``w/ REVEAL`` (both switches on); None marks a baseline (neither on)."""
+    if param not in PARAMS:
+        raise ConfigError(f"plot: param must be one of {sorted(PARAMS)}, got {param!r}")
     config = record.get("config") or {}
     metric = metric.lower()
     avl_on = bool(config.get("avl"))
     table = record.get("fve_cycles_table")
+    fve_on = bool(table)
+    alone, both = SERIES[param]
+    if not avl_on and not fve_on:
+        value = _result(record, split).get(metric)
+        return [] if value is None else [(None, None, float(value))]
     if param == "avl_alpha":
-        if avl_on and config.get("avl_alpha") is not None:
-            x = float(config["avl_alpha"])
-        elif not table:
-            x = None
-        else:
+        if not avl_on or config.get("avl_alpha") is None:
             return []               # FVE without AVL: neither a point nor the baseline
         value = _result(record, split).get(metric)
-        return [] if value is None else [(x, float(value))]
-    if param == "fve_cycles":
-        if not table:
-            value = _result(record, split).get(metric)
-            return [] if value is None or avl_on else [(None, float(value))]
-        key = "test" if split == "test" else "valid"
-        return [(row["cycle"] + 1, float(row[key][metric])) for row in table if metric in row.get(key, {})]
-    raise ConfigError(f"plot: param must be one of {sorted(PARAMS)}, got {param!r}")
+        series = both if fve_on else alone
+        return [] if value is None else [(series, float(config["avl_alpha"]), float(value))]
+    if not fve_on:
+        return []                   # AVL without FVE
+    key = "test" if split == "test" else "valid"
+    series = both if avl_on else alone
+    return [(series, row["cycle"] + 1, float(row[key][metric])) for row in table if metric in row.get(key, {})]
 
 
 def sensitivity_series(records, param, metric, split="test"):
-    """{dataset: {"points": {x: [values]}, "baseline": [values]}}."""
+    """{dataset: {"series": {name: {x: [values]}}, "baseline": [values]}}."""
     out = {}
     for record in records:
-        panel = out.setdefault(record["dataset"], {"points": {}, "baseline": []})
-        for x, value in sensitivity_points(record, param, metric, split):
-            if x is None:
+        panel = out.setdefault(record["dataset"], {"series": {}, "baseline": []})
+        for series, x, value in sensitivity_points(record, param, metric, split):
+            if series is None:
                 panel["baseline"].append(value)
             else:
-                panel["points"].setdefault(x, []).append(value)
-    return {d: p for d, p in out.items() if p["points"]}
+                panel["series"].setdefault(series, {}).setdefault(x, []).append(value)
+    return {d: p for d, p in out.items() if p["series"]}
 
 
 def plot_sensitivity(records, param, out_path, metric="recall@20", split="test", title=None):
     """One panel per dataset: ``metric`` (mean ± std over runs) at each value of ``param``, equally
-    spaced as in the paper, and the switch-off baseline as a dashed line. Returns the path."""
+    spaced as in the paper, one line for the swept switch alone and one for full REVEAL (when such
+    runs exist), and the switches-off baseline as a dashed line. Returns the path."""
     series = sensitivity_series(records, param, metric, split)
     if not series:
         raise ConfigError(f"plot: no saved run has a value of {param} with {metric} "
@@ -77,16 +85,20 @@ def plot_sensitivity(records, param, out_path, metric="recall@20", split="test",
                              dpi=DPI, squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         panel = series[dataset]
-        xs = sorted(panel["points"])
-        stats = [mean_std(panel["points"][x]) for x in xs]
-        pos = list(range(len(xs)))
-        ax.errorbar(pos, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3,
-                    label="REVEAL" if param == "avl_alpha" else "w/ FVE")
+        xs = sorted({x for points in panel["series"].values() for x in points})
+        pos = {x: i for i, x in enumerate(xs)}
+        for name in SERIES[param]:
+            points = panel["series"].get(name)
+            if not points:
+                continue
+            px = sorted(points)
+            stats = [mean_std(points[x]) for x in px]
+            ax.errorbar([pos[x] for x in px], [m for m, _ in stats], yerr=[sd for _, sd in stats], marker="o",
+                        capsize=3, label=name)
         if panel["baseline"]:
             base, _ = mean_std(panel["baseline"])
-            ax.axhline(base, linestyle="--", color="grey",
-                       label="AVL off" if param == "avl_alpha" else "FVE off")
-        ax.set_xticks(pos)
+            ax.axhline(base, linestyle="--", color="grey", label="base (AVL and FVE off)")
+        ax.set_xticks(list(range(len(xs))))
         ax.set_xticklabels([_tick(x) for x in xs])
         ax.set_xlabel(PARAMS[param])
         ax.set_ylabel(f"{split} {metric}")
