@@ -118,7 +118,17 @@ def prepare_run(model, dataset, config_file_list=None, config_dict=None, cmd_arg
     model_obj = get_model(config["model"])(config, loaders[0]._dataset).to(config["device"])
     logger.info(model_obj)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+    trainer.saved_model_file = unique_checkpoint_file(trainer.saved_model_file)
     return config, loaders, model_obj, trainer
+
+
+def unique_checkpoint_file(path):
+    """RecBole names a checkpoint ``<model>-<local time to the second>.pth``: two runs of one model that
+    start in the same second in one ``checkpoint_dir`` (seeds run in parallel) would write and then
+    evaluate each other's file. A random suffix (``os.urandom``: the seeded generators stay untouched)
+    makes the name unique."""
+    root, ext = os.path.splitext(path)
+    return f"{root}-{os.urandom(3).hex()}{ext}"
 
 
 def fve_requested(config):

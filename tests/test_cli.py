@@ -132,3 +132,14 @@ def test_reveal_without_a_vlm_says_it_uses_static_visual_features(tiny_config, c
         run_recbole_reveal("M3SRec_REVEAL", "tiny", config_dict=dict(tiny_config, epochs=1))
     notices = [r.getMessage() for r in caplog.records if "REVEAL without FVE" in r.getMessage()]
     assert len(notices) == 1 and "vision_efficientnet_lite0" in notices[0] and "AVL on" in notices[0]
+
+
+def test_runs_started_in_the_same_second_get_their_own_checkpoint(tiny_config, monkeypatch):
+    """RecBole names checkpoints by the second: parallel seeds would evaluate each other's model."""
+    import recbole.trainer.trainer as recbole_trainer
+    from helpers import build_pipeline
+
+    monkeypatch.setattr(recbole_trainer, "get_local_time", lambda: "Nov-25-2026_07-00-01")
+    names = {build_pipeline(model, tiny_config)[3].saved_model_file for model in ("M3SRec", "M3SRec", "SASRec")}
+    assert len(names) == 3
+    assert all(os.path.basename(n).split("-Nov-25-2026_07-00-01-")[0] in ("M3SRec", "SASRec") for n in names)

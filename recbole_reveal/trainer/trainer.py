@@ -1,6 +1,8 @@
 """The trainer every plugin model gets: RecBole's, plus a per-epoch model callback and trainer state
 that travels with RecBole's checkpoints."""
 
+import os
+
 import torch
 from recbole.trainer import Trainer
 
@@ -34,7 +36,9 @@ class PluginTrainer(Trainer):
         path = kwargs.get("saved_model_file", self.saved_model_file)
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         checkpoint[TRAINER_STATE_KEY] = state
-        torch.save(checkpoint, path, pickle_protocol=4)
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save(checkpoint, tmp, pickle_protocol=4)
+        os.replace(tmp, path)          # never a half-written checkpoint under the real name
 
     def resume_checkpoint(self, resume_file):
         super().resume_checkpoint(resume_file)
