@@ -1,4 +1,4 @@
-"""Hyper-parameter search with RecBole's ``HyperTuning`` (hyperopt) over plugin and RecBole models,
+r"""Hyper-parameter search with RecBole's ``HyperTuning`` (hyperopt) over plugin and RecBole models,
 in the shape of RecBole's ``run_hyper.py``:
 
     python run_hyper.py --model=M3SRec_REVEAL --dataset=synthetic-demo \

@@ -1,7 +1,7 @@
-"""Train and evaluate a recbole-reveal (or RecBole) model.
+r"""Train and evaluate a recbole-reveal (or RecBole) model.
 
     python run_recbole_reveal.py --model=M3SRec_REVEAL --dataset=synthetic-demo \
-        [--config_files=a.yaml b.yaml] [--key=value ...]
+        [--config_files="a.yaml b.yaml"] [--key=value ...]
 
 Any other ``--key=value`` is a RecBole config key and has the highest precedence
 (see recbole_reveal/quick_start.py and docs/usage.md). With ``--vlm_path=<local Qwen-VL folder>``
