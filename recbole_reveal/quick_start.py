@@ -2,7 +2,8 @@
 
 Configuration precedence, lowest first (RecBole's own order, with the plugin's files in it):
 RecBole's defaults < ``properties/overall.yaml`` < ``properties/model/<Class>.yaml`` for every class
-in the model's hierarchy (backbone first, e.g. M3SRec.yaml < REVEAL.yaml < M3SRec_REVEAL.yaml) <
+in the model's hierarchy (backbone first, e.g. M3SRec.yaml < REVEAL.yaml < M3SRec_REVEAL.yaml; for
+your own model classes, ``<Class>.yaml`` beside their file) <
 ``properties/dataset/<dataset>.yaml`` < ``config_file_list`` (in order) < ``config_dict`` < command line.
 """
 
@@ -14,6 +15,7 @@ from logging import getLogger
 
 from recbole.config import Config
 from recbole.data import data_preparation
+from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_reveal.cost import CostMeter, cost_path, format_cost, write_cost
@@ -28,13 +30,23 @@ def property_files(model_class, dataset):
     """The plugin's YAML files that apply to ``model_class`` on ``dataset``, lowest precedence first."""
     files = [os.path.join(PROPERTIES_DIR, "overall.yaml")]
     for cls in reversed(model_class.__mro__):
-        path = os.path.join(PROPERTIES_DIR, "model", f"{cls.__name__}.yaml")
+        path = os.path.join(_model_yaml_dir(cls), f"{cls.__name__}.yaml")
         if os.path.isfile(path):
             files.append(path)
     dataset_file = os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml")
     if os.path.isfile(dataset_file):
         files.append(dataset_file)
     return files
+
+
+def _model_yaml_dir(model_class):
+    """Where ``<Class>.yaml`` lives: ``properties/model/`` for this plugin's models (and RecBole's, which
+    have none there), the folder of the model's own file for your own models."""
+    module_file = getattr(sys.modules.get(model_class.__module__), "__file__", None)
+    if is_plugin_model(model_class) and not model_class.__module__.startswith("recbole_reveal.") \
+            and issubclass(model_class, AbstractRecommender) and module_file:
+        return os.path.dirname(os.path.abspath(module_file))
+    return os.path.join(PROPERTIES_DIR, "model")
 
 
 @contextmanager

@@ -1,9 +1,14 @@
 """Name resolvers that look in this plugin first and fall back to RecBole's (as RecBole-GNN does)."""
 
+import hashlib
 import importlib
+import os
 import pkgutil
+import re
+import sys
 
 from recbole.data.utils import create_dataset as recbole_create_dataset
+from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import ModelType
 from recbole.utils import get_trainer as recbole_get_trainer
 
@@ -36,15 +41,86 @@ def _plugin_model(model_name):
     return None
 
 
-def get_model(model_name):
-    """Model class for ``model_name``: a plugin model, else one of RecBole's."""
-    model_class = _plugin_model(model_name) or _recbole_model(model_name)
+def get_model(model):
+    """Model class for ``model``, which is one of
+
+    - a name: a plugin model, else a model given earlier in this process as a class or path, else
+      one of RecBole's;
+    - your own model: ``"<file.py>:<Class>"`` or ``"<module>:<Class>"``, or the class itself. It is
+      registered under its class name, which is what RecBole's config and checkpoints record.
+    """
+    if isinstance(model, type):
+        return register_model(model)
+    if ":" in model:
+        return register_model(_import_model(model))
+    model_class = _plugin_model(model) or _EXTERNAL_MODELS.get(model) or _recbole_model(model)
     if model_class is None:
         raise UnknownModelError(
-            f"unknown model '{model_name}'. Plugin models: {', '.join(plugin_model_names())}; "
-            "any RecBole 1.2.1 model name (e.g. SASRec, BERT4Rec, LightGCN) also works."
+            f"unknown model '{model}'. Plugin models: {', '.join(plugin_model_names())}; "
+            "any RecBole 1.2.1 model name (e.g. SASRec, BERT4Rec, LightGCN) also works; "
+            "your own model: '<file.py>:<Class>' or '<module>:<Class>'."
         )
     return model_class
+
+
+# Models from outside this package and RecBole, by class name (see get_model).
+_EXTERNAL_MODELS = {}
+
+
+def register_model(model_class):
+    """Make ``model_class`` (your own RecBole model) resolvable by its class name in this process."""
+    if not (isinstance(model_class, type) and issubclass(model_class, AbstractRecommender)):
+        raise UnknownModelError(f"{model_class!r} is not a RecBole model class (a subclass of "
+                                "recbole.model.abstract_recommender.AbstractRecommender)")
+    name = model_class.__name__
+    taken = _plugin_model(name) or _EXTERNAL_MODELS.get(name) or _recbole_model(name)
+    if taken is not None and taken is not model_class:
+        raise UnknownModelError(
+            f"model class {model_class.__module__}.{name}: the name '{name}' is already "
+            f"{taken.__module__}.{name}; RecBole's config and checkpoints know a model by its class "
+            "name only, so rename your class"
+        )
+    _EXTERNAL_MODELS[name] = model_class
+    return model_class
+
+
+def _import_model(spec):
+    """The class named by ``"<file.py>:<Class>"`` or ``"<module>:<Class>"``."""
+    source, _, class_name = spec.rpartition(":")
+    if source.endswith(".py"):
+        module = _import_file(source, spec)
+    else:
+        try:
+            module = importlib.import_module(source)
+        except ImportError as err:
+            raise UnknownModelError(f"model '{spec}': cannot import module '{source}' ({err}); give the "
+                                    "module's file instead ('<path>/<file>.py:<Class>') or add its folder "
+                                    "to PYTHONPATH") from err
+    model_class = getattr(module, class_name, None)
+    if model_class is None:
+        raise UnknownModelError(f"model '{spec}': {source} defines no '{class_name}'")
+    return model_class
+
+
+def _import_file(path, spec):
+    """Import a model file once per process, under a module name fixed by its absolute path (pickled
+    RecBole checkpoints refer to the class by module name, so a re-run must find the same one)."""
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise UnknownModelError(f"model '{spec}': no file {path}")
+    stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+    name = f"_recbole_reveal_user_{stem}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 _RECBOLE_MODEL_PACKAGES = (
@@ -73,7 +149,8 @@ def _recbole_model(model_name):
 
 
 def is_plugin_model(model_class):
-    return model_class.__module__.startswith("recbole_reveal.")
+    """Whether ``model_class`` is not one of RecBole's own: a model of this plugin or your own."""
+    return not model_class.__module__.startswith("recbole.")
 
 
 def get_trainer(model_type, model_name):

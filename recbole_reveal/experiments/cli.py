@@ -88,7 +88,8 @@ def build_parser():
                        description="Run each model over the seeds; table of R@10/R@20/N@10/N@20 mean ± std, and "
                        "for each X_REVEAL the relative improvement over X and the two-sided paired t-test "
                        "p-value (pairs = same seed).")
-    p.add_argument("--models", nargs="+", required=True, help="model names (plugin or RecBole), e.g. M3SRec M3SRec_REVEAL")
+    p.add_argument("--models", nargs="+", required=True,
+                   help="model names (plugin or RecBole, or your own <file.py>:<Class>), e.g. M3SRec M3SRec_REVEAL")
     p.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
                    help="also sweep these config values (one row per model and grid point), e.g. avl_alpha=0.05,0.1")
     p.add_argument("--eval_zeroed", nargs="+", default=[], choices=("text", "vision"),
@@ -100,13 +101,14 @@ def build_parser():
                        "inference); text-only multimodal (vision zeroed at inference only); the same two for "
                        "vision-only; then Table 4's V-only setting (text zeroed in training and inference) for "
                        "the base model, + FVE, + AVL, + REVEAL. Also draws figure1.png.")
-    p.add_argument("--backbone", required=True, help="backbone name, e.g. M3SRec (X_REVEAL is the REVEAL model)")
+    p.add_argument("--backbone", required=True,
+                   help="backbone name, e.g. M3SRec, or your own <file.py>:<Class> (X_REVEAL is the REVEAL model)")
     _common(p)
 
     p = sub.add_parser("variants", help="Table 3: base, w/ FVE, w/ AVL, w/ REVEAL of a backbone",
                        description="The backbone X, X_REVEAL with FVE only (avl=False), with AVL only "
                        "(fve=False), and with both; improvement and p-value against the base model.")
-    p.add_argument("--backbone", required=True, help="backbone name, e.g. M3SRec")
+    p.add_argument("--backbone", required=True, help="backbone name, e.g. M3SRec, or your own <file.py>:<Class>")
     _common(p)
 
     p = sub.add_parser("plot", help="Figs. 4-5: a metric vs fve_cycles and vs avl_alpha from saved results",
@@ -147,6 +149,7 @@ def _table_command(args):
     seeds = resolve_seeds(args)
     vlm_path = _vlm_path(args, overrides)
     overrides.pop("vlm_path", None)         # given to the rows that run FVE, not to every run
+    backbone = protocols.display_name(protocols.backbone_of(getattr(args, "backbone", None) or ""))
     if args.command == "seeds":
         protocols.check_models(args.models)
         rows = protocols.seeds_rows(args.models, overrides, parse_grid(args.grid), args.eval_zeroed, vlm_path)
@@ -154,11 +157,11 @@ def _table_command(args):
     elif args.command == "variants":
         protocols.check_models([protocols.backbone_of(args.backbone)])
         rows = protocols.variants_rows(args.backbone, overrides, vlm_path)
-        title = f"{args.dataset}: REVEAL variants of {protocols.backbone_of(args.backbone)} (Table 3)"
+        title = f"{args.dataset}: REVEAL variants of {backbone} (Table 3)"
     else:
         protocols.check_models([protocols.backbone_of(args.backbone)])
         rows = protocols.modality_rows(args.backbone, overrides, vlm_path)
-        title = f"{args.dataset}: modality ablation of {protocols.backbone_of(args.backbone)} (Fig. 1d-e, Table 4)"
+        title = f"{args.dataset}: modality ablation of {backbone} (Fig. 1d-e, Table 4)"
     rows = protocols.mark_missing_models(rows)
     title += f", {args.split} metrics, mean ± std over seeds {seeds}"
     out_dir = os.path.join(args.out, args.dataset, args.command)
@@ -194,7 +197,7 @@ def _table_command(args):
         from recbole_reveal.experiments.plots import plot_modality
 
         path = plot_modality(figure_rows, os.path.join(out_dir, "figure1.png"),
-                             title=f"{args.dataset}, {protocols.backbone_of(args.backbone)}: {len(seeds)} seeds")
+                             title=f"{args.dataset}, {backbone}: {len(seeds)} seeds")
         print(f"written: {path}")
     return 0
 

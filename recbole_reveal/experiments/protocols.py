@@ -30,6 +30,11 @@ def backbone_of(model):
     return model[: -len(REVEAL_SUFFIX)] if model.endswith(REVEAL_SUFFIX) else model
 
 
+def display_name(model):
+    """``Class`` for your own model given as ``"<file.py|module>:<Class>"``, else the name itself."""
+    return model.rpartition(":")[2]
+
+
 def check_models(models):
     """Resolve every name now, so a typo fails before hours of runs."""
     from recbole_reveal import get_model
@@ -92,7 +97,7 @@ def seeds_rows(models, overrides=None, grid=None, eval_zeroed=(), vlm_path=None)
 
 def _grid_label(model, point):
     tag = ", ".join(f"{k}={v}" for k, v in point.items())
-    return f"{model} ({tag})" if tag else model
+    return f"{display_name(model)} ({tag})" if tag else display_name(model)
 
 
 def reveal_only_keys():
@@ -126,7 +131,7 @@ def variants_rows(backbone, overrides=None, vlm_path=None):
     both, _ = _fve(reveal.with_overrides(avl=True), vlm_path)
     base = "Base model"
     return [
-        Row(base, RunSpec(backbone, overrides), section=backbone),
+        Row(base, RunSpec(backbone, overrides), section=display_name(backbone)),
         Row("w/ FVE", fve_only, reference=base, skipped=why),
         Row("w/ AVL", reveal.with_overrides(avl=True, fve=False), reference=base),
         Row("w/ REVEAL", both, reference=base, skipped=why),
@@ -150,12 +155,12 @@ def modality_rows(backbone, overrides=None, vlm_path=None):
     both, _ = _fve(reveal_v.with_overrides(avl=True), vlm_path)
     v_only = "V-Only"
     return [
-        Row("Full modality", full, section=f"{backbone}: modality ablation (Fig. 1d-e)"),
+        Row("Full modality", full, section=f"{display_name(backbone)}: modality ablation (Fig. 1d-e)"),
         Row("Text-only (unimodal)", text_uni),
         Row("Text-only (multimodal)", full, view="vision"),
         Row("Vision-only (unimodal)", vision_uni),
         Row("Vision-only (multimodal)", full, view="text"),
-        Row(v_only, vision_uni, section=f"{backbone}: Vision-Only setting (Table 4)"),
+        Row(v_only, vision_uni, section=f"{display_name(backbone)}: Vision-Only setting (Table 4)"),
         Row("V-Only + FVE", fve_only, reference=v_only, skipped=why),
         Row("V-Only + AVL", reveal_v.with_overrides(avl=True, fve=False), reference=v_only),
         Row("V-Only + REVEAL", both, reference=v_only, skipped=why),

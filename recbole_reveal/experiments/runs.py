@@ -84,7 +84,9 @@ class ResultStore:
         self.runs_dir = os.path.join(root, "runs")
 
     def path(self, spec, seed):
-        return os.path.join(self.runs_dir, f"{spec.model}-{spec.key}-seed{seed}.json")
+        # "<file.py>:<Class>" (your own model) names the file by its class
+        name = spec.model.rpartition(":")[2]
+        return os.path.join(self.runs_dir, f"{name}-{spec.key}-seed{seed}.json")
 
     def load(self, spec, seed, dataset):
         """The saved record of this run, or None. A file that holds another run is an error."""
