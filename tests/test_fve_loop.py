@@ -325,3 +325,17 @@ def test_data_parallel_encoding_in_the_loop(full_run, data_root, vlm_folder, tmp
     merged = dict(zip(*load_item_features(fdir, "fve/cycle_0")))
     for t in tokens:
         np.testing.assert_allclose(merged[t], single[t], atol=1e-5)
+
+
+def test_your_own_backbone_runs_the_loop_with_warm_start(data_root, scripted_vlm_folder, tmp_path):
+    """The example backbone of examples/custom_backbone, given by file path: the loop rebuilds it per
+    cycle by name and its declared vision_feature_tables take each cycle's new features."""
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "examples", "custom_backbone", "mmgru4rec.py")
+    fdir, _ = feature_dir_with_text(data_root, tmp_path / "features_own")
+    cfg = loop_config(data_root, scripted_vlm_folder, fdir, fve_rewrite_max_new_tokens=12, fve_warm_start=True)
+    out = run_fve(f"{example}:MMGRU4Rec_REVEAL", NAME, config_dict=cfg)
+    c0, c1 = out["table"]
+    assert c1["prompts_changed"] == 6 and c1["items_reencoded"] == 6
+    log = open(os.path.join(out["run_dir"], "fve.log"), encoding="utf-8").read()
+    assert "warm start from cycle 0's backbone" in log and "vision_table.weight" in log
