@@ -112,6 +112,9 @@ def _import_file(path, spec):
     name = f"_recbole_reveal_user_{stem}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
     if name in sys.modules:
         return sys.modules[name]
+    folder = os.path.dirname(path)
+    if folder not in sys.path:      # so that it can import the modules beside it, as `python file.py` can
+        sys.path.append(folder)
     module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module

@@ -113,3 +113,22 @@ def test_bad_model_specs_are_clear_errors(tmp_path):
         get_model(f"{not_a_model}:Thing")
     with pytest.raises(UnknownModelError, match="<file.py>:<Class>"):
         get_model("NoSuchModel")
+
+
+def test_a_model_file_imports_the_modules_beside_it(tmp_path, small):
+    folder = tmp_path / "my_model"
+    folder.mkdir()
+    (folder / "my_layers.py").write_text("HIDDEN = 12\n")
+    (folder / "widegru.py").write_text(
+        "from my_layers import HIDDEN\n"
+        f"import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('mmgru_example', {EXAMPLE!r})\n"
+        "example = importlib.util.module_from_spec(spec); spec.loader.exec_module(example)\n"
+        "class WideGRU(example.MMGRU4Rec):\n"
+        "    def __init__(self, config, dataset):\n"
+        "        config['hidden_size'] = HIDDEN\n"
+        "        super().__init__(config, dataset)\n")
+    (folder / "WideGRU.yaml").write_text("dropout_prob: 0.3\n")
+    _, _, model, _ = build_pipeline(f"{folder / 'widegru.py'}:WideGRU", small)
+    assert model.hidden_size == 12 and model.dropout_prob == 0.3
+
