@@ -75,6 +75,11 @@ def test_experiment_commands_pair_the_reveal_variant_with_its_backbone(small, tm
     runs = sorted(os.listdir(tmp_path / "tiny" / "seeds" / "runs"))
     assert len(runs) == 4 and all(r.startswith(("MMGRU4Rec-", "MMGRU4Rec_REVEAL-")) for r in runs)
     assert "| MMGRU4Rec_REVEAL |" in out and "| Improve. vs MMGRU4Rec |" in out
+    # plots select the runs by class name too
+    plots = tmp_path / "plots"
+    assert cli_main(["plot", "--results", str(tmp_path), "--models", "MMGRU4Rec", "MMGRU4Rec_REVEAL",
+                     "--param", "avl_alpha", "--out", str(plots)]) == 0
+    assert (plots / "sensitivity_avl_alpha.png").stat().st_size > 0
 
 
 def test_command_line_and_checkpoint_in_a_new_process(tiny_root, tmp_path):

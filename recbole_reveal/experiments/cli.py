@@ -120,7 +120,7 @@ def build_parser():
     p.add_argument("--param", choices=("avl_alpha", "fve_cycles", "both"), default="both")
     p.add_argument("--metric", default="recall@20", help="metric key (default recall@20)")
     p.add_argument("--split", choices=("test", "valid"), default="test")
-    p.add_argument("--models", nargs="+", help="only runs of these models")
+    p.add_argument("--models", nargs="+", help="only runs of these models (your own: its spec or class name)")
     p.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE",
                    help="only runs whose resolved config has these values, e.g. 'zeroed_modalities=[text]'")
     p.add_argument("--out", default=os.path.join(DEFAULT_OUT, "plots"), help="folder for the PNGs")
@@ -208,7 +208,8 @@ def _plot(args):
 
     records = load_records(args.results)
     if args.models:
-        records = [r for r in records if r["model"] in args.models]
+        # your own model matches by its "<file.py>:<Class>" spec or by its class name
+        records = [r for r in records if {r["model"], r["model"].rpartition(":")[2]} & set(args.models)]
     for key, value in parse_sets(args.where).items():
         records = [r for r in records if (r.get("config") or {}).get(key) == value]
     if not records:
