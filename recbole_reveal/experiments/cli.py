@@ -142,14 +142,14 @@ def main(argv=None):
 
 def _table_command(args):
     from recbole_reveal.experiments import protocols
-    from recbole_reveal.experiments.runs import ResultStore, execute
+    from recbole_reveal.experiments.runs import ResultStore, execute, model_display_name
     from recbole_reveal.experiments.tables import render_csv, render_markdown, render_runs_csv, summarise
 
     overrides = parse_sets(args.set)
     seeds = resolve_seeds(args)
     vlm_path = _vlm_path(args, overrides)
     overrides.pop("vlm_path", None)         # given to the rows that run FVE, not to every run
-    backbone = protocols.display_name(protocols.backbone_of(getattr(args, "backbone", None) or ""))
+    backbone = model_display_name(protocols.backbone_of(getattr(args, "backbone", None) or ""))
     if args.command == "seeds":
         protocols.check_models(args.models)
         rows = protocols.seeds_rows(args.models, overrides, parse_grid(args.grid), args.eval_zeroed, vlm_path)
@@ -204,12 +204,12 @@ def _table_command(args):
 
 def _plot(args):
     from recbole_reveal.experiments.plots import plot_sensitivity
-    from recbole_reveal.experiments.runs import distinct_runs, load_records
+    from recbole_reveal.experiments.runs import distinct_runs, load_records, model_display_name
 
     records = load_records(args.results)
     if args.models:
         # your own model matches by its "<file.py>:<Class>" spec or by its class name
-        records = [r for r in records if {r["model"], r["model"].rpartition(":")[2]} & set(args.models)]
+        records = [r for r in records if {r["model"], model_display_name(r["model"])} & set(args.models)]
     for key, value in parse_sets(args.where).items():
         records = [r for r in records if (r.get("config") or {}).get(key) == value]
     if not records:

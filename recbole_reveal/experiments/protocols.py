@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from recbole_reveal.errors import ConfigError
-from recbole_reveal.experiments.runs import RunSpec
+from recbole_reveal.experiments.runs import RunSpec, model_display_name
 
 REVEAL_SUFFIX = "_REVEAL"
 FVE_NEEDS_VLM = "w/ FVE needs --vlm_path (a local Qwen2.5-VL / Qwen3-VL folder)"
@@ -28,11 +28,6 @@ class Row:
 def backbone_of(model):
     """``X`` for ``X_REVEAL``, else the name itself."""
     return model[: -len(REVEAL_SUFFIX)] if model.endswith(REVEAL_SUFFIX) else model
-
-
-def display_name(model):
-    """``Class`` for your own model given as ``"<file.py|module>:<Class>"``, else the name itself."""
-    return model.rpartition(":")[2]
 
 
 def check_models(models):
@@ -97,7 +92,7 @@ def seeds_rows(models, overrides=None, grid=None, eval_zeroed=(), vlm_path=None)
 
 def _grid_label(model, point):
     tag = ", ".join(f"{k}={v}" for k, v in point.items())
-    return f"{display_name(model)} ({tag})" if tag else display_name(model)
+    return f"{model_display_name(model)} ({tag})" if tag else model_display_name(model)
 
 
 def reveal_only_keys():
@@ -131,7 +126,7 @@ def variants_rows(backbone, overrides=None, vlm_path=None):
     both, _ = _fve(reveal.with_overrides(avl=True), vlm_path)
     base = "Base model"
     return [
-        Row(base, RunSpec(backbone, overrides), section=display_name(backbone)),
+        Row(base, RunSpec(backbone, overrides), section=model_display_name(backbone)),
         Row("w/ FVE", fve_only, reference=base, skipped=why),
         Row("w/ AVL", reveal.with_overrides(avl=True, fve=False), reference=base),
         Row("w/ REVEAL", both, reference=base, skipped=why),
@@ -155,12 +150,12 @@ def modality_rows(backbone, overrides=None, vlm_path=None):
     both, _ = _fve(reveal_v.with_overrides(avl=True), vlm_path)
     v_only = "V-Only"
     return [
-        Row("Full modality", full, section=f"{display_name(backbone)}: modality ablation (Fig. 1d-e)"),
+        Row("Full modality", full, section=f"{model_display_name(backbone)}: modality ablation (Fig. 1d-e)"),
         Row("Text-only (unimodal)", text_uni),
         Row("Text-only (multimodal)", full, view="vision"),
         Row("Vision-only (unimodal)", vision_uni),
         Row("Vision-only (multimodal)", full, view="text"),
-        Row(v_only, vision_uni, section=f"{display_name(backbone)}: Vision-Only setting (Table 4)"),
+        Row(v_only, vision_uni, section=f"{model_display_name(backbone)}: Vision-Only setting (Table 4)"),
         Row("V-Only + FVE", fve_only, reference=v_only, skipped=why),
         Row("V-Only + AVL", reveal_v.with_overrides(avl=True, fve=False), reference=v_only),
         Row("V-Only + REVEAL", both, reference=v_only, skipped=why),

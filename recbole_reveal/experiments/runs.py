@@ -39,6 +39,11 @@ def _digest(obj, n=10):
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
 
 
+def model_display_name(model):
+    """``Class`` for your own model given as ``"<file.py|module>:<Class>"``, else the name itself."""
+    return model.rpartition(":")[2]
+
+
 class RunSpec:
     """A model and the config overrides that define a setting (everything but the seed)."""
 
@@ -84,9 +89,7 @@ class ResultStore:
         self.runs_dir = os.path.join(root, "runs")
 
     def path(self, spec, seed):
-        # "<file.py>:<Class>" (your own model) names the file by its class
-        name = spec.model.rpartition(":")[2]
-        return os.path.join(self.runs_dir, f"{name}-{spec.key}-seed{seed}.json")
+        return os.path.join(self.runs_dir, f"{model_display_name(spec.model)}-{spec.key}-seed{seed}.json")
 
     def load(self, spec, seed, dataset):
         """The saved record of this run, or None. A file that holds another run is an error."""
