@@ -43,8 +43,8 @@ def _model_yaml_dir(model_class):
     """Where ``<Class>.yaml`` lives: ``properties/model/`` for this plugin's models (and RecBole's, which
     have none there), the folder of the model's own file for your own models."""
     module_file = getattr(sys.modules.get(model_class.__module__), "__file__", None)
-    if is_plugin_model(model_class) and not model_class.__module__.startswith("recbole_reveal.") \
-            and issubclass(model_class, AbstractRecommender) and module_file:
+    own = not model_class.__module__.startswith(("recbole.", "recbole_reveal."))
+    if own and issubclass(model_class, AbstractRecommender) and module_file:
         return os.path.dirname(os.path.abspath(module_file))
     return os.path.join(PROPERTIES_DIR, "model")
 

@@ -105,11 +105,7 @@ def plot_sensitivity(records, param, out_path, metric="recall@20", split="test",
         ax.set_title(dataset)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    _save(fig, out_path)
-    return out_path
+    return _save(fig, out_path, title)
 
 
 def _tick(x):
@@ -132,11 +128,7 @@ def plot_modality(summary, out_path, metrics=(("recall@20", "R@20"), ("ndcg@20",
         ax.set_xticklabels([e["label"] for e in rows], rotation=30, ha="right", fontsize=8)
         ax.set_ylabel(f"test {name}")
         ax.grid(axis="y", alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    _save(fig, out_path)
-    return out_path
+    return _save(fig, out_path, title)
 
 
 def _colour(label):
@@ -148,9 +140,14 @@ def _colour(label):
     return "tab:orange"
 
 
-def _save(fig, path):
+def _save(fig, path, title=None):
+    """Title, layout, and an atomic write of ``fig`` to ``path``; returns ``path``."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}.png"
     fig.savefig(tmp, format="png")
     plt.close(fig)
     os.replace(tmp, path)
+    return path
