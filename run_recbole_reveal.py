@@ -4,12 +4,21 @@ r"""Train and evaluate a recbole-reveal (or RecBole) model.
         [--config_files="a.yaml b.yaml"] [--key=value ...]
 
 Any other ``--key=value`` is a RecBole config key and has the highest precedence
-(see recbole_reveal/quick_start.py and docs/usage.md). With ``--vlm_path=<local Qwen-VL folder>``
-(in any config source) the run is the FVE refinement loop over ``fve_cycles`` cycles (docs/fve.md);
-``--fve=False`` keeps the static visual features, ``--fve=True`` insists on a VLM.
+(see recbole_reveal/config.py and docs/usage.md). For a ``*_REVEAL`` model with
+``--vlm_path=<local Qwen-VL folder>`` (in any config source) the run is the FVE refinement loop over
+``fve_cycles`` cycles (docs/fve.md); ``--fve=False`` keeps the static visual features, ``--fve=True``
+insists on a VLM.
 """
 
 import sys
+
+from recbole_reveal.arguments import Option, parse_command_line
+
+OPTIONS = (
+    Option("model", required=True),
+    Option("dataset", required=True),
+    Option("config_files", many=True),
+)
 
 
 def parse_args(argv):
@@ -18,33 +27,8 @@ def parse_args(argv):
     ``--config_files`` takes one or more paths, separated by spaces inside one argument
     (``--config_files="a.yaml b.yaml"``, RecBole's form) or as following arguments.
     """
-    model = dataset = None
-    config_files, rest = [], []
-    collecting_files = False
-    for arg in argv:
-        if not arg.startswith("--"):
-            if collecting_files:
-                config_files.append(arg)
-                continue
-            raise SystemExit(f"error: unexpected argument '{arg}'; options are written --key=value")
-        collecting_files = False
-        key, sep, value = arg[2:].partition("=")
-        if key in ("model", "dataset", "config_files") and not sep:
-            raise SystemExit(f"error: write --{key}=VALUE")
-        if key == "model":
-            model = value
-        elif key == "dataset":
-            dataset = value
-        elif key == "config_files":
-            config_files += value.split()
-            collecting_files = True
-        elif not sep:
-            raise SystemExit(f"error: '{arg}' is not of the form --key=value")
-        else:
-            rest.append(arg)
-    if not model or not dataset:
-        raise SystemExit(__doc__.strip() + "\n\nerror: --model and --dataset are required")
-    return model, dataset, config_files, rest
+    values, rest = parse_command_line(argv, OPTIONS, usage=__doc__)
+    return values["model"], values["dataset"], values["config_files"], rest
 
 
 def format_result(result):
@@ -59,8 +43,8 @@ def main(argv=None):
     model, dataset, config_files, rest = parse_args(argv)
 
     from recbole_reveal import build_config, run_recbole_reveal
+    from recbole_reveal.config import fve_requested
     from recbole_reveal.errors import USER_ERRORS
-    from recbole_reveal.quick_start import fve_requested
 
     try:
         if fve_requested(build_config(model, dataset, config_files, cmd_args=rest)):

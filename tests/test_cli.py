@@ -8,8 +8,7 @@ import sys
 import pytest
 import yaml
 
-import recbole_reveal.quick_start as quick_start
-from recbole_reveal import build_config, run_recbole_reveal
+from recbole_reveal import build_config, locations, run_recbole_reveal
 from recbole_reveal.errors import ConfigError, DatasetNotFoundError, UnknownModelError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,10 +20,10 @@ import run_recbole_reveal as script  # noqa: E402
 def properties_with_dataset_yaml(tmp_path, monkeypatch):
     """The real properties/ folder plus a dataset YAML for the tiny dataset."""
     props = tmp_path / "properties"
-    shutil.copytree(quick_start.PROPERTIES_DIR, props)
+    shutil.copytree(locations.properties_dir(), props)
     (props / "dataset").mkdir(exist_ok=True)
     (props / "dataset" / "tiny.yaml").write_text("hidden_size: 64\nlearning_rate: 0.005\n")
-    monkeypatch.setattr(quick_start, "PROPERTIES_DIR", str(props))
+    monkeypatch.setattr(locations, "properties_dir", lambda: str(props))
     return props
 
 

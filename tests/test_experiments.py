@@ -20,7 +20,8 @@ from recbole_reveal.experiments.plots import plot_modality, plot_sensitivity, se
 from recbole_reveal.experiments.runs import SCHEMA, ResultStore, RunSpec, execute, load_records
 from recbole_reveal.experiments.stats import paired_ttest
 from recbole_reveal.experiments.tables import render_csv, render_markdown, summarise
-from recbole_reveal.quick_start import PROJECT_ROOT, prepare_run
+from recbole_reveal.locations import property_file
+from recbole_reveal.quick_start import prepare_run
 
 FAST = {"epochs": 1, "hidden_size": 16, "inner_size": 32, "n_heads": 2, "train_batch_size": 64,
         "eval_batch_size": 256, "MAX_ITEM_LIST_LENGTH": 10, "stopping_step": 100}
@@ -217,7 +218,7 @@ def test_hyper_exhaustive_picks_best_valid_and_bayes_finishes(fast, tmp_path, ca
     assert len(hp.params2result) == 2 and len(load_records([str(tmp_path / "bayes")])) == 2
 
     with pytest.raises(ConfigError, match="vlm_path"):
-        tune("M3SRec_REVEAL", "tiny", os.path.join(PROJECT_ROOT, "properties", "hyper", "fve_cycles.hyper"),
+        tune("M3SRec_REVEAL", "tiny", property_file("hyper", "fve_cycles.hyper"),
              str(tmp_path / "x"), overrides=fast)
 
 

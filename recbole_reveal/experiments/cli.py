@@ -5,21 +5,21 @@ import argparse
 import os
 import sys
 
-import yaml
-
+from recbole_reveal.arguments import config_value
 from recbole_reveal.errors import ConfigError
 
 DEFAULT_OUT = "results"
 
 
 def parse_sets(items):
-    """``KEY=VALUE`` items -> {key: YAML value} (``--set epochs=5 zeroed_modalities=[text]``)."""
+    """``KEY=VALUE`` items -> {key: value} (``--set epochs=5 zeroed_modalities=[text]``; values read as on
+    any command line, :func:`recbole_reveal.arguments.config_value`)."""
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects KEY=VALUE items, got {item!r}")
-        out[key.lstrip("-")] = yaml.safe_load(value)
+        out[key.lstrip("-")] = config_value(value)
     return out
 
 
@@ -30,7 +30,7 @@ def parse_grid(items):
         key, sep, values = item.partition("=")
         if not sep or not key or not values:
             raise ConfigError(f"--grid expects KEY=V1,V2,... items, got {item!r}")
-        out[key] = [yaml.safe_load(v) for v in values.split(",")]
+        out[key] = [config_value(v) for v in values.split(",")]
     return out
 
 
@@ -42,19 +42,22 @@ def resolve_seeds(args):
     return [args.first_seed + i for i in range(args.n_seeds)]
 
 
-def _vlm_path(args, overrides):
-    """--vlm_path, else vlm_path from --set or a config file."""
+def _vlm_path(args, overrides, models):
+    """--vlm_path, else ``vlm_path`` of the configuration the rows' first REVEAL model gets (config
+    files, --set, property files); None when no model of the rows is a REVEAL model."""
     if args.vlm_path:
         return args.vlm_path
-    if overrides.get("vlm_path"):
-        return overrides["vlm_path"]
-    for path in reversed(args.config_files or []):
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            found = (yaml.safe_load(f) or {}).get("vlm_path")
-        if found:
-            return found
+    from recbole_reveal.config import build_config, is_reveal_model
+    from recbole_reveal.errors import UnknownModelError
+    from recbole_reveal.utils import get_model
+
+    for model in models:
+        try:
+            reveal = is_reveal_model(get_model(model))
+        except UnknownModelError:       # a row of a missing model is skipped (mark_missing_models)
+            continue
+        if reveal:
+            return build_config(model, args.dataset, args.config_files, overrides)["vlm_path"]
     return None
 
 
@@ -147,19 +150,22 @@ def _table_command(args):
 
     overrides = parse_sets(args.set)
     seeds = resolve_seeds(args)
-    vlm_path = _vlm_path(args, overrides)
+    if args.command == "seeds":
+        protocols.check_models(args.models)
+        models = args.models
+    else:
+        protocols.check_models([protocols.backbone_of(args.backbone)])
+        models = [protocols.backbone_of(args.backbone) + protocols.REVEAL_SUFFIX]
+    vlm_path = _vlm_path(args, overrides, models)
     overrides.pop("vlm_path", None)         # given to the rows that run FVE, not to every run
     backbone = model_display_name(protocols.backbone_of(getattr(args, "backbone", None) or ""))
     if args.command == "seeds":
-        protocols.check_models(args.models)
         rows = protocols.seeds_rows(args.models, overrides, parse_grid(args.grid), args.eval_zeroed, vlm_path)
         title = f"{args.dataset}: models over seeds (Table 2)"
     elif args.command == "variants":
-        protocols.check_models([protocols.backbone_of(args.backbone)])
         rows = protocols.variants_rows(args.backbone, overrides, vlm_path)
         title = f"{args.dataset}: REVEAL variants of {backbone} (Table 3)"
     else:
-        protocols.check_models([protocols.backbone_of(args.backbone)])
         rows = protocols.modality_rows(args.backbone, overrides, vlm_path)
         title = f"{args.dataset}: modality ablation of {backbone} (Fig. 1d-e, Table 4)"
     rows = protocols.mark_missing_models(rows)

@@ -10,6 +10,7 @@ from typing import Optional
 
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.experiments.runs import RunSpec, model_display_name
+from recbole_reveal.locations import reveal_only_keys
 
 REVEAL_SUFFIX = "_REVEAL"
 FVE_NEEDS_VLM = "w/ FVE needs --vlm_path (a local Qwen2.5-VL / Qwen3-VL folder)"
@@ -93,21 +94,6 @@ def seeds_rows(models, overrides=None, grid=None, eval_zeroed=(), vlm_path=None)
 def _grid_label(model, point):
     tag = ", ".join(f"{k}={v}" for k, v in point.items())
     return f"{model_display_name(model)} ({tag})" if tag else model_display_name(model)
-
-
-def reveal_only_keys():
-    """Config keys only REVEAL models read: those of ``REVEAL.yaml`` and of the FVE defaults."""
-    import os
-
-    import yaml
-
-    from recbole_reveal.quick_start import PROPERTIES_DIR
-
-    keys = set()
-    for path in (os.path.join(PROPERTIES_DIR, "model", "REVEAL.yaml"), os.path.join(PROPERTIES_DIR, "fve", "fve.yaml")):
-        with open(path, encoding="utf-8") as f:
-            keys.update(yaml.safe_load(f) or {})
-    return keys
 
 
 def _has_modalities(model):

@@ -1,11 +1,12 @@
 """One experiment run = (model, config overrides, seed) on a dataset, saved as one JSON file as soon as
 it finishes; a run whose file exists is loaded instead of trained again (a killed sweep loses nothing).
 
-A run goes through ``run_recbole_reveal`` (the entry script's single pass), or, for a ``*_REVEAL``
-model whose config asks for FVE (``fve: True``, or ``vlm_path`` set with ``fve: ~``), through the FVE
-loop ``run_fve``. An FVE
-run gets a folder of its own under the store (``fve/``: stages, models, and a feature folder whose
-``fve/cycle_<x>`` sets belong to this run only); the content-addressed embedding cache stays shared.
+A run goes through ``run_recbole_reveal`` (the entry script's single pass), or, when
+``recbole_reveal.config.fve_requested`` says so (a ``*_REVEAL`` model with ``fve: True``, or
+``vlm_path`` set with ``fve: ~``; the entry script decides the same way), through the FVE loop
+``run_fve``. An FVE run gets a folder of its own under the store (``fve/``: stages, models, and a
+feature folder whose ``fve/cycle_<x>`` sets belong to this run only); the content-addressed embedding
+cache stays shared.
 """
 
 import hashlib
@@ -161,18 +162,15 @@ def execute(spec, seed, dataset, store, config_files=(), log=print):
     record = store.load(spec, seed, dataset)
     if record is not None:
         return record, False
-    from recbole_reveal.quick_start import build_config, fve_requested, run_recbole_reveal
+    from recbole_reveal.config import build_config, fve_requested
+    from recbole_reveal.quick_start import run_recbole_reveal
 
     config_dict = dict(spec.overrides, seed=seed)
     config_dict.setdefault("checkpoint_dir", os.path.join(store.root, "checkpoints"))
     start = time.perf_counter()
-    # only a REVEAL model runs the FVE loop here: a base row stays the plain backbone even when a
-    # config file sets vlm_path
-    from recbole_reveal import get_model
-
-    reveal = getattr(get_model(spec.model), "reveal", False)
-    if reveal and fve_requested(build_config(spec.model, dataset, list(config_files), config_dict)):
-        result = _run_fve(spec, seed, dataset, store, list(config_files), config_dict)
+    config = build_config(spec.model, dataset, list(config_files), config_dict)
+    if fve_requested(config):
+        result = _run_fve(spec, seed, dataset, store, list(config_files), config_dict, config)
     else:
         result = run_recbole_reveal(spec.model, dataset, list(config_files), config_dict)
     record = {
@@ -188,12 +186,10 @@ def execute(spec, seed, dataset, store, config_files=(), log=print):
     return record, True
 
 
-def _run_fve(spec, seed, dataset, store, config_files, config_dict):
+def _run_fve(spec, seed, dataset, store, config_files, config_dict, base):
     """The FVE loop in a folder of this run's own; its last cycle is the run's result."""
     from recbole_reveal.fve.loop import run_fve
-    from recbole_reveal.quick_start import build_config
 
-    base = build_config(spec.model, dataset, config_files, config_dict)
     source_features = base["feature_dir"] or os.path.join(base["data_path"], "features")
     # fve_cycles is not part of the folder's name: a loop run for more cycles extends one run for
     # fewer (the loop resumes), and one run for fewer reads the first cycles back

@@ -1,14 +1,16 @@
-"""FVE's configuration keys: defaults in ``properties/fve/fve.yaml``, overridden by any mapping
-(a dict or a RecBole ``Config``), validated with errors that name the key."""
+"""FVE's configuration keys, validated with errors that name the key.
 
-import os
+The keys and their defaults are ``properties/fve/fve.yaml``, one of the property files the one
+configuration reader (:mod:`recbole_reveal.config`) loads for ``*_REVEAL`` models: a ``Config`` of such a
+model already holds every key. :func:`fve_settings` picks FVE's keys out of a ``Config`` (or of a
+plain dict, whose missing keys take the same file's defaults) and checks them. Light: no torch, no
+RecBole.
+"""
 
-import yaml
-
+from recbole_reveal import locations
 from recbole_reveal.errors import ConfigError
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULTS_FILE = os.path.join(PROJECT_ROOT, "properties", "fve", "fve.yaml")
+DEFAULTS_FILE = locations.property_file("fve", "fve.yaml")
 
 _CHOICES = {
     "fve_pooling": ("image_after_prompt", "text_after_image", "last_token", "reference_image_first"),
@@ -22,12 +24,12 @@ _NON_NEGATIVE_INT = ("fve_vision_cache_mb", "fve_preprocess_workers")
 
 
 def fve_defaults():
-    with open(DEFAULTS_FILE, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+    """FVE's keys and their defaults (``properties/fve/fve.yaml``)."""
+    return locations.fve_defaults()
 
 
 def fve_settings(config=None):
-    """The FVE settings: defaults, then every known key present in ``config``; validated.
+    """FVE's keys of ``config`` (a ``Config`` or a dict; a key it lacks takes its default), validated.
 
     An ``fve_*`` key in ``config`` that is not a known key is an error (a typo would otherwise be
     ignored silently).

@@ -33,14 +33,12 @@ from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.encoder import _decode
 from recbole_reveal.fve.prompts import render, write_jsonl
 from recbole_reveal.fve.vlm import QWEN_SPECIAL_TOKENS
+from recbole_reveal.locations import fve_defaults
 
 logger = logging.getLogger(__name__)
 
-CRITIC_DEFAULTS = {
-    "fve_rewrite_max_new_tokens": 192,
-    "fve_rewrite_batch_size": 4,
-    "fve_rewrite_seed": 0,
-}
+# keys of properties/fve/fve.yaml (their defaults are there)
+CRITIC_KEYS = ("fve_rewrite_max_new_tokens", "fve_rewrite_batch_size", "fve_rewrite_seed")
 _ANALYSIS, _NEW = "ANALYSIS:", "NEW_PROMPT:"
 _QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "`": "`"}
 
@@ -55,10 +53,11 @@ class RewriteParseError(ValueError):
 
 def critic_settings(config=None):
     """``fve_rewrite_max_new_tokens``, ``fve_rewrite_batch_size``, ``fve_rewrite_seed`` from
-    ``config`` (dict or RecBole ``Config``; missing keys take :data:`CRITIC_DEFAULTS`), validated."""
+    ``config`` (dict or RecBole ``Config``; missing keys take their defaults in ``fve.yaml``), validated."""
     config = config if config is not None else {}
     keys = getattr(config, "final_config_dict", config)
-    s = {k: (config[k] if k in keys and config[k] is not None else v) for k, v in CRITIC_DEFAULTS.items()}
+    defaults = fve_defaults(CRITIC_KEYS)
+    s = {k: (config[k] if k in keys and config[k] is not None else v) for k, v in defaults.items()}
     for key, low in (("fve_rewrite_max_new_tokens", 1), ("fve_rewrite_batch_size", 1), ("fve_rewrite_seed", 0)):
         if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < low:
             raise ConfigError(f"{key} must be an integer >= {low}; got {s[key]!r}")

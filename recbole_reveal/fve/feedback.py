@@ -51,24 +51,23 @@ import numpy as np
 import torch
 
 from recbole_reveal.errors import ConfigError
+from recbole_reveal.locations import fve_defaults
 
 logger = logging.getLogger(__name__)
 
-FEEDBACK_DEFAULTS = {
-    "fve_feedback_k": [10, 20],
-    "fve_exposure_k": 50,
-    "fve_rewrite_fraction": 0.25,
-}
+# keys of properties/fve/fve.yaml (their defaults are there)
+FEEDBACK_KEYS = ("fve_feedback_k", "fve_exposure_k", "fve_rewrite_fraction")
 STAT_FIELDS = ("target_count", "target_hits", "mean_rank", "top_k1_rate", "top_k2_rate", "wrong",
                "wrong_top_k1", "danger", "exposure", "pos", "neg", "priority")
 
 
 def feedback_settings(config=None):
     """``fve_feedback_k``, ``fve_exposure_k``, ``fve_rewrite_fraction`` from ``config`` (a dict or a
-    RecBole ``Config``; missing keys take :data:`FEEDBACK_DEFAULTS`), validated."""
+    RecBole ``Config``; missing keys take their defaults in ``fve.yaml``), validated."""
     config = config if config is not None else {}
     keys = getattr(config, "final_config_dict", config)
-    s = {k: (config[k] if k in keys and config[k] is not None else v) for k, v in FEEDBACK_DEFAULTS.items()}
+    defaults = fve_defaults(FEEDBACK_KEYS)
+    s = {k: (config[k] if k in keys and config[k] is not None else v) for k, v in defaults.items()}
     ks = s["fve_feedback_k"]
     if (not isinstance(ks, (list, tuple)) or len(ks) != 2
             or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks) or ks[0] > ks[1]):

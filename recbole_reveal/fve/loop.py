@@ -172,10 +172,10 @@ def run_fve(model, dataset, config_file_list=None, config_dict=None, cmd_args=()
     (``fve_stop_after`` when it ended the call early, else None), ``run_dir``, ``feature_dir``,
     ``table_text``.
     """
+    from recbole_reveal.config import build_config
     from recbole_reveal.fve.config import fve_settings
     from recbole_reveal.fve.critic import critic_settings
     from recbole_reveal.fve.feedback import feedback_settings
-    from recbole_reveal.quick_start import build_config
 
     config_dict = dict(config_dict or {})
     base = build_config(model, dataset, config_file_list, config_dict, cmd_args)
@@ -348,7 +348,7 @@ class _Loop:
                     checkpoint_dir=os.path.join(self.cycle_dir(x), "checkpoints"))
 
     def prepare(self, x):
-        from recbole_reveal.quick_start import prepare_run
+        from recbole_reveal.training import prepare_run
 
         return prepare_run(self.model, self.dataset, self.files, self.train_overrides(x), self.cmd_args)
 
@@ -402,25 +402,20 @@ class _Loop:
         """Train the backbone to convergence on cycle x's features (freshly initialised and seeded as
         ``run_recbole_reveal`` seeds it; with ``fve_warm_start``, cycles after the first start from the
         previous cycle's weights), then evaluate it on the test users."""
-        from recbole_reveal.quick_start import _close_log_handlers
+        from recbole_reveal.training import close_run_logs, fit_and_test
 
-        config, (train_data, valid_data, test_data), model_obj, trainer = self.prepare(x)
-        if self.settings["fve_warm_start"] and x > 0:
-            previous = torch.load(self.model_path(x - 1), map_location=config["device"])
-            kept = warm_start(trainer.model, previous, train_data._dataset.item_features["vision"])
-            logger.info("FVE cycle %d: warm start from cycle %d's backbone (re-initialised from the new "
-                        "features: %s)", x, x - 1, ", ".join(kept) or "nothing")
-        meter = self.meter
+        config, loaders, model_obj, trainer = self.prepare(x)
         try:
-            with meter.stage("fit"), meter.timing(trainer, "_train_epoch", "train"), \
-                    meter.timing(trainer, "_valid_epoch", "valid"):
-                best_score, best_valid = trainer.fit(train_data, valid_data, saved=True,
-                                                     show_progress=config["show_progress"])
-            with meter.stage("test_inference"):
-                test_result = trainer.evaluate(test_data, load_best_model=True,
-                                               show_progress=config["show_progress"])
+            if self.settings["fve_warm_start"] and x > 0:
+                previous = torch.load(self.model_path(x - 1), map_location=config["device"])
+                kept = warm_start(trainer.model, previous, loaders[0]._dataset.item_features["vision"])
+                logger.info("FVE cycle %d: warm start from cycle %d's backbone (re-initialised from the new "
+                            "features: %s)", x, x - 1, ", ".join(kept) or "nothing")
+            best_score, best_valid, test_result = fit_and_test(trainer, loaders, self.meter, saved=True,
+                                                               show_progress=config["show_progress"])
         finally:
-            _close_log_handlers()
+            close_run_logs()
+        valid_data = loaders[1]
         path = self.model_path(x)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         torch.save(trainer.model.state_dict(), path + ".tmp")
@@ -431,13 +426,13 @@ class _Loop:
 
     def stage_feedback(self, x):
         from recbole_reveal.fve.feedback import compute_rankings, item_statistics, select_items
-        from recbole_reveal.quick_start import _close_log_handlers
+        from recbole_reveal.training import close_run_logs
 
         if x in self._trained:
             trainer, valid_data = self._trained.pop(x)
         else:                           # resumed: rebuild the loaders and load the saved weights
             config, (_, valid_data, _), _, trainer = self.prepare(x)
-            _close_log_handlers()
+            close_run_logs()
             trainer.model.load_state_dict(torch.load(self.model_path(x), map_location=config["device"]))
         rankings = compute_rankings(trainer.model, valid_data, top_n=self.fs["fve_exposure_k"])
         stats = item_statistics(rankings, self.fs["fve_feedback_k"], self.fs["fve_exposure_k"])

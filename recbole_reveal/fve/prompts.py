@@ -39,13 +39,13 @@ from dataclasses import dataclass
 
 import yaml
 
+from recbole_reveal import locations
+from recbole_reveal.data.atomic import iter_atomic, read_atomic
 from recbole_reveal.errors import ConfigError
-from recbole_reveal.features.extract import iter_atomic, read_atomic
 
 logger = logging.getLogger(__name__)
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_TEMPLATES = os.path.join(PROJECT_ROOT, "properties", "fve", "templates.yaml")
+DEFAULT_TEMPLATES = locations.property_file("fve", "templates.yaml")
 
 ITEM_FIELDS = ("title", "category", "categories", "brand", "keywords", "item_id")
 # template key -> the placeholders it may use (None: a mapping or number, not a template)

@@ -1,0 +1,135 @@
+"""The one configuration reader: a RecBole ``Config`` that knows the plugin's property files.
+
+Precedence, lowest first (RecBole's own order, with the plugin's files among RecBole's defaults):
+
+1. RecBole's defaults (for RecBole's own models, also RecBole's model YAML);
+2. ``properties/overall.yaml``;
+3. for ``*_REVEAL`` models, ``properties/fve/fve.yaml`` (FVE's keys; other models never see them);
+4. ``properties/model/<Class>.yaml`` for every class in the model's hierarchy, backbone first
+   (``M3SRec.yaml`` < ``REVEAL.yaml`` < ``M3SRec_REVEAL.yaml``; for your own model classes,
+   ``<Class>.yaml`` beside their file);
+5. ``properties/dataset/<dataset>.yaml``;
+6. ``config_file_list``, in order;
+7. ``config_dict``;
+8. ``cmd_args`` (``--key=value`` strings; the real ``sys.argv`` is never read).
+
+Every entry point builds its configuration here: ``run_recbole_reveal.py``, ``run_hyper.py``,
+``run_experiments.py``, the Python API and the FVE loop (docs/design.md, "Configuration").
+"""
+
+import os
+import sys
+from logging import getLogger
+
+from recbole_reveal import compat
+
+compat.apply()
+
+from recbole.config import Config as RecBoleConfig  # noqa: E402
+from recbole.model.abstract_recommender import AbstractRecommender  # noqa: E402
+
+from recbole_reveal import locations  # noqa: E402
+from recbole_reveal.arguments import parse_overrides  # noqa: E402
+from recbole_reveal.errors import ConfigError  # noqa: E402
+from recbole_reveal.utils import get_model  # noqa: E402
+
+
+def is_reveal_model(model_class):
+    """Whether ``model_class`` is a ``*_REVEAL`` model (the ``REVEAL`` mix-in sets ``reveal = True``)."""
+    return bool(getattr(model_class, "reveal", False))
+
+
+def property_files(model_class, dataset):
+    """The plugin's YAML files that apply to ``model_class`` on ``dataset``, lowest precedence first."""
+    files = [locations.property_file("overall.yaml")]
+    if is_reveal_model(model_class):
+        files.append(locations.property_file("fve", "fve.yaml"))
+    for cls in reversed(model_class.__mro__):
+        path = os.path.join(_model_yaml_dir(cls), f"{cls.__name__}.yaml")
+        if os.path.isfile(path):
+            files.append(path)
+    dataset_file = locations.property_file("dataset", f"{dataset}.yaml")
+    if os.path.isfile(dataset_file):
+        files.append(dataset_file)
+    return files
+
+
+def _model_yaml_dir(model_class):
+    """Where ``<Class>.yaml`` lives: ``properties/model/`` for this plugin's models (and RecBole's, which
+    have none there), the folder of the model's own file for your own models."""
+    module_file = getattr(sys.modules.get(model_class.__module__), "__file__", None)
+    own = not model_class.__module__.startswith(("recbole.", "recbole_reveal."))
+    if own and issubclass(model_class, AbstractRecommender) and module_file:
+        return os.path.dirname(os.path.abspath(module_file))
+    return locations.property_file("model")
+
+
+class Config(RecBoleConfig):
+    """RecBole's ``Config`` with the plugin's models (names, ``<file.py>:<Class>`` or classes), its
+    property files (module docstring) and a command line given as a list.
+
+    Args:
+        model: a plugin or RecBole model name, ``"<file.py>:<Class>"``, or a model class.
+        dataset: the dataset name (a folder ``<data_path>/<dataset>/``).
+        config_file_list: YAML files, in increasing precedence.
+        config_dict: a dict of config keys (above the files).
+        cmd_args: ``--key=value`` strings (the highest precedence).
+    """
+
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=()):
+        for path in config_file_list or []:
+            if not os.path.isfile(path):
+                raise ConfigError(f"config file not found: {path}")
+        self._cmd_args = list(cmd_args or ())
+        super().__init__(model, dataset, config_file_list, config_dict)
+        self.final_config_dict["data_path"] = locations.resolve_data_path(self["data_path"], self.dataset)
+
+    def _load_cmd_line(self):
+        return parse_overrides(self._cmd_args)
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+        if dataset is None:
+            dataset = self.external_config_dict.get("dataset")
+        if model is None or dataset is None:
+            raise ConfigError("a config needs 'model' and 'dataset' (arguments, a config file, config_dict "
+                              "or the command line)")
+        model_class = get_model(model)
+        return model_class.__name__, model_class, dataset
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        for path in property_files(model_class, dataset):
+            self._update_internal_config_dict(path)
+
+
+def build_config(model, dataset, config_file_list=None, config_dict=None, cmd_args=()):
+    """A :class:`Config` for a plugin or RecBole model, with the precedence in the module docstring."""
+    return Config(model, dataset, config_file_list, config_dict, cmd_args)
+
+
+def fve_requested(config):
+    """The one decision "FVE loop or single run" for a built config.
+
+    A ``*_REVEAL`` model runs the FVE loop when ``fve: True`` (which needs ``vlm_path``) or when ``fve``
+    is unset (``~``) and ``vlm_path`` is given; ``fve: False`` never. ``fve`` and ``avl`` are the two
+    ablation switches of a ``*_REVEAL`` model. Another model never runs the loop: ``fve: True`` is an
+    error, a ``vlm_path`` (e.g. from a config file shared by a table's rows) is logged and ignored.
+    """
+    fve, vlm_path = config["fve"], config["vlm_path"]
+    if not is_reveal_model(get_model(config["model"])):
+        if fve:
+            raise ConfigError(f"fve=True: {config['model']} is not a REVEAL model; FVE runs for "
+                              f"{config['model']}_REVEAL-style models (<Backbone>_REVEAL), or unset fve")
+        if vlm_path:
+            getLogger(__name__).info("%s is not a REVEAL model: vlm_path is not used (a single run on the "
+                                     "static visual features)", config["model"])
+        return False
+    if fve and not vlm_path:
+        raise ConfigError(
+            "fve=True needs vlm_path, a local Qwen2.5-VL / Qwen3-VL folder: download one with "
+            "`hf download Qwen/Qwen2.5-VL-7B-Instruct --local-dir /models/Qwen2.5-VL-7B-Instruct` "
+            "and pass --vlm_path=/models/Qwen2.5-VL-7B-Instruct (or set fve=False for AVL only)"
+        )
+    return bool(vlm_path) if fve is None else bool(fve)

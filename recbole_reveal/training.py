@@ -1,0 +1,97 @@
+"""One training run's life, shared by ``run_recbole_reveal`` and the FVE loop's train stage:
+:func:`prepare_run` (config, seeded data loaders, model, trainer), :func:`fit_and_test` (RecBole's
+``fit`` then the test evaluation, timed into a :class:`~recbole_reveal.cost.CostMeter`) and
+:func:`close_run_logs` (RecBole's log handlers of the run)."""
+
+import logging
+import os
+from logging import getLogger
+from typing import Any, NamedTuple
+
+from recbole_reveal import compat
+
+compat.apply()
+
+from recbole.data import data_preparation  # noqa: E402
+from recbole.utils import init_logger, init_seed  # noqa: E402
+
+from recbole_reveal.config import build_config  # noqa: E402
+from recbole_reveal.errors import ConfigError  # noqa: E402
+from recbole_reveal.utils import create_dataset, get_model, get_trainer  # noqa: E402
+
+
+def prepare_run(model, dataset, config_file_list=None, config_dict=None, cmd_args=()):
+    """Config, data loaders, model and trainer, seeded exactly as a run builds them; returns
+    ``(config, (train_data, valid_data, test_data), model, trainer)``. RecBole's logger is set up for
+    the run: call :func:`close_run_logs` when the run ends."""
+    config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+
+    data = create_dataset(config)
+    logger.info(data)
+    check_topk(config, data)
+    loaders = data_preparation(config, data)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model_obj = get_model(config["model"])(config, loaders[0]._dataset).to(config["device"])
+    logger.info(model_obj)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+    trainer.saved_model_file = unique_checkpoint_file(trainer.saved_model_file)
+    return config, loaders, model_obj, trainer
+
+
+def check_topk(config, data):
+    """RecBole's full ranking fails deep inside torch.topk when a cut-off exceeds the item count."""
+    n_items = data.item_num - 1          # id 0 is padding
+    topk = config["topk"] if isinstance(config["topk"], list) else [config["topk"]]
+    if max(topk) > n_items:
+        raise ConfigError(f"topk {topk}: dataset '{config['dataset']}' has only {n_items} items, so no "
+                          f"cut-off can exceed {n_items} (e.g. --topk=\"[5,{min(10, n_items)}]\" with a "
+                          "matching valid_metric)")
+
+
+def unique_checkpoint_file(path):
+    """RecBole names a checkpoint ``<model>-<local time to the second>.pth``: two runs of one model that
+    start in the same second in one ``checkpoint_dir`` (seeds run in parallel) would write and then
+    evaluate each other's file. A random suffix (``os.urandom``: the seeded generators stay untouched)
+    makes the name unique."""
+    root, ext = os.path.splitext(path)
+    return f"{root}-{os.urandom(3).hex()}{ext}"
+
+
+class FitResult(NamedTuple):
+    best_valid_score: Any
+    best_valid_result: Any
+    test_result: Any
+
+
+def fit_and_test(trainer, loaders, meter, saved=True, show_progress=False):
+    """Train with RecBole's ``fit`` (early stopping on the validation users), then evaluate on the
+    test users (with ``saved``, the best checkpoint is read back first). The meter gets the stages
+    ``fit`` (the training run: Table 7's training time w/o FVE) with ``train`` / ``valid`` (its epochs'
+    parts) and ``test_inference``."""
+    train_data, valid_data, test_data = loaders
+    with meter.stage("fit"), meter.timing(trainer, "_train_epoch", "train"), \
+            meter.timing(trainer, "_valid_epoch", "valid"):
+        best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved,
+                                                          show_progress=show_progress)
+    with meter.stage("test_inference"):     # includes reading the best checkpoint back
+        test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=show_progress)
+    return FitResult(best_valid_score, best_valid_result, test_result)
+
+
+def close_run_logs():
+    """Remove the handlers RecBole's ``init_logger`` installed: it only configures a root logger that
+    has none, so without this a second run in the same process would log to the first run's file."""
+    import colorlog
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) or isinstance(
+            handler.formatter, colorlog.ColoredFormatter
+        ):
+            handler.close()
+            root.removeHandler(handler)
