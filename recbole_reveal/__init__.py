@@ -1,21 +1,35 @@
 """recbole-reveal: REVEAL (arXiv 2606.09082) for multimodal sequential recommendation, on RecBole 1.2.1.
 
-Importing the package makes RecBole 1.2.1 work on today's stack (see :mod:`recbole_reveal.compat`).
+The public API (``run_recbole_reveal``, ``build_config``, ``objective_function``, ``get_model``,
+``get_trainer``, ``create_dataset``) is imported on first use: ``import recbole_reveal`` and its light
+modules (``recbole_reveal.data.feature_store``, ``errors``, ``files``, ``arguments``, ...) load neither
+torch nor RecBole. The modules that use RecBole make it work on today's stack first
+(:mod:`recbole_reveal.compat`).
 """
 
-from recbole_reveal import compat
-
-compat.apply()
-
-from recbole_reveal.quick_start import build_config, objective_function, run_recbole_reveal  # noqa: E402
-from recbole_reveal.utils import create_dataset, get_model, get_trainer  # noqa: E402
+import importlib
 
 __version__ = "0.1.0"
-__all__ = [
-    "build_config",
-    "create_dataset",
-    "get_model",
-    "get_trainer",
-    "objective_function",
-    "run_recbole_reveal",
-]
+
+# public name -> the module that defines it
+_API = {
+    "build_config": "recbole_reveal.config",
+    "objective_function": "recbole_reveal.quick_start",
+    "run_recbole_reveal": "recbole_reveal.quick_start",
+    "create_dataset": "recbole_reveal.utils",
+    "get_model": "recbole_reveal.utils",
+    "get_trainer": "recbole_reveal.utils",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name):
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'recbole_reveal' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API))

@@ -1,4 +1,9 @@
-"""Make RecBole 1.2.1 work on today's stack (numpy 2, torch >= 2.6), applied once on import.
+"""Make RecBole 1.2.1 work on today's stack (numpy 2, torch >= 2.6, scipy >= 1.17).
+
+:func:`apply` is called by the modules that use RecBole (the ``model`` and ``trainer`` packages,
+``data/dataset.py``, ``utils.py``, ``config.py``, ``training.py``) before their first RecBole import, not
+by ``import recbole_reveal``: the light modules stay free of torch and RecBole. To use RecBole's own
+API in a process that has not imported one of those, call ``recbole_reveal.compat.apply()`` first.
 
 Each fix is scoped as narrowly as the problem allows:
 
@@ -82,7 +87,15 @@ def restore_dok_matrix_update():
     return True
 
 
+_applied = False
+
+
 def apply():
+    """Apply every fix (idempotent: a second call does nothing)."""
+    global _applied
+    if _applied:
+        return
+    _applied = True
     restore_numpy_aliases()
     restore_dok_matrix_update()
     import_recbole_models_without_anomaly_detection()

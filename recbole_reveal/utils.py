@@ -7,15 +7,19 @@ import pkgutil
 import re
 import sys
 
-from recbole.data.utils import create_dataset as recbole_create_dataset
-from recbole.model.abstract_recommender import AbstractRecommender
-from recbole.utils import ModelType
-from recbole.utils import get_trainer as recbole_get_trainer
+from recbole_reveal import compat
 
-from recbole_reveal.data.dataset import MultimodalDataset, MultimodalSequentialDataset
-from recbole_reveal.errors import UnknownModelError
-from recbole_reveal.model import general_recommender, sequential_recommender
-from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
+compat.apply()
+
+from recbole.data.utils import create_dataset as recbole_create_dataset  # noqa: E402
+from recbole.model.abstract_recommender import AbstractRecommender  # noqa: E402
+from recbole.utils import ModelType  # noqa: E402
+from recbole.utils import get_trainer as recbole_get_trainer  # noqa: E402
+
+from recbole_reveal.data.dataset import MultimodalDataset, MultimodalSequentialDataset  # noqa: E402
+from recbole_reveal.errors import UnknownModelError  # noqa: E402
+from recbole_reveal.model import general_recommender, sequential_recommender  # noqa: E402
+from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender  # noqa: E402
 
 # The plugin's model packages, searched in this order (one module per model, RecBole's convention).
 PLUGIN_MODEL_PACKAGES = (sequential_recommender, general_recommender)

@@ -7,11 +7,15 @@ through :class:`ItemFeaturesMixin`, so they select, check and align feature sets
 
 import os
 
-import torch
-from recbole.data.dataset import Dataset, SequentialDataset
+from recbole_reveal import compat
 
-from recbole_reveal.errors import ConfigError
-from recbole_reveal.data.feature_store import align_to_item_ids, feature_paths, load_item_features
+compat.apply()
+
+import torch  # noqa: E402
+from recbole.data.dataset import Dataset, SequentialDataset  # noqa: E402
+
+from recbole_reveal.data.feature_store import align_to_item_ids, feature_paths, load_item_features  # noqa: E402
+from recbole_reveal.errors import ConfigError  # noqa: E402
 
 
 class ItemFeaturesMixin:

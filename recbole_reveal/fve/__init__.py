@@ -1,24 +1,34 @@
 """FVE (paper §4.3): initial prompts, the VLM, the prompt-conditioned vision encoder and its caches,
-feedback and critic, and the resumable refinement loop ``run_fve`` (recbole_reveal.fve.loop, imported
-on use: it pulls in training). See docs/fve.md."""
+feedback and critic, and the resumable refinement loop ``run_fve`` (recbole_reveal.fve.loop). See
+docs/fve.md.
 
-from recbole_reveal.fve.cache import EmbeddingCache, VisionFeatureCache
-from recbole_reveal.fve.config import build_fve_encoder, fve_settings
-from recbole_reveal.fve.encoder import (
-    POOLINGS, EncodeResult, FVEEncoder, ItemRequest, item_requests, save_encoding,
-)
-from recbole_reveal.fve.prompts import (
-    build_initial_prompts, extract_keywords, load_templates, read_items, read_prompts, render, write_prompts,
-)
-from recbole_reveal.fve.vlm import (
-    LoadedVLM, VLMUnavailable, build_tiny_qwen2_5_vl, build_tiny_qwen3_vl, check_vlm_folder, load_vlm,
-    random_qwen2_5_vl,
-)
+The names below are imported on first use, so that the light modules (``fve.config``, ``fve.prompts``)
+load without torch.
+"""
 
-__all__ = [
-    "POOLINGS", "EmbeddingCache", "EncodeResult", "FVEEncoder", "ItemRequest", "LoadedVLM", "VLMUnavailable",
-    "VisionFeatureCache", "build_fve_encoder", "build_initial_prompts", "build_tiny_qwen2_5_vl",
-    "build_tiny_qwen3_vl", "check_vlm_folder", "extract_keywords", "fve_settings", "item_requests",
-    "load_templates", "load_vlm", "random_qwen2_5_vl", "read_items", "read_prompts", "render",
-    "save_encoding", "write_prompts",
-]
+import importlib
+
+# public name -> the module that defines it
+_API = {
+    "EmbeddingCache": "cache", "VisionFeatureCache": "cache",
+    "build_fve_encoder": "config", "fve_settings": "config",
+    "POOLINGS": "encoder", "EncodeResult": "encoder", "FVEEncoder": "encoder", "ItemRequest": "encoder",
+    "item_requests": "encoder", "save_encoding": "encoder",
+    "build_initial_prompts": "prompts", "extract_keywords": "prompts", "load_templates": "prompts",
+    "read_items": "prompts", "read_prompts": "prompts", "render": "prompts", "write_prompts": "prompts",
+    "LoadedVLM": "vlm", "VLMUnavailable": "vlm", "build_tiny_qwen2_5_vl": "vlm", "build_tiny_qwen3_vl": "vlm",
+    "check_vlm_folder": "vlm", "load_vlm": "vlm", "random_qwen2_5_vl": "vlm",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name):
+    if name in _API:
+        value = getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API))

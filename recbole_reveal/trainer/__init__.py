@@ -1,2 +1,6 @@
-from recbole_reveal.trainer.trainer import PluginTrainer
-from recbole_reveal.trainer.avl import AVLTrainer, ModalityBalance, avl_scale
+from recbole_reveal import compat
+
+compat.apply()
+
+from recbole_reveal.trainer.trainer import PluginTrainer  # noqa: E402
+from recbole_reveal.trainer.avl import AVLTrainer, ModalityBalance, avl_scale  # noqa: E402

@@ -1,0 +1,67 @@
+"""The light modules load neither torch nor RecBole (a DDP rank, an encoding worker or a command's
+``--help`` does not pay their seconds and hundreds of MB); the public API still makes RecBole work on
+today's stack, on first use."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+LIGHT = [
+    "recbole_reveal",
+    "recbole_reveal.errors",
+    "recbole_reveal.files",
+    "recbole_reveal.arguments",
+    "recbole_reveal.locations",
+    "recbole_reveal.cost",
+    "recbole_reveal.data.atomic",
+    "recbole_reveal.data.feature_store",
+    "recbole_reveal.data.synthetic",
+    "recbole_reveal.data.prepare",
+    "recbole_reveal.fve",
+    "recbole_reveal.fve.config",
+    "recbole_reveal.fve.prompts",
+    "recbole_reveal.experiments.cli",
+    "recbole_reveal.experiments.runs",
+    "recbole_reveal.experiments.protocols",
+    "recbole_reveal.experiments.tables",
+]
+HEAVY = ("torch", "recbole")
+
+
+def imported_modules(statement):
+    """Top-level names of every module ``python -X importtime -c statement`` imported."""
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", statement],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    names = set()
+    for line in out.stderr.splitlines():
+        if line.startswith("import time:") and line.count("|") == 2:
+            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    assert "recbole_reveal" in names
+    return names
+
+
+@pytest.mark.parametrize("module", LIGHT)
+def test_light_module_imports_neither_torch_nor_recbole(module):
+    heavy = imported_modules(f"import {module}") & set(HEAVY)
+    assert not heavy, f"importing {module} loads {sorted(heavy)}"
+
+
+def test_entry_scripts_parse_their_command_line_without_torch():
+    code = (f"import sys; sys.path.insert(0, {REPO!r}); import run_recbole_reveal, run_hyper; "
+            "run_recbole_reveal.parse_args(['--model=M3SRec', '--dataset=d', '--epochs=3']); "
+            "run_hyper.split_args(['--model=M3SRec', '--dataset=d', '--params_file=p', '--epochs=3'])")
+    assert not imported_modules(code) & set(HEAVY)
+
+
+def test_the_api_applies_the_recbole_fixes_on_first_use():
+    code = ("import recbole_reveal, sys; assert 'torch' not in sys.modules; "
+            "recbole_reveal.build_config; import numpy, torch; "
+            "print(hasattr(numpy, 'float_'), torch.is_anomaly_enabled())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "False"]
