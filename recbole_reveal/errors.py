@@ -21,4 +21,8 @@ class ConfigError(RevealUserError, ValueError):
     pass
 
 
+class EncoderUnavailable(RevealUserError, RuntimeError):
+    """A feature encoder's package or weight folder is missing; the message says how to get it."""
+
+
 USER_ERRORS = (RevealUserError,)

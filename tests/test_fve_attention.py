@@ -173,3 +173,28 @@ def test_cli_reads_the_prompts_of_fve_cycles(vlm_path, tmp_path, capsys):
     assert main(common + ["--item", "b", "--out", str(tmp_path / "e.png")]) == 2      # its image file is absent
     assert "image not found" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "e.png")
+
+
+def test_cli_reads_the_runs_configuration_with_model(vlm_path, vlm, tmp_path, capsys):
+    """--model/--dataset/--config_files: vlm_path, data_path, the pixel budget and the device come from the
+    same configuration the FVE run reads (recbole_reveal.config), not from the CLI's own defaults."""
+    data = tmp_path / "data"
+    (data / "shop" / "images").mkdir(parents=True)
+    Image.open(DEMO_IMAGE).save(data / "shop" / "images" / "a.png")
+    (data / "shop" / "shop.item").write_text("item_id:token\timage:token\na\timages/a.png\n")
+    (data / "shop" / "shop.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\nu\ta\t1\n")
+    for x, prompt in ((0, PROMPT), (1, REFINED)):
+        write_prompts(str(data / "shop" / "features" / "fve" / f"prompts_cycle_{x}.jsonl"),
+                      [{"item_id": "a", "prompt": prompt}])
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"vlm_path: {vlm_path}\ndata_path: {data}\nfve_device: cpu\n"
+                   f"fve_min_pixels: {BUDGET['min_pixels']}\nfve_max_pixels: {BUDGET['max_pixels']}\n")
+    arrays = str(tmp_path / "run.npz")
+    args = ["--model", "M3SRec_REVEAL", "--dataset", "shop", "--item", "a", "--panel_px", "96"]
+    assert main(args + ["--config_files", str(cfg), "--out", str(tmp_path / "r.png"), "--arrays", arrays]) == 0
+    expected = patch_attention(vlm, Image.open(DEMO_IMAGE), REFINED, **BUDGET).attention
+    np.testing.assert_allclose(np.load(arrays)["attention_1"], expected, atol=1e-7)
+
+    cfg.write_text(f"data_path: {data}\n")
+    assert main(args + ["--config_files", str(cfg), "--out", str(tmp_path / "e.png")]) == 2
+    assert "no vlm_path in the configuration of M3SRec_REVEAL" in capsys.readouterr().err

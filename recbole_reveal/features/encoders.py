@@ -12,15 +12,13 @@ import os
 import numpy as np
 import torch
 
+from recbole_reveal.errors import EncoderUnavailable  # noqa: F401  (raised here; public here as before)
+
 ENCODERS = {}
 
 # ImageNet statistics, the normalisation the EfficientNet PyTorch weights were trained with.
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
-
-class EncoderUnavailable(RuntimeError):
-    """An encoder's package or weight folder is missing; the message says how to get it."""
 
 
 def register_encoder(name):

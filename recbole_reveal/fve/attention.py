@@ -25,6 +25,10 @@ CLI::
     python -m recbole_reveal.fve.attention --vlm_path DIR --dataset Sports --item B000XYZ --out heat.png
         # prompts of FVE cycles (default: the first and the last written) from
         # <data_path>/<dataset>/features/fve/prompts_cycle_<x>.jsonl, the image from <dataset>.item
+    python -m recbole_reveal.fve.attention --model M3SRec_REVEAL --dataset Sports --config_files run.yaml \
+        --item B000XYZ --out heat.png
+        # the run's own configuration (recbole_reveal.config): vlm_path, data_path, feature_dir,
+        # fve_device, fve_dtype, fve_min_pixels, fve_max_pixels; an option given here wins
 
 See docs/cost-and-heatmaps.md.
 """
@@ -221,26 +225,33 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m recbole_reveal.fve.attention",
         description="VLM attention heatmaps over an item image, one panel per prompt (paper Fig. 3).")
-    p.add_argument("--vlm_path", required=True, help="local Qwen2.5-VL / Qwen3-VL folder")
+    p.add_argument("--vlm_path", help="local Qwen2.5-VL / Qwen3-VL folder (required without --model)")
+    p.add_argument("--model", help="with --dataset: read vlm_path, data_path, feature_dir and the fve_* pixel, "
+                   "device and dtype keys from this model's configuration, as the FVE run read them")
+    p.add_argument("--config_files", nargs="+", default=[], help="config files of that configuration (with --model)")
     p.add_argument("--out", required=True, help="output PNG")
     p.add_argument("--image", help="item image (default with --dataset/--item: the item's image)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for more panels")
     p.add_argument("--dataset", help="read the prompts of FVE cycles of this dataset's --item")
     p.add_argument("--item", help="item_id (with --dataset)")
     p.add_argument("--cycles", type=int, nargs="+", help="FVE cycles to show (default: first and last written)")
-    p.add_argument("--data_path", default="dataset_atomic", help="folder holding <dataset>/ (default dataset_atomic)")
+    p.add_argument("--data_path", help="folder holding <dataset>/ (default dataset_atomic)")
     p.add_argument("--feature_dir", help="the run's feature_dir (default <data_path>/<dataset>/features)")
     p.add_argument("--pooling", default=DEFAULT_POOLING, choices=sorted(POOLINGS),
                    help="chat turn as in fve_pooling (default last_token: [image, prompt] + assistant header)")
     p.add_argument("--layer", type=int, default=-1, help="decoder layer (default -1, the final one)")
     p.add_argument("--min_pixels", type=int, help="pixel budget (default the VLM folder's)")
     p.add_argument("--max_pixels", type=int, help="pixel budget (default the VLM folder's)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", help="default auto")
+    p.add_argument("--dtype", help="default auto")
     p.add_argument("--panel_px", type=int, default=PANEL_PX, help=f"panel width/height in pixels ({PANEL_PX})")
     p.add_argument("--shared_scale", action="store_true", help="one colour scale over all panels")
     p.add_argument("--arrays", help="also save the attention maps and prompts as .npz here")
     args = p.parse_args(argv)
+    if args.model and not args.dataset:
+        p.error("--model goes with --dataset (the configuration of a run on that dataset)")
+    if not args.model and not args.vlm_path:
+        p.error("give --vlm_path, or --model and --dataset to read it from the run's configuration")
     if bool(args.dataset) != bool(args.item):
         p.error("--dataset and --item go together")
     if args.panel_px < 64:
@@ -248,6 +259,30 @@ def parse_args(argv=None):
     if not args.dataset and (not args.image or not args.prompt):
         p.error("give --image and at least one --prompt, or --dataset and --item")
     return args
+
+
+def _fill_from_config(args):
+    """Options not given on the command line: from the run's configuration (``--model``), else defaults."""
+    settings = {}
+    if args.model:
+        from recbole_reveal.config import build_config
+        from recbole_reveal.fve.config import fve_settings
+
+        config = build_config(args.model, args.dataset, args.config_files,
+                              {"data_path": args.data_path} if args.data_path else None)
+        settings = fve_settings(config)
+        args.data_path = os.path.dirname(os.path.normpath(config["data_path"]))
+        args.feature_dir = args.feature_dir or config["feature_dir"]
+        if not settings["vlm_path"] and not args.vlm_path:
+            raise ConfigError(f"no vlm_path in the configuration of {args.model} on {args.dataset}; pass --vlm_path")
+    args.vlm_path = args.vlm_path or settings.get("vlm_path")
+    args.data_path = args.data_path or "dataset_atomic"
+    args.device = args.device or settings.get("fve_device", "auto")
+    args.dtype = args.dtype or settings.get("fve_dtype", "auto")
+    if args.min_pixels is None:
+        args.min_pixels = settings.get("fve_min_pixels")
+    if args.max_pixels is None:
+        args.max_pixels = settings.get("fve_max_pixels")
 
 
 def main(argv=None):
@@ -258,6 +293,7 @@ def main(argv=None):
 
     args = parse_args(argv)
     try:
+        _fill_from_config(args)
         labels_prompts, image_path = ([], None)
         if args.dataset:
             labels_prompts, image_path = cycle_prompts(args.dataset, args.item, args.data_path, args.feature_dir,

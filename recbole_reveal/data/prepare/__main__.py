@@ -5,10 +5,10 @@ import logging
 import sys
 
 from recbole_reveal.data.prepare.images import MIN_IMAGE_SIDE
-from recbole_reveal.features.encoders import EncoderUnavailable
 from recbole_reveal.data.prepare.pipeline import DATASETS, Options, PrepareError, prepare
 from recbole_reveal.data.prepare.rawio import RawFileError
 from recbole_reveal.data.prepare.sources import DEFAULT_PHOTO_LABELS
+from recbole_reveal.errors import EncoderUnavailable
 
 
 def build_parser():
