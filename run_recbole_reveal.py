@@ -1,67 +1,10 @@
-r"""Train and evaluate a recbole-reveal (or RecBole) model.
-
-    python run_recbole_reveal.py --model=M3SRec_REVEAL --dataset=synthetic-demo \
-        [--config_files="a.yaml b.yaml"] [--key=value ...]
-
-Any other ``--key=value`` is a RecBole config key and has the highest precedence
-(see recbole_reveal/config.py and docs/usage.md). For a ``*_REVEAL`` model with
-``--vlm_path=<local Qwen-VL folder>`` (in any config source) the run is the FVE refinement loop over
-``fve_cycles`` cycles (docs/fve.md); ``--fve=False`` keeps the static visual features, ``--fve=True``
-insists on a VLM.
-"""
+"""``python run_recbole_reveal.py --model=M3SRec_REVEAL --dataset=synthetic-demo [--key=value ...]``: train
+and evaluate a model (or run the FVE loop); the command is :mod:`recbole_reveal.commands.run_recbole_reveal`,
+also installed as the console script ``run_recbole_reveal``."""
 
 import sys
 
-from recbole_reveal.arguments import Option, parse_command_line
-
-OPTIONS = (
-    Option("model", required=True),
-    Option("dataset", required=True),
-    Option("config_files", many=True),
-)
-
-
-def parse_args(argv):
-    """Split ``argv`` into (model, dataset, config files, remaining ``--key=value`` items).
-
-    ``--config_files`` takes one or more paths, separated by spaces inside one argument
-    (``--config_files="a.yaml b.yaml"``, RecBole's form) or as following arguments.
-    """
-    values, rest = parse_command_line(argv, OPTIONS, usage=__doc__)
-    return values["model"], values["dataset"], values["config_files"], rest
-
-
-def format_result(result):
-    return "  ".join(f"{k}: {float(v):.4f}" for k, v in result.items())
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__.strip())
-        return 0
-    model, dataset, config_files, rest = parse_args(argv)
-
-    from recbole_reveal import build_config, run_recbole_reveal
-    from recbole_reveal.config import fve_requested
-    from recbole_reveal.errors import USER_ERRORS
-
-    try:
-        if fve_requested(build_config(model, dataset, config_files, cmd_args=rest)):
-            from recbole_reveal.fve.loop import run_fve
-
-            print(run_fve(model, dataset, config_file_list=config_files, cmd_args=rest)["table_text"])
-            return 0
-        result = run_recbole_reveal(model, dataset, config_file_list=config_files, cmd_args=rest)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"best valid: {format_result(result['best_valid_result'])}")
-    print(f"test:       {format_result(result['test_result'])}")
-    for modality, masked in result["masked_test_results"].items():
-        print(f"test ({modality} zeroed at inference): {format_result(masked)}")
-    return 0
-
+from recbole_reveal.commands.run_recbole_reveal import OPTIONS, format_result, main, parse_args  # noqa: F401
 
 if __name__ == "__main__":
     sys.exit(main())

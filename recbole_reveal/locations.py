@@ -43,6 +43,17 @@ def property_file(*parts):
     return os.path.join(properties_dir(), *parts)
 
 
+def property_path(path):
+    """``path`` as given when it exists; a path ``properties/<rest>`` that does not exist in the working
+    directory is the package's own ``properties/<rest>`` (e.g. ``--params_file=properties/hyper/...``
+    from an installed package)."""
+    parts = os.path.normpath(path).split(os.sep)
+    if os.path.exists(path) or os.path.isabs(path) or parts[0] != "properties" or len(parts) < 2:
+        return path
+    own = property_file(*parts[1:])
+    return own if os.path.exists(own) else path
+
+
 def read_yaml(path):
     """A YAML property file as a dict (an empty file is ``{}``)."""
     try:

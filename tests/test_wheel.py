@@ -1,6 +1,6 @@
 """The package as a user installs it: a wheel built from this checkout, installed into a fresh virtual
 environment outside the checkout, trains a plugin model from another working directory with its
-property files (overall, fve, model YAML) applied.
+property files (overall, fve, model YAML) applied, and has its commands as console scripts.
 
 Installing torch and RecBole into a fresh environment takes minutes, so the new environment reaches
 the test environment's already installed dependencies through a ``.pth`` file. Such a path is added to
@@ -92,3 +92,8 @@ def test_wheel_installed_outside_the_checkout_trains_with_its_properties(tmp_pat
     assert "installed recbole-reveal carries no datasets" in out["demo"]
     assert "python -m recbole_reveal.data.synthetic --out dataset_atomic" in out["demo"]
     assert (work / "saved").is_dir()
+
+    # the commands are installed as console scripts
+    for command, says in (("run_recbole_reveal", "--model"), ("run_hyper", "--params_file"),
+                          ("run_experiments", "variants")):
+        assert says in _run([str(venv / "bin" / command), "--help"], cwd=work, env=env)
