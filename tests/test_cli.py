@@ -126,6 +126,34 @@ def test_fve_switch(tiny_root, tmp_path, capsys):
     assert code == 2 and "vlm_path" in capsys.readouterr().err
 
 
+def test_only_reveal_models_run_the_fve_loop(tiny_root, tmp_path, caplog):
+    """The one decision (config.fve_requested, used by the entry script and the experiment runs): a
+    model without REVEAL never runs the loop; FVE's keys are defaults of REVEAL models only."""
+    from recbole_reveal.config import fve_requested
+
+    base = {"data_path": tiny_root}
+    plain = build_config("M3SRec", "tiny", config_dict=dict(base, vlm_path=str(tmp_path)))
+    with caplog.at_level("INFO"):
+        assert fve_requested(plain) is False
+    assert "M3SRec is not a REVEAL model: vlm_path is not used" in caplog.text
+    with pytest.raises(ConfigError, match="not a REVEAL model"):
+        fve_requested(build_config("M3SRec", "tiny", config_dict=dict(base, fve=True)))
+    assert build_config("M3SRec", "tiny", config_dict=base)["fve_cycles"] is None
+    assert build_config("M3SRec_REVEAL", "tiny", config_dict=base)["fve_cycles"] == 3
+    assert build_config("M3SRec_REVEAL", "tiny", config_dict=base, cmd_args=["--fve_cycles=5"])["fve_cycles"] == 5
+
+
+def test_command_line_values_read_as_in_a_config_file(tiny_root):
+    args = ["--zeroed_modalities=[text]", "--learning_rate=1e-3", "--fve=~", "--avl_clamp=None", "--epochs=7",
+            "--eval_zeroed_modalities=['vision']", "--vlm_path=/models/x"]
+    config = build_config("M3SRec_REVEAL", "tiny", config_dict={"data_path": tiny_root}, cmd_args=args)
+    assert (config["zeroed_modalities"], config["learning_rate"], config["fve"], config["avl_clamp"]) == (
+        ["text"], 0.001, None, None)
+    assert (config["epochs"], config["eval_zeroed_modalities"], config["vlm_path"]) == (7, ["vision"], "/models/x")
+    with pytest.raises(ConfigError, match="given twice"):
+        build_config("M3SRec", "tiny", config_dict={"data_path": tiny_root}, cmd_args=["--epochs=1", "--epochs=2"])
+
+
 def test_reveal_without_a_vlm_says_it_uses_static_visual_features(tiny_config, caplog):
     with caplog.at_level("INFO"):
         run_recbole_reveal("M3SRec_REVEAL", "tiny", config_dict=dict(tiny_config, epochs=1))
