@@ -40,7 +40,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_reveal.fve.cache import EmbeddingCache, VisionFeatureCache  # noqa: E402
 from recbole_reveal.fve.encoder import FVEEncoder, ItemRequest  # noqa: E402
 from recbole_reveal.fve.prompts import build_initial_prompts  # noqa: E402
-from recbole_reveal.fve.vlm import build_tiny_qwen2_5_vl, load_vlm, random_qwen2_5_vl  # noqa: E402
+from recbole_reveal.fve.synthetic_vlms import build_tiny_qwen2_5_vl, random_qwen2_5_vl  # noqa: E402
+from recbole_reveal.fve.vlm import load_vlm  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "dataset_atomic", "synthetic-demo")
@@ -130,7 +131,7 @@ def main(argv=None):
         enc.encode_items(warm)
         (feats,) = [f for f in enc.vision_cache.values()][:1]
         n_image_tokens = feats.pooler.shape[0]
-        n_tokens = len(enc.token_ids(items[0].prompt, n_image_tokens)[0])
+        n_tokens = len(enc.turn.token_ids(items[0].prompt, n_image_tokens)[0])
         n_patches = feats.grid[0] * feats.grid[1] * feats.grid[2]
         print(f"items: {a.image_size}x{a.image_size} images -> {n_image_tokens} image tokens; sequence "
               f"~{n_tokens} tokens; batch {a.batch_size}; pooling {a.pooling}; {a.workers} preprocessing "

@@ -13,7 +13,8 @@ from recbole_reveal.fve.critic import (
     write_critic_log,
 )
 from recbole_reveal.fve.prompts import load_templates, read_prompts, write_prompts
-from recbole_reveal.fve.vlm import build_tiny_qwen2_5_vl, load_vlm
+from recbole_reveal.fve.synthetic_vlms import build_tiny_qwen2_5_vl
+from recbole_reveal.fve.vlm import load_vlm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGES = [os.path.join(ROOT, "dataset_atomic", "synthetic-demo", "images", f"i000{k}.png") for k in range(3)]

@@ -11,9 +11,8 @@ import torch
 from PIL import Image
 
 from recbole_reveal.errors import RevealUserError
-from recbole_reveal.fve.vlm import (
-    VLMUnavailable, build_tiny_qwen2_5_vl, build_tiny_qwen3_vl, check_vlm_folder, load_vlm, vlm_model_id,
-)
+from recbole_reveal.fve.synthetic_vlms import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl
+from recbole_reveal.fve.vlm import VLMUnavailable, check_vlm_folder, load_vlm, vlm_model_id
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = os.path.join(ROOT, "dataset_atomic", "synthetic-demo", "images", "i0000.png")
@@ -128,7 +127,7 @@ def test_benchmark_shapes_match_the_released_checkpoints(shape, billions):
     """The random-weight benchmark models have the published parameter counts (meta device: no memory)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from recbole_reveal.fve.vlm import real_shape_config
+    from recbole_reveal.fve.synthetic_vlms import real_shape_config
 
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration(real_shape_config(shape))
@@ -139,7 +138,7 @@ def test_benchmark_shapes_match_the_released_checkpoints(shape, billions):
 def test_random_model_in_bf16_encodes():
     """The GPU code path's dtype handling (weights built in bf16, pooling in fp32), on CPU."""
     from recbole_reveal.fve.encoder import FVEEncoder
-    from recbole_reveal.fve.vlm import random_qwen2_5_vl
+    from recbole_reveal.fve.synthetic_vlms import random_qwen2_5_vl
 
     vlm = random_qwen2_5_vl("tiny", device="cpu", dtype="bf16")
     assert {p.dtype for p in vlm.model.parameters()} == {torch.bfloat16}

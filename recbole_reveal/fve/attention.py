@@ -3,7 +3,7 @@ prompt, e.g. cycle 0's prompt next to a refined one.
 
 For one image and one prompt (:func:`patch_attention`):
 
-1. the chat turn is built as FVE builds it (:meth:`FVEEncoder.token_ids` under ``pooling``; the default
+1. the chat turn is built as FVE builds it (:meth:`ChatTurn.token_ids` under ``pooling``; the default
    ``last_token`` is the reference code's [image, prompt] turn plus the assistant header, so the last
    query token is the position the answer would be generated from and has seen image and prompt);
 2. one forward pass of the language model with ``output_attentions`` (the VLM must be loaded with
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from recbole_reveal.errors import ConfigError
-from recbole_reveal.fve.encoder import POOLINGS, FVEEncoder
+from recbole_reveal.fve.chat_turn import POOLINGS, ChatTurn
 
 DEFAULT_POOLING = "last_token"
 PANEL_PX, TITLE_PX, PAD_PX, DPI = 384, 72, 3, 100
@@ -103,27 +103,27 @@ def patch_attention(vlm, image, prompt, pooling=DEFAULT_POOLING, layer=-1, min_p
     folder's ``preprocessor_config.json``).
     """
     _check_eager(vlm)
-    encoder = FVEEncoder(vlm, pooling=pooling, min_pixels=min_pixels, max_pixels=max_pixels, preprocess_workers=0)
-    encoder.check_prompt(prompt, "heatmap prompt")
+    turn = ChatTurn(vlm, pooling=pooling, min_pixels=min_pixels, max_pixels=max_pixels)
+    turn.check_prompt(prompt, "heatmap prompt")
     n_layers = vlm.num_layers
     if not -n_layers <= int(layer) < n_layers:
         raise ValueError(f"layer {layer} is out of range for a {n_layers}-layer model (-1 = the final layer)")
     layer = int(layer) % n_layers
-    pixels = encoder.pixel_inputs(image.convert("RGB"))
+    pixels = turn.pixel_inputs(image.convert("RGB"))
     grid = tuple(int(g) for g in pixels["image_grid_thw"][0])
-    ids, _ = encoder.token_ids(prompt, grid[0] * grid[1] * grid[2] // encoder.merge_size ** 2)
+    ids, _ = turn.token_ids(prompt, turn.n_image_tokens(grid))
     device = vlm.device
     input_ids = torch.tensor([ids], device=device)
     out = vlm.model.model(
         input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
         pixel_values=pixels["pixel_values"].to(device), image_grid_thw=pixels["image_grid_thw"].to(device),
-        mm_token_type_ids=(input_ids == encoder.image_id).long(), output_attentions=True, use_cache=False)
+        mm_token_type_ids=(input_ids == turn.image_id).long(), output_attentions=True, use_cache=False)
     if not out.attentions:
         raise RuntimeError("the model returned no attention weights (is its attention eager?)")
     row = out.attentions[layer][0, :, -1, :].float().mean(0).cpu().numpy()     # [seq]: heads averaged
-    image_positions = np.asarray(ids) == encoder.image_id
-    return PatchAttention(prompt=prompt, attention=tokens_to_grid(row[image_positions], grid, encoder.merge_size),
-                          grid_thw=grid, merge_size=encoder.merge_size,
+    image_positions = np.asarray(ids) == turn.image_id
+    return PatchAttention(prompt=prompt, attention=tokens_to_grid(row[image_positions], grid, turn.merge_size),
+                          grid_thw=grid, merge_size=turn.merge_size,
                           query_token=vlm.tokenizer.convert_ids_to_tokens(ids[-1]), layer=layer)
 
 

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from recbole_reveal.errors import ConfigError
-from recbole_reveal.fve.encoder import _decode
+from recbole_reveal.fve.images import decode_image
 from recbole_reveal.fve.prompts import render, write_jsonl
 from recbole_reveal.fve.vlm import QWEN_SPECIAL_TOKENS
 from recbole_reveal.locations import fve_defaults
@@ -261,7 +261,7 @@ def run_critic(vlm, requests, templates, max_new_tokens=192, batch_size=4, seed=
     reserved = sorted(set(QWEN_SPECIAL_TOKENS) | set(vlm.tokenizer.all_special_tokens))
     records, reasons, todo = [None] * len(requests), [None] * len(requests), []
     for n, req in enumerate(requests):
-        image = _decode(req.image_path)
+        image = decode_image(req.image_path)
         if isinstance(image, str):
             records[n] = CriticRecord(req.item_id, req.label, req.prompt, req.prompt, "", "",
                                       fallback=f"no usable image ({image})")

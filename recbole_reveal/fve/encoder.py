@@ -4,21 +4,9 @@ For each item: the chat template renders one user turn holding the prompt and th
 language model runs on it, the hidden states of one layer (``fve_layer``, default the last) are
 mean-pooled over the positions chosen by ``fve_pooling``, and the vector is L2-normalised.
 
-Why the order matters: Qwen-VL's language model is causal. In the reference code the user turn is
-[image, prompt], so the image-pad positions are computed before the prompt and never attend to it:
-their mean is the same vector whatever the prompt says, and FVE cannot change a single feature.
-``fve_pooling`` therefore offers:
-
-==========================  ==================  ===========================================================
-name                        user turn           pooled positions
-==========================  ==================  ===========================================================
-``image_after_prompt``      [prompt, image]     the image-pad tokens, which now attend to the prompt (default)
-``text_after_image``        [image, prompt]     the prompt's tokens, which attend to the whole image
-``last_token``              [image, prompt]     the last token of ``<|im_start|>assistant\\n`` (the position
-                                                the answer would be generated from; sees everything)
-``reference_image_first``   [image, prompt]     the image-pad tokens: the reference code's embedding, which
-                                                is prompt-invariant; only for reproducing it
-==========================  ==================  ===========================================================
+The user turn's layout (prompt and image order, the pooled positions, ``fve_pooling``) and the
+image preprocessing are :class:`~recbole_reveal.fve.chat_turn.ChatTurn`'s job; this module runs the
+turns through the model in batches and keeps the caches.
 
 Efficiency: the vision tower's output depends on the image and the pixel budget only, so it is
 computed once per image and kept in a :class:`~recbole_reveal.fve.cache.VisionFeatureCache`; the
@@ -36,7 +24,6 @@ logs one warning with the count and item tokens, and returns them in ``EncodeRes
 
 import hashlib
 import inspect
-import io
 import logging
 import os
 import time
@@ -47,18 +34,11 @@ import numpy as np
 import torch
 
 from recbole_reveal.fve.cache import VisionFeatureCache, VisionFeatures, embedding_key, sha256_bytes
-from recbole_reveal.fve.vlm import QWEN_SPECIAL_TOKENS
+from recbole_reveal.fve.chat_turn import DEFAULT_POOLING, POOLINGS, ChatTurn
+from recbole_reveal.fve.images import decode_image, read_image_bytes
 
 logger = logging.getLogger(__name__)
 
-# pooling name -> (message order, pooled positions, add_generation_prompt)
-POOLINGS = {
-    "image_after_prompt": ("prompt_image", "image", False),
-    "text_after_image": ("image_prompt", "prompt", False),
-    "last_token": ("image_prompt", "last", True),
-    "reference_image_first": ("image_prompt", "image", False),
-}
-DEFAULT_POOLING = "image_after_prompt"
 MISSING_IMAGE_RULES = ("zero", "random")
 CACHE_FORMAT = 1            # bump when the embedding computation changes in a way settings do not show
 PROGRESS_EVERY_S = 10.0
@@ -132,8 +112,6 @@ class FVEEncoder:
     def __init__(self, vlm, pooling=DEFAULT_POOLING, layer=-1, min_pixels=None, max_pixels=None,
                  batch_size=8, missing_image="zero", padding_side="right", vision_cache=None,
                  preprocess_workers=4):
-        if pooling not in POOLINGS:
-            raise ValueError(f"fve_pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
         if missing_image not in MISSING_IMAGE_RULES:
             raise ValueError(f"fve_missing_image must be one of {', '.join(MISSING_IMAGE_RULES)}; "
                              f"got {missing_image!r}")
@@ -152,27 +130,15 @@ class FVEEncoder:
                                f"of transformers 5; installed transformers {transformers.__version__} lacks it: "
                                "pip install -U 'transformers>=5.23' (tested with 5.23)")
         self.vlm = vlm
+        self.turn = ChatTurn(vlm, pooling, min_pixels, max_pixels)
         self.pooling = pooling
-        self.order, self.positions, self.generation_prompt = POOLINGS[pooling]
         self.layer = int(layer) % n_states
-        ip = vlm.image_processor
-        self.min_pixels = int(min_pixels if min_pixels is not None else ip.size["shortest_edge"])
-        self.max_pixels = int(max_pixels if max_pixels is not None else ip.size["longest_edge"])
-        if not 0 < self.min_pixels <= self.max_pixels:
-            raise ValueError(f"need 0 < fve_min_pixels <= fve_max_pixels, got {self.min_pixels}, {self.max_pixels}")
+        self.min_pixels, self.max_pixels = self.turn.min_pixels, self.turn.max_pixels
         self.batch_size = int(batch_size)
         self.preprocess_workers = int(preprocess_workers)
         self.missing_image = missing_image
         self.padding_side = padding_side
         self.vision_cache = vision_cache if vision_cache is not None else VisionFeatureCache()
-        self.merge_size = int(ip.merge_size)
-        tok = vlm.tokenizer
-        self.image_token = "<|image_pad|>"
-        self.image_id = vlm.token_id(self.image_token)
-        self.vision_end_id = vlm.token_id("<|vision_end|>")
-        self.im_end_id = vlm.token_id("<|im_end|>")
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else vlm.token_id("<|endoftext|>")
-        self.reserved = sorted(set(QWEN_SPECIAL_TOKENS) | set(tok.all_special_tokens))
         if vlm.model_type == "qwen3_vl":
             from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
@@ -211,7 +177,7 @@ class FVEEncoder:
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         jobs = []
         for image, prompt in zip(images, prompts):
-            self.check_prompt(prompt, "embed()")
+            self.turn.check_prompt(prompt, "embed()")
             image = image.convert("RGB")
             key = "pixels:" + sha256_bytes(f"{image.size}".encode() + image.tobytes())
             jobs.append(_Job(self._vision_key(key), (lambda im=image: im), prompt))
@@ -238,8 +204,8 @@ class FVEEncoder:
         hits, jobs = {}, {}                              # embedding key -> first row / _Job
         rows_of = {}                                     # embedding key -> [rows]
         for i, req in enumerate(requests):
-            self.check_prompt(req.prompt, f"item {req.token}")
-            data, reason = _read_bytes(req.image_path)
+            self.turn.check_prompt(req.prompt, f"item {req.token}")
+            data, reason = read_image_bytes(req.image_path)
             if data is None:
                 missing[i] = reason
                 continue
@@ -254,7 +220,7 @@ class FVEEncoder:
                 matrix[i] = vec
                 hits[key] = i
                 continue
-            jobs[key] = _Job(self._vision_key("file:" + image_sha), (lambda p=req.image_path: _decode(p)),
+            jobs[key] = _Job(self._vision_key("file:" + image_sha), (lambda p=req.image_path: decode_image(p)),
                              req.prompt, key=key, fields=fields)
 
         def finish(job):
@@ -288,14 +254,6 @@ class FVEEncoder:
         return result
 
     # ------------------------------------------------------------------ internals
-    def check_prompt(self, prompt, where):
-        """Refuse an empty prompt or one holding reserved chat tokens (``where`` names it in the error)."""
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"{where}: empty prompt")
-        bad = [t for t in self.reserved if t in prompt]
-        if bad:
-            raise ValueError(f"{where}: prompt contains reserved chat tokens {bad}: {prompt!r}")
-
     def _fallback(self, token):
         if self.missing_image == "zero":
             return np.zeros(self.dim, dtype=np.float32)
@@ -303,48 +261,14 @@ class FVEEncoder:
         vec = np.random.default_rng(seed).normal(0.0, 0.02, self.dim)
         return (vec / np.linalg.norm(vec)).astype(np.float32)
 
-    def _messages(self, prompt):
-        text, image = {"type": "text", "text": prompt}, {"type": "image"}
-        content = [text, image] if self.order == "prompt_image" else [image, text]
-        return [{"role": "user", "content": content}]
-
-    def token_ids(self, prompt, n_image_tokens):
-        """Token ids of the chat-rendered turn with the image expanded to ``n_image_tokens`` pads, as
-        the processor does (the special tokens around the pad split the text, so tokenising the two
-        sides separately gives the same ids), and the pooled positions."""
-        text = self.vlm.processor.apply_chat_template(self._messages(prompt), tokenize=False,
-                                                      add_generation_prompt=self.generation_prompt)
-        if text.count(self.image_token) != 1:
-            raise ValueError(f"the chat template rendered {text.count(self.image_token)} image tokens, expected 1")
-        before, after = text.split(self.image_token)
-        tok = self.vlm.tokenizer
-        ids = tok(before)["input_ids"] + [self.image_id] * n_image_tokens + tok(after)["input_ids"]
-        if self.positions == "image":
-            pos = [k for k, t in enumerate(ids) if t == self.image_id]
-        elif self.positions == "prompt":
-            start = max(k for k, t in enumerate(ids) if t == self.vision_end_id) + 1
-            end = ids.index(self.im_end_id, start)
-            pos = list(range(start, end))
-        else:
-            pos = [len(ids) - 1]
-        if not pos:
-            raise ValueError(f"no positions to pool for prompt {prompt!r} under fve_pooling={self.pooling}")
-        return ids, pos
-
-    def pixel_inputs(self, image):
-        """The image processor's output (``pixel_values``, ``image_grid_thw``) for one PIL image,
-        resized within this encoder's pixel budget."""
-        return self.vlm.image_processor(images=[image], return_tensors="pt",
-                                        size={"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels})
-
     def _preprocess(self, job):
         """Pixel patches and grid of the job's image under the pixel budget, or set ``job.error``."""
         image = job.load_image()
-        if isinstance(image, str):      # _decode's failure reason
+        if isinstance(image, str):      # decode_image's failure reason
             job.error = image
             return
         try:
-            out = self.pixel_inputs(image)
+            out = self.turn.pixel_inputs(image)
         except (ValueError, OSError) as e:
             job.error = f"image processor rejected it: {e}"
             return
@@ -416,8 +340,7 @@ class FVEEncoder:
                             on_done(job)
                         continue
                     grid = job.vision.grid if job.vision is not None else job.pixels[1]
-                    n_image_tokens = grid[0] * grid[1] * grid[2] // self.merge_size ** 2
-                    job.ids, job.positions = self.token_ids(job.prompt, n_image_tokens)
+                    job.ids, job.positions = self.turn.token_ids(job.prompt, self.turn.n_image_tokens(grid))
                     ready.append(job)
                 ready.sort(key=lambda j: len(j.ids))
                 for b in range(0, len(ready), self.batch_size):
@@ -441,7 +364,7 @@ class FVEEncoder:
         """One padded language-model forward; returns the pooled, L2-normalised float32 vectors."""
         device = self.vlm.device
         length = max(len(j.ids) for j in batch)
-        ids = torch.full((len(batch), length), self.pad_id, dtype=torch.long)
+        ids = torch.full((len(batch), length), self.turn.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), length), dtype=torch.long)
         offsets = []
         for r, job in enumerate(batch):
@@ -456,7 +379,7 @@ class FVEEncoder:
                                             for level in range(len(feats[0].deepstack))]
         ids, mask = ids.to(device), mask.to(device)
         out = self.vlm.model.model(
-            input_ids=ids, attention_mask=mask, mm_token_type_ids=(ids == self.image_id).long(),
+            input_ids=ids, attention_mask=mask, mm_token_type_ids=(ids == self.turn.image_id).long(),
             image_grid_thw=torch.tensor([f.grid for f in feats], dtype=torch.long, device=device),
             mm_encoder_outputs={"image": self._vision_output_cls(**fields)},
             output_hidden_states=self.layer != self.vlm.num_layers, use_cache=False)
@@ -464,35 +387,6 @@ class FVEEncoder:
         pooled = torch.stack([hidden[r, torch.tensor(job.positions, device=device) + off].float().mean(0)
                               for r, (job, off) in enumerate(zip(batch, offsets))])
         return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
-
-
-def _read_bytes(path):
-    """``(bytes, None)`` or ``(None, reason)`` for a missing or empty file."""
-    if not path:
-        return None, "no image path"
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        return None, f"unreadable: {e.strerror or e}" if os.path.exists(path) else "file not found"
-    if not data:
-        return None, "empty file"
-    return data, None
-
-
-def _decode(path):
-    """The RGB image at ``path``, or a string saying why it cannot be used."""
-    from PIL import Image
-
-    data, reason = _read_bytes(path)
-    if data is None:
-        return reason
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
-        return f"not a decodable image: {e}"
 
 
 def item_requests(items, records, dataset_dir):
