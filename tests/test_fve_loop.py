@@ -292,7 +292,7 @@ def test_warm_start_loads_all_but_the_new_feature_tables(tiny_config):
     import torch
 
     from helpers import build_pipeline
-    from recbole_reveal.fve.loop import warm_start
+    from recbole_reveal.fve.stages import warm_start
 
     _, (train_data, _, _), fresh, _ = build_pipeline("M3SRec", tiny_config)
     _, _, other, _ = build_pipeline("M3SRec", dict(tiny_config, seed=7))

@@ -45,6 +45,7 @@ it is the target) when ``pos / max_pos >= neg / max_neg``, else ``neg`` (over-ra
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,6 +106,23 @@ class Rankings:
     def ndcg(self, k):
         r = self.target_rank
         return float(np.mean(np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0))) if len(r) else 0.0
+
+    def save(self, path, item_tokens):
+        """Write the arrays and the internal id -> item token map to ``path`` (.npz) atomically."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path + ".tmp", "wb") as f:
+            np.savez(f, users=self.users, targets=self.targets, target_rank=self.target_rank, top=self.top,
+                     n_items=self.n_items, item_tokens=np.array([str(t) for t in item_tokens]))
+        os.replace(path + ".tmp", path)
+        return path
+
+    @classmethod
+    def load(cls, path):
+        """``(Rankings, item_tokens)`` from a file written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as z:
+            rankings = cls(users=z["users"], targets=z["targets"], target_rank=z["target_rank"], top=z["top"],
+                           n_items=int(z["n_items"]))
+            return rankings, [str(t) for t in z["item_tokens"]]
 
 
 @torch.no_grad()

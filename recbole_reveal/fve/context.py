@@ -1,0 +1,105 @@
+"""What every FVE stage needs, in one object: the run's config and settings, its folders and file names,
+the cost meter, and the shared resources loaded on first use (the item table, the VLM encoder), so a
+finished run loads none of them."""
+
+import os
+from dataclasses import dataclass, field
+
+from recbole_reveal.cost import CostMeter
+from recbole_reveal.errors import ConfigError
+
+
+def run_settings(config):
+    """Every ``fve_*`` key of ``config`` with its default, validated: the encoder's (``fve_settings``),
+    the feedback's, the critic's and the generation backend's."""
+    from recbole_reveal.fve.config import fve_settings
+    from recbole_reveal.fve.critic import critic_settings
+    from recbole_reveal.fve.feedback import feedback_settings
+
+    settings = fve_settings(config)
+    settings.update(feedback_settings(config))
+    settings.update(critic_settings(config))
+    return settings
+
+
+@dataclass
+class FVEContext:
+    model: object                   # model name, class, or "<file.py>:<Class>"
+    dataset: str
+    config_file_list: list
+    config_dict: dict
+    cmd_args: tuple
+    config: object                  # the RecBole Config the run was built from
+    settings: dict                  # every fve_* key (defaults filled in, validated)
+    meter: CostMeter = field(default_factory=CostMeter)
+    _items: list = None
+    _encoder: object = None
+    trained: dict = field(default_factory=dict)    # cycle -> (trainer, valid_data) trained by this call
+
+    @classmethod
+    def build(cls, model, dataset, config_file_list=None, config_dict=None, cmd_args=()):
+        from recbole_reveal.config import build_config
+
+        config_dict = dict(config_dict or {})
+        config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
+        settings = run_settings(config)
+        if not settings["vlm_path"]:
+            raise ConfigError("run_fve needs vlm_path: a local Qwen2.5-VL / Qwen3-VL folder, e.g. "
+                              "`hf download Qwen/Qwen2.5-VL-7B-Instruct --local-dir /models/Qwen2.5-VL-7B-Instruct`")
+        return cls(model, dataset, config_file_list, config_dict, cmd_args, config, settings)
+
+    # ---- folders and files -------------------------------------------------------------------
+    @property
+    def dataset_dir(self):
+        return self.config["data_path"]
+
+    @property
+    def feature_dir(self):
+        return self.config["feature_dir"] or os.path.join(self.dataset_dir, "features")
+
+    @property
+    def fve_dir(self):
+        return os.path.join(self.feature_dir, "fve")
+
+    @property
+    def run_dir(self):
+        return self.settings["fve_run_dir"] or os.path.join(self.fve_dir, "run")
+
+    @property
+    def cache_dir(self):
+        return self.settings["fve_cache_dir"] or os.path.join(self.fve_dir, "cache")
+
+    def prompts_path(self, x):
+        return os.path.join(self.fve_dir, f"prompts_cycle_{x}.jsonl")
+
+    def critic_path(self, x):
+        return os.path.join(self.fve_dir, f"critic_cycle_{x}.jsonl")
+
+    def cycle_dir(self, x):
+        return os.path.join(self.run_dir, f"cycle_{x}")
+
+    # ---- shared resources, loaded on first use -----------------------------------------------
+    @property
+    def items(self):
+        from recbole_reveal.fve.prompts import read_items
+
+        if self._items is None:
+            self._items = read_items(os.path.join(self.dataset_dir, f"{self.config['dataset']}.item"))
+        return self._items
+
+    @property
+    def encoder(self):
+        """The VLM is loaded once per call, on first use (never for a finished run), and shared by the
+        encoder and the transformers critic."""
+        from recbole_reveal.fve.config import build_fve_encoder
+
+        if self._encoder is None:
+            self._encoder = build_fve_encoder(self.settings)
+        return self._encoder
+
+    def prepare_training(self, overrides):
+        """Config, loaders, model and trainer of a backbone run with ``overrides`` on the run's config."""
+        from recbole_reveal.training import prepare_run
+
+        return prepare_run(self.model, self.dataset, self.config_file_list, dict(self.config_dict, **overrides),
+                           self.cmd_args)

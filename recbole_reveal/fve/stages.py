@@ -1,0 +1,238 @@
+"""The stages of the FVE loop (paper Alg. 2), each with the files it writes and reads back.
+
+A stage has a ``name`` (``init`` or ``cycle_<x>/<kind>``), the files it leaves (``artefacts``: their
+hashes go into the run record, so a resumed run trusts them only while unchanged) and ``run(ctx, run)``,
+which does the work and returns its record (JSON) for ``stages.json``. Everything a later stage or a
+resumed call needs is read back from those files, never from memory alone.
+"""
+
+import logging
+import os
+
+import torch
+
+from recbole_reveal.data.feature_store import feature_paths
+from recbole_reveal.errors import ConfigError
+from recbole_reveal.files import write_json_atomic
+from recbole_reveal.fve.cache import EmbeddingCache
+from recbole_reveal.fve.critic import apply_rewrites, build_requests, run_critic, write_critic_log
+from recbole_reveal.fve.encoder import item_requests, save_encoding
+from recbole_reveal.fve.feedback import Rankings, compute_rankings, item_statistics, select_items
+from recbole_reveal.fve.parallel import encode_data_parallel, resolve_num_processes
+from recbole_reveal.fve.prompts import (
+    build_initial_prompts, load_stop_words, load_templates, read_prompts, write_prompts,
+)
+from recbole_reveal.fve.run_state import jsonable, read_json
+from recbole_reveal.training import close_run_logs, fit_and_test
+
+logger = logging.getLogger(__name__)
+
+
+class Stage:
+    kind = None
+    cost = None                 # the stage's name in the cost report (recbole_reveal.cost)
+
+    def __init__(self, x=None):
+        self.x = x
+
+    @property
+    def name(self):
+        return self.kind if self.x is None else f"cycle_{self.x}/{self.kind}"
+
+    def artefacts(self, ctx):
+        raise NotImplementedError
+
+    def run(self, ctx, run):
+        raise NotImplementedError
+
+
+class Init(Stage):
+    """Alg. 2 line 3: the initial prompts from item metadata and review keywords (§4.3.3)."""
+
+    kind, cost = "init", "fve_init"
+
+    def artefacts(self, ctx):
+        return [ctx.prompts_path(0)]
+
+    def run(self, ctx, run):
+        s = ctx.settings
+        records = build_initial_prompts(ctx.config["dataset"], os.path.dirname(os.path.normpath(ctx.dataset_dir)),
+                                        templates=load_templates(s["fve_templates"]), top_k=s["fve_keywords_topk"],
+                                        reviews=s["fve_keyword_reviews"],
+                                        stop_words=load_stop_words(s["fve_stopwords"]))
+        write_prompts(ctx.prompts_path(0), records)
+        return {"items": len(records), "prompts": ctx.prompts_path(0)}
+
+
+class Encode(Stage):
+    """Step 1: e^{v_X} <- VLM(p^v, Prompt_X), through the embedding cache (only changed prompts reach the
+    model), in one process or ``fve_num_processes`` workers."""
+
+    kind, cost = "encode", "fve_encode"
+
+    def feature_set(self):
+        return f"fve/cycle_{self.x}"
+
+    def artefacts(self, ctx):
+        return list(feature_paths(ctx.feature_dir, self.feature_set()))
+
+    def run(self, ctx, run):
+        x = self.x
+        records = read_prompts(ctx.prompts_path(x))
+        changed = len(records) if x == 0 else _prompt_changes(read_prompts(ctx.prompts_path(x - 1)), records)
+        requests = item_requests(ctx.items, records, ctx.dataset_dir)
+        processes = resolve_num_processes(ctx.settings["fve_num_processes"], ctx.settings["fve_device"])
+        if processes > 1:
+            result, description = encode_data_parallel(
+                requests, jsonable(ctx.settings), ctx.cache_dir, os.path.join(ctx.cycle_dir(x), "encode_workers"),
+                processes)
+        else:
+            result = ctx.encoder.encode_items(requests, cache=EmbeddingCache(ctx.cache_dir))
+            description = ctx.encoder.describe()
+        save_encoding(result, description, ctx.feature_dir, self.feature_set(),
+                      {"cycle": x, "prompts": ctx.prompts_path(x), "processes": processes})
+        summary = result.summary()
+        logger.info("FVE cycle %d: %d prompts changed, %d items encoded, %d cache hits, %d missing images",
+                    x, changed, summary["encoded"], summary["cache_hits"], summary["missing_images"])
+        return {"prompts_changed": changed, "items_reencoded": summary["encoded"],
+                "cache_hits": summary["cache_hits"], "missing_images": summary["missing_images"],
+                "dim": int(description["dim"]), "processes": processes, "feature_set": self.feature_set()}
+
+
+def _prompt_changes(prev, cur):
+    old = {r["item_id"]: r["prompt"] for r in prev}
+    return sum(1 for r in cur if old.get(r["item_id"]) != r["prompt"])
+
+
+class Train(Stage):
+    """Step 2: train f_MSR to convergence on cycle x's features (AVL acts inside the trainer), freshly
+    initialised and seeded as ``run_recbole_reveal`` seeds it (``fve_warm_start``: from the previous
+    cycle's weights), then evaluate it on the test users. Writes the best weights."""
+
+    kind, cost = "train", "backbone"
+
+    def model_path(self, ctx):
+        return os.path.join(ctx.cycle_dir(self.x), "model.pth")
+
+    def artefacts(self, ctx):
+        return [self.model_path(ctx)]
+
+    def overrides(self, ctx, run):
+        """The cycle's features, their width (the VLM's hidden size) and a checkpoint folder of its own."""
+        return {"vision_feature": f"fve/cycle_{self.x}",
+                "vision_feature_dim": run.record(f"cycle_{self.x}/encode")["dim"],
+                "checkpoint_dir": os.path.join(ctx.cycle_dir(self.x), "checkpoints")}
+
+    def run(self, ctx, run):
+        x = self.x
+        config, loaders, _, trainer = ctx.prepare_training(self.overrides(ctx, run))
+        try:
+            if ctx.settings["fve_warm_start"] and x > 0:
+                previous = torch.load(Train(x - 1).model_path(ctx), map_location=config["device"])
+                kept = warm_start(trainer.model, previous, loaders[0]._dataset.item_features["vision"])
+                logger.info("FVE cycle %d: warm start from cycle %d's backbone (re-initialised from the new "
+                            "features: %s)", x, x - 1, ", ".join(kept) or "nothing")
+            best_score, best_valid, test_result = fit_and_test(trainer, loaders, ctx.meter, saved=True,
+                                                               show_progress=config["show_progress"])
+        finally:
+            close_run_logs()
+        valid_data = loaders[1]
+        path = self.model_path(ctx)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.save(trainer.model.state_dict(), path + ".tmp")
+        os.replace(path + ".tmp", path)
+        ctx.trained[x] = (trainer, valid_data)
+        return {"best_valid_score": float(best_score), "valid": jsonable(dict(best_valid)),
+                "test": jsonable(dict(test_result))}
+
+    def trained(self, ctx, run):
+        """``(trainer, valid_data)`` of this cycle: from this call, or rebuilt with the saved weights."""
+        if self.x in ctx.trained:
+            return ctx.trained.pop(self.x)
+        config, (_, valid_data, _), _, trainer = ctx.prepare_training(self.overrides(ctx, run))
+        close_run_logs()
+        trainer.model.load_state_dict(torch.load(self.model_path(ctx), map_location=config["device"]))
+        return trainer, valid_data
+
+
+def warm_start(model, previous_state, vision_features):
+    """Load the previous cycle's weights into the freshly built ``model``, except its declared
+    ``vision_feature_tables``, which keep their initialisation from this cycle's features.
+
+    A state entry that equals this cycle's feature matrix but is not declared would silently carry the
+    old features over: that is an error naming the entry.
+    """
+    fresh = model.state_dict()
+    keep = {f"{m}.{k}" for m in model.vision_feature_tables
+            for k in dict(model.named_modules())[m].state_dict()}
+    for key, value in fresh.items():
+        if key not in keep and value.shape == vision_features.shape and torch.equal(value.cpu(), vision_features):
+            raise ConfigError(
+                f"fve_warm_start: {type(model).__name__}.{key} is initialised from the visual features but is "
+                "not listed in the model's vision_feature_tables; declare it there, or set fve_warm_start: False")
+    state = {k: (fresh[k] if k in keep else v) for k, v in previous_state.items()}
+    model.load_state_dict(state)
+    return sorted(keep)
+
+
+class Feedback(Stage):
+    """Step 3: Result_X, the trained backbone's rankings of the validation users, their per-item
+    statistics, and the items whose prompts are rewritten (``pos`` / ``neg``)."""
+
+    kind, cost = "feedback", "fve_feedback"
+
+    def rankings_path(self, ctx):
+        return os.path.join(ctx.cycle_dir(self.x), "rankings.npz")
+
+    def selection_path(self, ctx):
+        return os.path.join(ctx.cycle_dir(self.x), "feedback.json")
+
+    def artefacts(self, ctx):
+        return [self.rankings_path(ctx), self.selection_path(ctx)]
+
+    def run(self, ctx, run):
+        s = ctx.settings
+        trainer, valid_data = Train(self.x).trained(ctx, run)
+        rankings = compute_rankings(trainer.model, valid_data, top_n=s["fve_exposure_k"])
+        stats = item_statistics(rankings, s["fve_feedback_k"], s["fve_exposure_k"])
+        selection = select_items(stats, s["fve_rewrite_fraction"])
+        tokens = [str(t) for t in valid_data._dataset.field2id_token[valid_data._dataset.iid_field]]
+        rankings.save(self.rankings_path(ctx), tokens)
+        sel = [{"item": int(i), "item_id": tokens[i], "label": label} for i, label in selection]
+        write_json_atomic(self.selection_path(ctx), {"selection": sel,
+                                                     "valid_recall@k2": rankings.recall(s["fve_feedback_k"][1])},
+                          sort_keys=True)
+        return {"selected": len(sel), "pos": sum(r["label"] == "pos" for r in sel),
+                "neg": sum(r["label"] == "neg" for r in sel)}
+
+    def load(self, ctx):
+        """``(rankings, item_tokens, selection)`` as written by :meth:`run`; ``selection`` as
+        ``select_items`` returns it: ``[(internal item id, label)]``."""
+        rankings, tokens = Rankings.load(self.rankings_path(ctx))
+        selection = [(r["item"], r["label"]) for r in read_json(self.selection_path(ctx))["selection"]]
+        return rankings, tokens, selection
+
+
+class Critic(Stage):
+    """Steps 4-5: Critic_X <- VLM(Prompt_X, EvalInstr, G, Result_X) and Prompt_(X+1) <- VLM(Critic_X,
+    Prompt_X, p^v), in one generation per selected item; accepted rewrites replace the prompts."""
+
+    kind, cost = "critic", "fve_critic"
+
+    def artefacts(self, ctx):
+        return [ctx.critic_path(self.x), ctx.prompts_path(self.x + 1)]
+
+    def run(self, ctx, run):
+        s, x = ctx.settings, self.x
+        rankings, tokens, selection = Feedback(x).load(ctx)
+        stats = item_statistics(rankings, s["fve_feedback_k"], s["fve_exposure_k"])
+        records = read_prompts(ctx.prompts_path(x))
+        requests = build_requests(selection, stats, rankings, tokens, ctx.items, records, ctx.dataset_dir,
+                                  s["fve_feedback_k"])
+        critic, counts = run_critic(ctx.encoder.vlm, requests, load_templates(s["fve_templates"]),
+                                    s["fve_rewrite_max_new_tokens"], s["fve_rewrite_batch_size"],
+                                    s["fve_rewrite_seed"], min_pixels=s["fve_min_pixels"],
+                                    max_pixels=s["fve_max_pixels"])
+        write_critic_log(ctx.critic_path(x), critic)
+        write_prompts(ctx.prompts_path(x + 1), apply_rewrites(records, critic, cycle=x + 1))
+        return {"counts": dict(sorted(counts.items()))}
