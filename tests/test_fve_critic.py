@@ -1,6 +1,7 @@
-"""FVE critic and rewrite: strict parsing of the ANALYSIS / NEW_PROMPT answer, the request text, the
-prompt update, and an end-to-end critic call on the tiny random Qwen2.5-VL (whose random answers are
-malformed: the fallback path, its counts, and deterministic generation)."""
+"""FVE critic and rewrite: reading the answer (a table of real-world answer shapes, accepted or rejected
+with the reason), the request text, the prompt update, the acceptance checks, and end-to-end critic
+calls on the tiny random Qwen2.5-VL (whose random answers are malformed: the fallback path, its counts,
+deterministic batched generation, and resuming an interrupted critic from its answer log)."""
 
 import os
 
@@ -8,10 +9,11 @@ import pytest
 
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.critic import (
-    CriticRecord, CriticRequest, RewriteParseError, apply_rewrites, critic_settings, critic_text,
-    feedback_summary, generate_answers, parse_rewrite, read_critic_log, review_summary, run_critic,
-    write_critic_log,
+    CriticRecord, CriticRequest, LowAcceptance, acceptance, apply_rewrites, check_acceptance, critic_settings,
+    critic_text, feedback_summary, read_critic_log, review_summary, run_critic, write_critic_log,
 )
+from recbole_reveal.fve.generation import TransformersGenerator
+from recbole_reveal.fve.rewrite_parser import RewriteParseError, parse_rewrite
 from recbole_reveal.fve.prompts import load_templates, read_prompts, write_prompts
 from recbole_reveal.fve.synthetic_vlms import build_tiny_qwen2_5_vl
 from recbole_reveal.fve.vlm import load_vlm
@@ -63,44 +65,73 @@ def lively_vlm(tiny_folder):
     return vlm
 
 
-def test_well_formed_answers_parse():
-    assert parse_rewrite(GOOD) == ("The prompt ignores the strap colour.", "A blue Vertex backpack with black straps.")
-    # surrounding whitespace, a multi-line analysis, spacing inside the prompt, enclosing quotes
-    answer = '\n ANALYSIS: too coarse;\n misses the  zipper.\nNEW_PROMPT:  "A red   tent."  \n\n'
-    analysis, prompt = parse_rewrite(answer)
-    assert analysis == "too coarse; misses the zipper." and prompt == "A red tent."
-    forty = " ".join(["word"] * 40)
-    assert parse_rewrite(f"ANALYSIS: a\nNEW_PROMPT: {forty}")[1] == forty
+# Real-world answer shapes: (answer, finished, expected new prompt or None, expected notes or rejection reason)
+ANSWER_SHAPES = [
+    # the format asked for
+    (GOOD, True, "A blue Vertex backpack with black straps.", []),
+    ('\n ANALYSIS: too coarse;\n misses the  zipper.\nNEW_PROMPT:  "A red   tent."  \n\n', True, "A red tent.", []),
+    ("ANALYSIS: a\nNEW_PROMPT: " + " ".join(["word"] * 40), True, " ".join(["word"] * 40), []),
+    # markdown emphasis and headings
+    ("**ANALYSIS:** too coarse.\n**NEW_PROMPT:** A red tent.", True, "A red tent.", ["markdown"]),
+    ("**ANALYSIS**: too coarse.\n\n**NEW_PROMPT**: **A red tent.**", True, "A red tent.", ["markdown"]),
+    ("## Analysis\nThe prompt misses the zipper.\n\n## New Prompt\nA red tent with a zipper.", True,
+     "A red tent with a zipper.", ["markdown", "marker spelling", "heading on its own line"]),
+    ("- Analysis: ok\n- New prompt: `A tent.`", True, "A tent.", ["markdown", "marker spelling"]),
+    ("1. ANALYSIS: ok\n2. NEW_PROMPT: A tent.", True, "A tent.", ["markdown"]),
+    ("analysis: ok\nnew_prompt: A tent.", True, "A tent.", ["marker spelling"]),
+    ("ANALYSIS: ok\nNEW_PROMPT:\nA tent with a red fly.", True, "A tent with a red fly.", ["heading on its own line"]),
+    # text around the answer
+    ("Here you go.\nANALYSIS: ok\nNEW_PROMPT: A tent.", True, "A tent.", ["text before ANALYSIS"]),
+    ("ANALYSIS: ok\nNEW_PROMPT: A tent.\n\nThis prompt is better because it names the colour.", True, "A tent.",
+     ["trailing text"]),
+    ("ANALYSIS: ok\nNEW_PROMPT: A tent.\nNote: keep it short", False, "A tent.",
+     ["trailing text", "cut in trailing text"]),
+    # over-long prompt: cut at a word boundary, with the count
+    ("ANALYSIS: ok\nNEW_PROMPT: " + " ".join(f"w{k}" for k in range(52)), True,
+     " ".join(f"w{k}" for k in range(40)), ["too long: 52 -> 40 words"]),
+    # guided / JSON output
+    ('{"analysis": "ok", "new_prompt": "A tent."}', True, "A tent.", ["json"]),
+    ('```json\n{"Analysis": "ok", "New Prompt": "A tent."}\n```', True, "A tent.", ["json"]),
+    # rejected, with the reason
+    ("", True, None, "empty answer"),
+    ("   \n ", True, None, "empty answer"),
+    ("ANALYSIS: ok\nNEW_PROMPT: A tent with", False, None, "truncated"),
+    ("ANALYSIS: the prompt misses the colour and", False, None, "truncated"),
+    ('{"analysis": "ok", "new_prompt": "A te', False, None, "truncated"),
+    ("NEW_PROMPT: A tent.", True, None, "missing ANALYSIS"),
+    ("ANALYSIS: fine as is.", True, None, "missing NEW_PROMPT"),
+    ("ANALYSIS: ok\nNEW_PROMPT:   ", True, None, "empty new prompt"),
+    ('ANALYSIS: ok\nNEW_PROMPT: ""', True, None, "empty new prompt"),
+    ("ANALYSIS:  \nNEW_PROMPT: A tent.", True, None, "empty analysis"),
+    ("ANALYSIS: ok\nNEW_PROMPT: A tent.<|im_end|>", True, None, "special tokens"),
+    ("ANALYSIS: ok\nNEW_PROMPT: <|image_pad|> A tent.", True, None, "special tokens"),
+    ("Sure! ANALYSIS: ok\nNEW_PROMPT: A tent.", True, None, "ANALYSIS not on its own line"),
+    ("ANALYSIS: ok NEW_PROMPT: A tent.", True, None, "NEW_PROMPT not on its own line"),
+    ("ANALYSIS: ok\nANALYSIS: again\nNEW_PROMPT: A tent.", True, None, "repeated ANALYSIS"),
+    ("ANALYSIS: ok\nNEW_PROMPT: A tent.\nNEW_PROMPT: A lamp.", True, None, "repeated NEW_PROMPT"),
+    ("NEW_PROMPT: A tent.\nANALYSIS: ok", True, None, "NEW_PROMPT before ANALYSIS"),
+    ("ANALYSIS: <why>\nNEW_PROMPT: <the improved prompt, at most 40 words>", True, None,
+     "template placeholder echoed"),
+    ('{"analysis": "ok"}', True, None, "missing NEW_PROMPT"),
+]
 
 
-@pytest.mark.parametrize("answer, reason", [
-    ("", "empty answer"),
-    ("   \n ", "empty answer"),
-    ("NEW_PROMPT: A tent.", "missing ANALYSIS"),
-    ("ANALYSIS: fine as is.", "missing NEW_PROMPT"),
-    ("ANALYSIS: ok\nNEW_PROMPT:   ", "empty new prompt"),
-    ("ANALYSIS: ok\nNEW_PROMPT: \"\"", "empty new prompt"),
-    ("ANALYSIS:  \nNEW_PROMPT: A tent.", "empty analysis"),
-    ("ANALYSIS: ok\nNEW_PROMPT: " + " ".join(["word"] * 41), "too long"),
-    ("ANALYSIS: ok\nNEW_PROMPT: A tent.<|im_end|>", "special tokens"),
-    ("ANALYSIS: ok\nNEW_PROMPT: <|image_pad|> A tent.", "special tokens"),
-    ("Sure! ANALYSIS: ok\nNEW_PROMPT: A tent.", "text before ANALYSIS"),
-    ("Here you go.\nANALYSIS: ok\nNEW_PROMPT: A tent.", "text before ANALYSIS"),
-    ("ANALYSIS: ok\nNEW_PROMPT: A tent.\nThis prompt is better because...", "extra text after NEW_PROMPT"),
-    ("ANALYSIS: ok NEW_PROMPT: A tent.", "NEW_PROMPT not on its own line"),
-    ("ANALYSIS: ok\nANALYSIS: again\nNEW_PROMPT: A tent.", "repeated ANALYSIS"),
-    ("ANALYSIS: ok\nNEW_PROMPT: A tent.\nNEW_PROMPT: A lamp.", "repeated NEW_PROMPT"),
-    ("analysis: ok\nnew_prompt: A tent.", "missing ANALYSIS"),
-])
-def test_malformed_answers_are_rejected_with_their_reason(answer, reason):
-    with pytest.raises(RewriteParseError) as e:
-        parse_rewrite(answer)
-    assert e.value.reason == reason
+@pytest.mark.parametrize("answer, finished, prompt, expected", ANSWER_SHAPES)
+def test_answer_shapes_are_accepted_or_rejected_with_their_reason(answer, finished, prompt, expected):
+    if prompt is None:
+        with pytest.raises(RewriteParseError) as e:
+            parse_rewrite(answer, finished=finished, max_new_tokens=192)
+        assert e.value.reason == expected
+        if expected == "truncated":     # says why: the token limit, and what to raise
+            assert "max_new_tokens (192)" in str(e.value) and "fve_rewrite_max_new_tokens" in str(e.value)
+    else:
+        rewrite = parse_rewrite(answer, finished=finished, max_new_tokens=192)
+        assert rewrite.new_prompt == prompt and rewrite.notes == expected and rewrite.analysis
 
 
 def test_word_limit_is_configurable():
-    with pytest.raises(RewriteParseError, match="6 words > 5"):
-        parse_rewrite("ANALYSIS: a\nNEW_PROMPT: one two three four five six", max_words=5)
+    rewrite = parse_rewrite("ANALYSIS: a\nNEW_PROMPT: one two three four five six", max_words=5)
+    assert rewrite.new_prompt == "one two three four five" and rewrite.notes == ["too long: 6 -> 5 words"]
 
 
 def test_critic_text_carries_prompt_feedback_goal_and_instruction(templates):
@@ -140,10 +171,31 @@ def test_apply_rewrites_changes_only_accepted_items(tmp_path):
 
 
 def test_critic_settings():
-    assert critic_settings() == {"fve_rewrite_max_new_tokens": 192, "fve_rewrite_batch_size": 4,
-                                 "fve_rewrite_seed": 0}
+    assert critic_settings() == {"fve_rewrite_max_new_tokens": 192, "fve_rewrite_batch_size": "auto",
+                                 "fve_rewrite_seed": 0, "fve_acceptance_warning": 0.5, "fve_min_acceptance": 0.0}
     with pytest.raises(ConfigError, match="fve_rewrite_batch_size"):
         critic_settings({"fve_rewrite_batch_size": 0})
+    with pytest.raises(ConfigError, match="fve_min_acceptance"):
+        critic_settings({"fve_min_acceptance": 1.5})
+
+
+def test_auto_batch_size_fits_the_gpu():
+    """``fve_rewrite_batch_size: auto`` from the card's memory, the weights and the KV cache per sequence."""
+    import torch
+
+    from recbole_reveal.fve.generation import auto_batch_size
+    from recbole_reveal.fve.synthetic_vlms import REAL_SHAPES
+
+    seven_b = dict(REAL_SHAPES["7b"]["text"])
+    assert auto_batch_size(seven_b, 16.6e9, "cpu", 192) == 4
+    if not torch.cuda.is_available():
+        with pytest.raises((RuntimeError, AssertionError, AttributeError)):
+            auto_batch_size(seven_b, 16.6e9, "cuda", 192)
+
+
+def tiny_generator(vlm, batch_size=2, max_new_tokens=12):
+    return TransformersGenerator(vlm, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=0,
+                                 max_pixels=112 * 112)
 
 
 def test_end_to_end_critic_on_the_tiny_vlm_falls_back_and_is_deterministic(vlm, templates, caplog):
@@ -151,9 +203,8 @@ def test_end_to_end_critic_on_the_tiny_vlm_falls_back_and_is_deterministic(vlm, 
                               "This item appeared in the top 20 of 2 evaluation users.", title=f"Item {k}")
                 for k in range(3)]
     requests.append(CriticRequest("gone", os.path.join(ROOT, "no-such-image.png"), "A lamp.", "pos", "fb"))
-    kwargs = dict(max_new_tokens=12, batch_size=2, seed=0, max_pixels=112 * 112)
     with caplog.at_level("INFO", logger="recbole_reveal.fve.critic"):
-        records, counts = run_critic(vlm, requests, templates, **kwargs)
+        records, counts = run_critic(tiny_generator(vlm), requests, templates)
     assert "FVE critic: 4 items, 0 rewrites accepted (0 changed), 4 kept the old prompt" in caplog.text
     assert "no usable image: 1" in caplog.text
     assert [r.item_id for r in records] == ["i0", "i1", "i2", "gone"]
@@ -164,7 +215,8 @@ def test_end_to_end_critic_on_the_tiny_vlm_falls_back_and_is_deterministic(vlm, 
     assert all(r.raw_answer or r.fallback.startswith("truncated") for r in records[:3])
     assert counts["fallback"] == 4 and counts["accepted"] == 0 and counts["fallback: no usable image"] == 1
     assert sum(v for k, v in counts.items() if k.startswith("fallback: ")) == 4
-    again, counts_again = run_critic(vlm, requests, templates, **kwargs)
+    assert acceptance(counts) == {"accepted": 0, "answered": 3, "rate": 0.0}
+    again, counts_again = run_critic(tiny_generator(vlm), requests, templates)
     assert [r.raw_answer for r in again] == [r.raw_answer for r in records] and counts_again == counts
     # the items' prompts survive into the next cycle unchanged
     prompts = [{"item_id": q.item_id, "prompt": q.prompt} for q in requests]
@@ -175,28 +227,77 @@ def test_left_padded_batches_generate_what_single_items_do(lively_vlm):
     from PIL import Image
 
     vlm = lively_vlm
-
     images = [Image.open(p).convert("RGB") for p in IMAGES]
     texts = ["Describe it.", "Describe the colour and the shape of this item in detail.", "Shape?"]
     side = vlm.tokenizer.padding_side
-    batched = generate_answers(vlm, images, texts, max_new_tokens=8, batch_size=3, max_pixels=112 * 112)
-    single = generate_answers(vlm, images, texts, max_new_tokens=8, batch_size=1, max_pixels=112 * 112)
+    gen = tiny_generator(vlm, max_new_tokens=8)
+    batched = gen.generate_texts(images, texts)
+    single = [gen.generate_texts([im], [t])[0] for im, t in zip(images, texts)]
     assert batched == single
     assert len({answer for answer, _ in batched}) == 3         # the answers differ per input
-    assert generate_answers(vlm, images, texts, max_new_tokens=8, batch_size=3, max_pixels=112 * 112) == batched
+    assert gen.generate_texts(images, texts) == batched
     assert vlm.tokenizer.padding_side == side                 # restored
 
 
 def test_lively_answers_are_rejected_and_counted(lively_vlm, templates):
     requests = [CriticRequest(f"i{k}", IMAGES[k], f"An item image of a thing number {k}.", "pos", "fb")
                 for k in range(3)]
-    records, counts = run_critic(lively_vlm, requests, templates, max_new_tokens=16, batch_size=3,
-                                 max_pixels=112 * 112)
+    records, counts = run_critic(tiny_generator(lively_vlm, 3, 16), requests, templates)
     assert counts["fallback"] == 3 and counts["accepted"] == 0
     reasons = {r.fallback.split(":")[0] for r in records}
-    assert reasons <= {"truncated", "special tokens", "missing ANALYSIS", "text before ANALYSIS"}
-    again, _ = run_critic(lively_vlm, requests, templates, max_new_tokens=16, batch_size=1, max_pixels=112 * 112)
+    assert reasons <= {"truncated", "special tokens", "missing ANALYSIS", "missing NEW_PROMPT",
+                       "ANALYSIS not on its own line"}
+    again, _ = run_critic(tiny_generator(lively_vlm, 1, 16), requests, templates)
     assert [r.raw_answer for r in again] == [r.raw_answer for r in records]
+
+
+def test_an_interrupted_critic_resumes_at_the_next_item(lively_vlm, templates, tmp_path):
+    """The answer log of a critic killed after its first batch (and in the middle of writing the second)
+    resumes there: the remaining batches only, with the records an uninterrupted critic gives."""
+    requests = [CriticRequest(f"i{k}", IMAGES[k % 3], f"An item image of a thing number {k}.", "pos", "fb")
+                for k in range(5)]
+    full, _ = run_critic(tiny_generator(lively_vlm, 2, 8), requests, templates, answers_dir=str(tmp_path / "full"))
+    log = tmp_path / "full" / "answers.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    assert len(lines) == 5
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "answers.jsonl").write_text("".join(lines[:3]) + lines[3][:25])   # batch 1, then half a line
+    calls = []
+
+    class Counting(TransformersGenerator):
+        def answer_batch(self, batch):
+            calls.append([item.item_id for item in batch])
+            return super().answer_batch(batch)
+
+    resumed, _ = run_critic(Counting(lively_vlm, max_new_tokens=8, batch_size=2, seed=0, max_pixels=112 * 112),
+                            requests, templates, answers_dir=str(killed))
+    assert calls == [["i2", "i3"], ["i4"]]          # batch 0 was logged; batch 1 reruns whole (same padding)
+    assert resumed == full
+    # a finished log answers everything: no generation at all
+    calls.clear()
+    assert run_critic(Counting(lively_vlm, max_new_tokens=8, batch_size=2, seed=0, max_pixels=112 * 112),
+                      requests, templates, answers_dir=str(killed))[0] == full and calls == []
+    # answers logged for another request (changed budget) are not reused
+    other, _ = run_critic(Counting(lively_vlm, max_new_tokens=6, batch_size=2, seed=0, max_pixels=112 * 112),
+                          requests, templates, answers_dir=str(killed))
+    assert len(calls) == 3
+
+
+def test_acceptance_warns_and_stops_below_the_thresholds(caplog):
+    from collections import Counter
+
+    counts = Counter({"accepted": 1, "fallback": 4, "fallback: truncated": 3, "fallback: no usable image": 1})
+    share = acceptance(counts)
+    assert share == {"accepted": 1, "answered": 4, "rate": 0.25}
+    with caplog.at_level("WARNING"):
+        check_acceptance(share, counts, 0, warn_below=0.5, stop_below=0.0)
+    assert "1 of 4 rewrites accepted (25%)" in caplog.text and "truncated: 3" in caplog.text
+    with pytest.raises(LowAcceptance, match="fve_min_acceptance is 0.3"):
+        check_acceptance(share, counts, 0, warn_below=0.5, stop_below=0.3)
+    caplog.clear()
+    check_acceptance(share, counts, 0, warn_below=0.2, stop_below=0.0)
+    assert not caplog.text
 
 
 def test_requests_from_feedback_reach_the_vlm(vlm, templates):
@@ -229,7 +330,7 @@ def test_requests_from_feedback_reach_the_vlm(vlm, templates):
     assert "top 2 of 3 evaluation users who did not choose it" in neg.feedback
     assert pos.feedback.startswith("This item was the next purchase of 1 evaluation users; its mean rank was 5.0")
     assert pos.feedback.endswith(f"Ranked first for those users instead: {items[1].title}.")
-    records, counts = run_critic(vlm, requests, templates, max_new_tokens=8, batch_size=2, max_pixels=112 * 112)
+    records, counts = run_critic(tiny_generator(vlm, 2, 8), requests, templates)
     assert [r.item_id for r in records] == [tokens[2], tokens[3]] and counts["fallback"] == 2
     with pytest.raises(ValueError, match="no prompt"):
         build_requests(selection, stats, r, tokens, items, prompts[:1], demo, feedback_k=(1, 2))

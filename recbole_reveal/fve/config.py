@@ -77,7 +77,8 @@ def build_fve_encoder(settings, vlm=None, vision_cache=None):
 
     if vlm is None:
         vlm = load_vlm(settings["vlm_path"], device=settings["fve_device"], dtype=settings["fve_dtype"],
-                       attn_implementation=settings["fve_attn_implementation"])
+                       attn_implementation=settings["fve_attn_implementation"],
+                       quantization=settings.get("fve_quantization"))
     if vision_cache is None:
         vision_cache = VisionFeatureCache(max_bytes=settings["fve_vision_cache_mb"] * 2**20,
                                           directory=settings["fve_vision_cache_dir"])

@@ -1,6 +1,6 @@
 """What every FVE stage needs, in one object: the run's config and settings, its folders and file names,
-the cost meter, and the shared resources loaded on first use (the item table, the VLM encoder), so a
-finished run loads none of them."""
+the cost meter, and the shared resources loaded on first use (the item table, the VLM encoder, the
+critic's generation backend), so a finished run loads none of them."""
 
 import os
 from dataclasses import dataclass, field
@@ -15,10 +15,16 @@ def run_settings(config):
     from recbole_reveal.fve.config import fve_settings
     from recbole_reveal.fve.critic import critic_settings
     from recbole_reveal.fve.feedback import feedback_settings
+    from recbole_reveal.fve.generation import generation_settings
+    from recbole_reveal.fve.vlm import ATTN_IMPLEMENTATIONS, QUANTIZATIONS
 
     settings = fve_settings(config)
     settings.update(feedback_settings(config))
     settings.update(critic_settings(config))
+    settings.update(generation_settings(settings))
+    for key, choices in (("fve_attn_implementation", ATTN_IMPLEMENTATIONS), ("fve_quantization", QUANTIZATIONS)):
+        if settings[key] is not None and settings[key] not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)} or ~; got {settings[key]!r}")
     return settings
 
 
@@ -35,6 +41,7 @@ class FVEContext:
     _items: list = None
     _encoder: object = None
     trained: dict = field(default_factory=dict)    # cycle -> (trainer, valid_data) trained by this call
+    _generator: object = None
 
     @classmethod
     def build(cls, model, dataset, config_file_list=None, config_dict=None, cmd_args=()):
@@ -96,6 +103,16 @@ class FVEContext:
         if self._encoder is None:
             self._encoder = build_fve_encoder(self.settings)
         return self._encoder
+
+    @property
+    def generator(self):
+        """The critic's generation backend (``fve_generation_backend``); the transformers one shares the
+        encoder's VLM."""
+        from recbole_reveal.fve.generation import build_generator
+
+        if self._generator is None:
+            self._generator = build_generator(self.settings, lambda: self.encoder.vlm)
+        return self._generator
 
     def prepare_training(self, overrides):
         """Config, loaders, model and trainer of a backbone run with ``overrides`` on the run's config."""

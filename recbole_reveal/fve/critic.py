@@ -1,106 +1,60 @@
 """FVE's critic and prompt rewrite (paper eqs. 3-4), run in one generation per item as the reference
-code does: the VLM sees the item image and ``rewrite_instruction`` (templates.yaml) filled with the
-evaluation instruction, the current prompt, the item's review keywords, a ground-truth-vs-result
-summary and the ``pos``/``neg`` goal, and answers::
+code does: the VLM sees ``rewrite_instruction`` (templates.yaml) filled with the evaluation instruction,
+the current prompt, the item's review keywords, a ground-truth-vs-result summary and the ``pos``/``neg``
+goal, then the item image, and answers::
 
     ANALYSIS: <text>
     NEW_PROMPT: <text>
 
-Parsing is strict (:func:`parse_rewrite`); any violation keeps the old prompt and records the reason:
-
-* generation must reach an end-of-turn token within ``max_new_tokens`` (the answer is the text
-  before it), and the answer must contain no chat special tokens;
-* after stripping, it must start with ``ANALYSIS:``; ``ANALYSIS:`` and ``NEW_PROMPT:`` each occur
-  exactly once, in that order, at the start of a line; the analysis may span lines, is non-empty;
-* the new prompt is the rest of the ``NEW_PROMPT:`` line: non-empty, nothing after that line, at
-  most ``max_words`` words (templates' ``rewrite_max_words``, 40) after whitespace normalisation;
-  one pair of enclosing quotes is removed.
-
-Decoding is greedy (``do_sample=False``) under a fixed torch seed, batched with left padding. Items
-whose image is unusable get no critic (their embedding is the missing-image row whatever the
-prompt) and keep their prompt, with the reason recorded.
+The answers come from a generation backend (:mod:`~recbole_reveal.fve.generation`: the run's VLM with
+transformers, or an OpenAI-compatible endpoint), each appended to an answer log as it arrives so an
+interrupted critic resumes at the next item. :mod:`~recbole_reveal.fve.rewrite_parser` reads each answer
+(tolerant of the common shapes of a correct one, strict about truncation and special tokens); a rejected
+answer keeps the old prompt and records the reason. Items whose image is unusable get no critic (their
+embedding is the missing-image row whatever the prompt) and keep their prompt, with the reason recorded.
 """
 
 import json
 import logging
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-import torch
-
-from recbole_reveal.errors import ConfigError
-from recbole_reveal.fve.images import decode_image
+from recbole_reveal.errors import ConfigError, RevealUserError
+from recbole_reveal.fve.generation import AnswerLog, GenerationItem, item_key
 from recbole_reveal.fve.prompts import render, write_jsonl
+from recbole_reveal.fve.rewrite_parser import RewriteParseError, normalise_space, parse_rewrite  # noqa: F401
 from recbole_reveal.fve.vlm import QWEN_SPECIAL_TOKENS
 from recbole_reveal.locations import fve_defaults
 
 logger = logging.getLogger(__name__)
 
 # keys of properties/fve/fve.yaml (their defaults are there)
-CRITIC_KEYS = ("fve_rewrite_max_new_tokens", "fve_rewrite_batch_size", "fve_rewrite_seed")
-_ANALYSIS, _NEW = "ANALYSIS:", "NEW_PROMPT:"
-_QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "`": "`"}
+CRITIC_KEYS = ("fve_rewrite_max_new_tokens", "fve_rewrite_batch_size", "fve_rewrite_seed", "fve_acceptance_warning",
+               "fve_min_acceptance")
 
 
-class RewriteParseError(ValueError):
-    """The critic's answer violates the format; ``reason`` is a short, countable label."""
-
-    def __init__(self, reason, detail=""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+class LowAcceptance(RevealUserError):
+    """Fewer critic rewrites were accepted than ``fve_min_acceptance`` asks for."""
 
 
 def critic_settings(config=None):
-    """``fve_rewrite_max_new_tokens``, ``fve_rewrite_batch_size``, ``fve_rewrite_seed`` from
-    ``config`` (dict or RecBole ``Config``; missing keys take their defaults in ``fve.yaml``), validated."""
+    """The critic's keys (:data:`CRITIC_KEYS`) from ``config`` (dict or RecBole ``Config``; missing keys
+    take their defaults in ``fve.yaml``), validated."""
     config = config if config is not None else {}
     keys = getattr(config, "final_config_dict", config)
     defaults = fve_defaults(CRITIC_KEYS)
     s = {k: (config[k] if k in keys and config[k] is not None else v) for k, v in defaults.items()}
     for key, low in (("fve_rewrite_max_new_tokens", 1), ("fve_rewrite_batch_size", 1), ("fve_rewrite_seed", 0)):
+        if key == "fve_rewrite_batch_size" and s[key] == "auto":
+            continue
         if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < low:
-            raise ConfigError(f"{key} must be an integer >= {low}; got {s[key]!r}")
+            raise ConfigError(f"{key} must be an integer >= {low}{' or auto' if 'batch' in key else ''}; got {s[key]!r}")
+    for key in ("fve_acceptance_warning", "fve_min_acceptance"):
+        if isinstance(s[key], bool) or not isinstance(s[key], (int, float)) or not 0 <= s[key] <= 1:
+            raise ConfigError(f"{key} must be a share between 0 and 1; got {s[key]!r}")
+        s[key] = float(s[key])
     return s
-
-
-def normalise_space(text):
-    return " ".join(text.split())
-
-
-def parse_rewrite(answer, max_words=40, reserved=QWEN_SPECIAL_TOKENS):
-    """``(analysis, new_prompt)`` from a critic answer, or :class:`RewriteParseError`."""
-    bad = [t for t in reserved if t in answer]
-    if bad:
-        raise RewriteParseError("special tokens", ", ".join(bad))
-    text = answer.strip()
-    if not text:
-        raise RewriteParseError("empty answer")
-    for marker in (_ANALYSIS, _NEW):
-        if marker not in text:
-            raise RewriteParseError(f"missing {marker[:-1]}")
-        if text.count(marker) > 1:
-            raise RewriteParseError(f"repeated {marker[:-1]}")
-    if not text.startswith(_ANALYSIS):
-        raise RewriteParseError("text before ANALYSIS", text[:60])
-    head, _, tail = text.partition(_NEW)
-    if not head.rstrip(" \t").endswith("\n"):
-        raise RewriteParseError("NEW_PROMPT not on its own line")
-    analysis = normalise_space(head[len(_ANALYSIS):])
-    if not analysis:
-        raise RewriteParseError("empty analysis")
-    line, newline, rest = tail.partition("\n")
-    if newline and rest.strip():
-        raise RewriteParseError("extra text after NEW_PROMPT", rest.strip()[:60])
-    prompt = normalise_space(line)
-    if len(prompt) >= 2 and prompt[0] in _QUOTES and prompt[-1] == _QUOTES[prompt[0]]:
-        prompt = normalise_space(prompt[1:-1])
-    if not prompt:
-        raise RewriteParseError("empty new prompt")
-    words = len(prompt.split())
-    if words > max_words:
-        raise RewriteParseError("too long", f"{words} words > {max_words}")
-    return analysis, prompt
 
 
 @dataclass
@@ -130,6 +84,7 @@ class CriticRecord:
     raw_answer: str
     fallback: str = None        # None: the rewrite was accepted; else the reason the old prompt was kept
     changed: bool = False
+    notes: list = field(default_factory=list)   # tolerances the parser applied (rewrite_parser)
 
 
 def critic_text(templates, request, max_words=None):
@@ -207,93 +162,90 @@ def build_requests(selection, stats, rankings, item_tokens, items, prompt_record
     return requests
 
 
-def _stop_ids(vlm):
-    tok = vlm.tokenizer
-    ids = vlm.model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
-    ids.add(vlm.token_id("<|im_end|>"))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else vlm.token_id("<|endoftext|>")
-    return sorted(ids), pad
+def run_critic(generator, requests, templates, max_words=None, answers_dir=None):
+    """Critique and rewrite the prompts of ``requests`` ([:class:`CriticRequest`]) with ``generator``
+    (a backend of :mod:`~recbole_reveal.fve.generation`).
 
-
-@torch.inference_mode()
-def generate_answers(vlm, images, texts, max_new_tokens=192, batch_size=4, seed=0, min_pixels=None,
-                     max_pixels=None):
-    """Greedy answers of ``vlm`` to one user turn [image, text] each: ``[(answer, finished)]``, the
-    answer decoded up to (excluding) the first end-of-turn token, ``finished`` whether one came."""
-    ip = vlm.image_processor
-    size = {"shortest_edge": int(min_pixels or ip.size["shortest_edge"]),
-            "longest_edge": int(max_pixels or ip.size["longest_edge"])}
-    stop, pad = _stop_ids(vlm)
-    tok = vlm.tokenizer
-    side = tok.padding_side
-    out = []
-    try:
-        tok.padding_side = "left"
-        for start in range(0, len(texts), batch_size):
-            chunk_t, chunk_i = texts[start:start + batch_size], images[start:start + batch_size]
-            chats = [vlm.processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": t}]}],
-                tokenize=False, add_generation_prompt=True) for t in chunk_t]
-            batch = vlm.processor(text=chats, images=chunk_i, padding=True, return_tensors="pt",
-                                  images_kwargs={"size": size}).to(vlm.device)
-            torch.manual_seed(seed)
-            gen = vlm.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                     temperature=None, top_p=None, top_k=None,
-                                     eos_token_id=stop, pad_token_id=pad)
-            for row in gen[:, batch["input_ids"].shape[1]:].tolist():
-                cut = next((k for k, t in enumerate(row) if t in stop), None)
-                ids = row if cut is None else row[:cut]
-                out.append((tok.decode(ids, skip_special_tokens=False), cut is not None))
-    finally:
-        tok.padding_side = side
-    return out
-
-
-def run_critic(vlm, requests, templates, max_new_tokens=192, batch_size=4, seed=0, max_words=None,
-               min_pixels=None, max_pixels=None):
-    """Critique and rewrite the prompts of ``requests`` ([:class:`CriticRequest`]) with ``vlm``.
-
-    Returns ``(records, counts)``: one :class:`CriticRecord` per request, in order, and a Counter with
-    ``accepted``, ``changed``, ``fallback`` and ``fallback: <reason>`` per reason (also logged).
+    Answers already in ``answers_dir`` (an :class:`~recbole_reveal.fve.generation.AnswerLog` folder) for
+    the same requests are reused; new ones are appended there as they come. Returns ``(records,
+    counts)``: one :class:`CriticRecord` per request, in order, and a Counter with ``accepted``,
+    ``changed``, ``fallback``, ``fallback: <reason>`` per reason and ``note: <tolerance>`` (also logged).
     """
     max_words = int(max_words or templates["rewrite_max_words"])
-    reserved = sorted(set(QWEN_SPECIAL_TOKENS) | set(vlm.tokenizer.all_special_tokens))
-    records, reasons, todo = [None] * len(requests), [None] * len(requests), []
+    reserved = sorted(set(QWEN_SPECIAL_TOKENS) | set(getattr(generator, "reserved_tokens", ())))
+    items = [GenerationItem(n, req.item_id, req.image_path, critic_text(templates, req, max_words))
+             for n, req in enumerate(requests)]
+    identity = generator.identity()
+    keys = {item.index: item_key(identity, item) for item in items}
+    log = AnswerLog(answers_dir)
+    done = log.load(keys)
+    if done:
+        logger.info("FVE critic: %d of %d answers already logged in %s; generating the rest",
+                    len(done), len(items), answers_dir)
+    if len(done) < len(items):
+        generator.generate(items, set(done), log, keys)
+    answers = log.load(keys)
+    lost = [item.item_id for item in items if item.index not in answers]
+    if lost:
+        raise RuntimeError(f"FVE critic: no answer logged for {len(lost)} items ({lost[:5]}) in {answers_dir}")
+    records, counts = [], Counter()
     for n, req in enumerate(requests):
-        image = decode_image(req.image_path)
-        if isinstance(image, str):
-            records[n] = CriticRecord(req.item_id, req.label, req.prompt, req.prompt, "", "",
-                                      fallback=f"no usable image ({image})")
-            reasons[n] = "no usable image"
-        else:
-            todo.append((n, image, critic_text(templates, req, max_words)))
-    answers = generate_answers(vlm, [t[1] for t in todo], [t[2] for t in todo], max_new_tokens, batch_size,
-                               seed, min_pixels, max_pixels) if todo else []
-    for (n, _, _), (answer, finished) in zip(todo, answers):
-        req = requests[n]
-        rec = CriticRecord(req.item_id, req.label, req.prompt, req.prompt, "", answer)
-        try:
-            if not finished:
-                raise RewriteParseError("truncated", f"no end of turn within {max_new_tokens} new tokens")
-            rec.analysis, rec.new_prompt = parse_rewrite(answer, max_words, reserved)
-            rec.changed = rec.new_prompt != req.prompt
-        except RewriteParseError as e:
-            rec.fallback, reasons[n] = str(e), e.reason
-            rec.new_prompt = req.prompt
-        records[n] = rec
-    counts = Counter()
-    for rec, reason in zip(records, reasons):
-        if rec.fallback is None:
+        rec, reason = _record(req, answers[n], max_words, reserved, generator.max_new_tokens)
+        records.append(rec)
+        if reason is None:
             counts["accepted"] += 1
             counts["changed"] += rec.changed
         else:
             counts["fallback"] += 1
             counts["fallback: " + reason] += 1
-    logger.info("FVE critic: %d items, %d rewrites accepted (%d changed), %d kept the old prompt%s",
+        for note in rec.notes:
+            counts["note: " + note.split(":")[0]] += 1
+    logger.info("FVE critic: %d items, %d rewrites accepted (%d changed), %d kept the old prompt%s%s",
                 len(records), counts["accepted"], counts["changed"], counts["fallback"],
-                "".join(f"; {k[10:]}: {v}" for k, v in sorted(counts.items()) if k.startswith("fallback: ")))
+                "".join(f"; {k[10:]}: {v}" for k, v in sorted(counts.items()) if k.startswith("fallback: ")),
+                "".join(f"; accepted with {k[6:]}: {v}" for k, v in sorted(counts.items()) if k.startswith("note: ")))
     return records, counts
+
+
+def _record(req, answer, max_words, reserved, max_new_tokens):
+    """The :class:`CriticRecord` of one answer and the reason it was rejected (None: accepted)."""
+    rec = CriticRecord(req.item_id, req.label, req.prompt, req.prompt, "", answer.text)
+    if answer.error is not None:
+        rec.fallback = f"no usable image ({answer.error})"
+        return rec, "no usable image"
+    try:
+        rewrite = parse_rewrite(answer.text, max_words, reserved, answer.finished, max_new_tokens)
+    except RewriteParseError as e:
+        rec.fallback = str(e)
+        return rec, e.reason
+    rec.analysis, rec.new_prompt, rec.notes = rewrite.analysis, rewrite.new_prompt, rewrite.notes
+    rec.changed = rec.new_prompt != req.prompt
+    return rec, None
+
+
+def acceptance(counts):
+    """``{"accepted", "answered", "rate"}``: the share of answered items (an image to critique) whose
+    rewrite was accepted; ``rate`` is None when nothing was answered."""
+    answered = counts.get("accepted", 0) + counts.get("fallback", 0) - counts.get("fallback: no usable image", 0)
+    return {"accepted": counts.get("accepted", 0), "answered": answered,
+            "rate": round(counts.get("accepted", 0) / answered, 4) if answered else None}
+
+
+def check_acceptance(share, counts, cycle, warn_below, stop_below, answers_dir=None):
+    """Warn when fewer than ``warn_below`` of the answered rewrites were accepted; raise
+    :class:`LowAcceptance` below ``stop_below`` (``fve_min_acceptance``)."""
+    rate = share["rate"]
+    if rate is None or rate >= max(warn_below, stop_below):
+        return
+    reasons = ", ".join(f"{k[10:]}: {v}" for k, v in sorted(counts.items()) if k.startswith("fallback: "))
+    text = (f"FVE cycle {cycle} critic: {share['accepted']} of {share['answered']} rewrites accepted "
+            f"({100 * rate:.0f}%); the others keep their prompt ({reasons}). See the critic log's raw_answer "
+            "and fallback fields; raise fve_rewrite_max_new_tokens if answers are truncated, or use a model "
+            "that follows the ANALYSIS / NEW_PROMPT format (or fve_generation_guided_json with a server)")
+    if rate < stop_below:
+        raise LowAcceptance(f"{text}. Stopped: fve_min_acceptance is {stop_below}. The answers are kept in "
+                            f"{answers_dir}: a rerun with a lower fve_min_acceptance continues with them")
+    logger.warning("%s", text)
 
 
 def apply_rewrites(prompt_records, critic_records, cycle=None):

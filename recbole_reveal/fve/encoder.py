@@ -151,9 +151,12 @@ class FVEEncoder:
     # ------------------------------------------------------------------ identity
     def settings(self):
         """Every option that changes the embedding (part of the embedding-cache key)."""
-        return {"pooling": self.pooling, "layer": self.layer, "min_pixels": self.min_pixels,
-                "max_pixels": self.max_pixels, "dtype": str(self.vlm.dtype).replace("torch.", ""),
-                "format": CACHE_FORMAT}
+        settings = {"pooling": self.pooling, "layer": self.layer, "min_pixels": self.min_pixels,
+                    "max_pixels": self.max_pixels, "dtype": str(self.vlm.dtype).replace("torch.", ""),
+                    "format": CACHE_FORMAT}
+        if getattr(self.vlm, "quantization", None):     # quantized weights give other embeddings
+            settings["quantization"] = self.vlm.quantization
+        return settings
 
     def describe(self):
         """Provenance for the feature set's JSON."""
@@ -166,7 +169,8 @@ class FVEEncoder:
         return self.vlm.hidden_size
 
     def _vision_key(self, image_key):
-        blob = f"{image_key}|{self.vlm.model_id}|{self.vlm.dtype}|{self.min_pixels}|{self.max_pixels}"
+        quantized = f"|{self.vlm.quantization}" if getattr(self.vlm, "quantization", None) else ""
+        blob = f"{image_key}|{self.vlm.model_id}|{self.vlm.dtype}|{self.min_pixels}|{self.max_pixels}{quantized}"
         return hashlib.sha256(blob.encode()).hexdigest()
 
     # ------------------------------------------------------------------ public API

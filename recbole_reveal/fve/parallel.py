@@ -1,5 +1,5 @@
-"""Data-parallel FVE encoding: one process per GPU, each encoding a shard of the items, merged into one
-result in request order.
+"""Data-parallel FVE encoding and critic generation: one process per GPU, each encoding a shard of the
+items (merged into one result in request order), or answering its share of the critic's batches.
 
 The calling process writes the job (requests, FVE settings, cache folder) to a work folder and starts
 ``fve_num_processes`` workers with torchrun (``torch.distributed.run --standalone``, what
@@ -57,20 +57,30 @@ def encode_data_parallel(requests, settings, cache_dir, work_dir, num_processes)
     """Encode ``requests`` with ``num_processes`` worker processes; returns ``(EncodeResult, description)``
     where ``description`` is the encoder's provenance (``FVEEncoder.describe()``) as the workers report it."""
     requests = list(requests)
+    logger.info("FVE: encoding %d items with %d processes (%s)", len(requests), num_processes, settings["fve_device"])
+    start = time.perf_counter()
+    launch_workers(work_dir, {"kind": "encode", "requests": [asdict(r) for r in requests], "settings": settings,
+                              "cache_dir": cache_dir}, num_processes)
+    result, description = merge_shards(requests, work_dir, num_processes)
+    result.seconds = time.perf_counter() - start
+    return result, description
+
+
+def launch_workers(work_dir, job, num_processes):
+    """Write ``job`` to ``work_dir`` and run ``num_processes`` workers on it with torchrun; their output
+    goes to ``workers.log`` (progress lines also to this module's logger). A failed worker is an error
+    quoting each worker's exception (or the log's tail)."""
     os.makedirs(work_dir, exist_ok=True)
     for rank in range(max(num_processes, 64)):
         for path in (*_shard_paths(work_dir, rank), _error_path(work_dir, rank)):
             if os.path.exists(path):
                 os.remove(path)
-    job = {"requests": [asdict(r) for r in requests], "settings": settings, "cache_dir": cache_dir}
     with open(os.path.join(work_dir, JOB_FILE), "w", encoding="utf-8") as f:
         json.dump(job, f)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}",
            "-m", "recbole_reveal.fve.parallel", work_dir]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
-    logger.info("FVE: encoding %d items with %d processes (%s)", len(requests), num_processes, settings["fve_device"])
-    start = time.perf_counter()
     log_path = os.path.join(work_dir, LOG_FILE)
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -88,11 +98,49 @@ def encode_data_parallel(requests, settings, cache_dir, work_dir, num_processes)
         if not errors:
             with open(log_path, encoding="utf-8") as f:
                 errors.append("".join(f.readlines()[-30:]))
-        raise RuntimeError(f"FVE data-parallel encoding failed (exit {code}); full worker log: {log_path}\n"
+        raise RuntimeError(f"FVE data-parallel {job['kind']} failed (exit {code}); full worker log: {log_path}\n"
                            + "\n".join(errors))
-    result, description = merge_shards(requests, work_dir, num_processes)
-    result.seconds = time.perf_counter() - start
-    return result, description
+
+
+class ParallelGenerator:
+    """The transformers critic backend over ``num_processes`` worker processes (one per GPU, as encoding):
+    the fixed batches of the item list are dealt round-robin to the workers, each loading the VLM and
+    appending its answers to its own file of the answer log."""
+
+    def __init__(self, settings, num_processes):
+        from recbole_reveal.fve.generation import resolve_batch_size
+        from recbole_reveal.fve.vlm import resolve_dtype, resolve_device, vlm_model_id
+
+        self.settings, self.num_processes = settings, num_processes
+        device = resolve_device("cpu" if str(settings["fve_device"]).startswith("cpu") else "cuda:0")
+        self.batch_size = resolve_batch_size(settings, device)
+        self.max_new_tokens = settings["fve_rewrite_max_new_tokens"]
+        ip_size = _preprocessor_size(settings["vlm_path"])
+        self._identity = {"backend": "transformers", "model_id": vlm_model_id(settings["vlm_path"]),
+                          "dtype": str(resolve_dtype(settings["fve_dtype"], device)),
+                          "max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size,
+                          "seed": settings["fve_rewrite_seed"],
+                          "pixels": [int(settings["fve_min_pixels"] or ip_size[0]),
+                                     int(settings["fve_max_pixels"] or ip_size[1])]}
+
+    def identity(self):
+        """As the workers' :meth:`TransformersGenerator.identity` (checked by each worker)."""
+        return self._identity
+
+    def generate(self, items, done, log, keys):
+        work_dir = os.path.join(log.folder, "workers")
+        logger.info("FVE critic: %d items with %d processes (%s)", len(items) - len(done), self.num_processes,
+                    self.settings["fve_device"])
+        launch_workers(work_dir, {"kind": "critic", "settings": dict(self.settings, fve_rewrite_batch_size=self.batch_size),
+                                  "items": [asdict(i) for i in items], "done": sorted(done), "keys": keys,
+                                  "identity": self._identity, "answers_dir": log.folder}, self.num_processes)
+
+
+def _preprocessor_size(vlm_path):
+    with open(os.path.join(vlm_path, "preprocessor_config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    size = cfg.get("size") or {}
+    return size.get("shortest_edge", cfg.get("min_pixels")), size.get("longest_edge", cfg.get("max_pixels"))
 
 
 def merge_shards(requests, work_dir, num_processes):
@@ -141,11 +189,8 @@ def _atomic_save(path, write):
 
 
 def worker(work_dir):
-    """One worker: encode this rank's shard of the job in ``work_dir`` and write it."""
+    """One worker: run this rank's part of the job in ``work_dir`` (encode a shard, or answer batches)."""
     from accelerate import PartialState
-
-    from recbole_reveal.fve.cache import EmbeddingCache
-    from recbole_reveal.fve.config import build_fve_encoder
 
     with open(os.path.join(work_dir, JOB_FILE), encoding="utf-8") as f:
         job = json.load(f)
@@ -155,6 +200,18 @@ def worker(work_dir):
     rank, world = state.process_index, state.num_processes
     logging.basicConfig(level=logging.INFO, format=f"[rank {rank}] %(message)s", stream=sys.stdout, force=True)
     settings["fve_device"] = "cpu" if on_cpu else str(state.device)
+    if job["kind"] == "critic":
+        _critic_worker(job, settings, rank, world)
+    else:
+        _encode_worker(job, settings, work_dir, rank, world)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _encode_worker(job, settings, work_dir, rank, world):
+    from recbole_reveal.fve.cache import EmbeddingCache
+    from recbole_reveal.fve.config import build_fve_encoder
+
     requests = [ItemRequest(**r) for r in job["requests"]][rank::world]
     encoder = build_fve_encoder(settings)
     result = encoder.encode_items(requests, cache=EmbeddingCache(job["cache_dir"]))
@@ -165,8 +222,21 @@ def worker(work_dir):
             "vision": result.vision, "seconds": result.seconds, "device": settings["fve_device"],
             "description": encoder.describe()}
     _atomic_save(meta_path, lambda f: f.write(json.dumps(meta).encode()))
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+
+
+def _critic_worker(job, settings, rank, world):
+    from recbole_reveal.fve.generation import AnswerLog, GenerationItem, TransformersGenerator
+    from recbole_reveal.fve.vlm import load_vlm
+
+    vlm = load_vlm(settings["vlm_path"], device=settings["fve_device"], dtype=settings["fve_dtype"],
+                   attn_implementation=settings["fve_attn_implementation"],
+                   quantization=settings.get("fve_quantization"))
+    generator = TransformersGenerator.from_settings(settings, vlm)
+    if generator.identity() != job["identity"]:
+        raise RuntimeError(f"worker generator {generator.identity()} differs from the caller's {job['identity']}")
+    keys = {int(k): v for k, v in job["keys"].items()}
+    generator.generate([GenerationItem(**i) for i in job["items"]], set(job["done"]),
+                       AnswerLog(job["answers_dir"], writer=f"answers_rank{rank}"), keys, rank=rank, world=world)
 
 
 def _error_path(work_dir, rank):

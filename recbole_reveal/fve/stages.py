@@ -15,7 +15,9 @@ from recbole_reveal.data.feature_store import feature_paths
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.files import write_json_atomic
 from recbole_reveal.fve.cache import EmbeddingCache
-from recbole_reveal.fve.critic import apply_rewrites, build_requests, run_critic, write_critic_log
+from recbole_reveal.fve.critic import (
+    acceptance, apply_rewrites, build_requests, check_acceptance, run_critic, write_critic_log,
+)
 from recbole_reveal.fve.encoder import item_requests, save_encoding
 from recbole_reveal.fve.feedback import Rankings, compute_rankings, item_statistics, select_items
 from recbole_reveal.fve.parallel import encode_data_parallel, resolve_num_processes
@@ -222,6 +224,9 @@ class Critic(Stage):
     def artefacts(self, ctx):
         return [ctx.critic_path(self.x), ctx.prompts_path(self.x + 1)]
 
+    def answers_dir(self, ctx):
+        return os.path.join(ctx.cycle_dir(self.x), "critic_answers")
+
     def run(self, ctx, run):
         s, x = ctx.settings, self.x
         rankings, tokens, selection = Feedback(x).load(ctx)
@@ -229,10 +234,11 @@ class Critic(Stage):
         records = read_prompts(ctx.prompts_path(x))
         requests = build_requests(selection, stats, rankings, tokens, ctx.items, records, ctx.dataset_dir,
                                   s["fve_feedback_k"])
-        critic, counts = run_critic(ctx.encoder.vlm, requests, load_templates(s["fve_templates"]),
-                                    s["fve_rewrite_max_new_tokens"], s["fve_rewrite_batch_size"],
-                                    s["fve_rewrite_seed"], min_pixels=s["fve_min_pixels"],
-                                    max_pixels=s["fve_max_pixels"])
+        critic, counts = run_critic(ctx.generator, requests, load_templates(s["fve_templates"]),
+                                    answers_dir=self.answers_dir(ctx))
+        share = acceptance(counts)
+        check_acceptance(share, counts, x, s["fve_acceptance_warning"], s["fve_min_acceptance"], self.answers_dir(ctx))
         write_critic_log(ctx.critic_path(x), critic)
         write_prompts(ctx.prompts_path(x + 1), apply_rewrites(records, critic, cycle=x + 1))
-        return {"counts": dict(sorted(counts.items()))}
+        return {"counts": dict(sorted(counts.items())), "acceptance": share,
+                "backend": s["fve_generation_backend"]}

@@ -45,9 +45,9 @@ def format_table(rows, valid_metric):
 
 
 def _acceptance(row):
-    """``accepted/critiqued (share)`` of a cycle's critic, ``-`` without one."""
-    counts = row.get("critic")
-    if not counts:
+    """``accepted/answered (share)`` of a cycle's critic, ``-`` without one."""
+    share = row.get("acceptance")
+    if not share:
         return "-"
-    n = counts.get("accepted", 0) + counts.get("fallback", 0)
-    return f"{counts.get('accepted', 0)}/{n} ({100 * counts.get('accepted', 0) / n:.0f}%)" if n else "0/0"
+    rate = "-" if share["rate"] is None else f"{100 * share['rate']:.0f}%"
+    return f"{share['accepted']}/{share['answered']} ({rate})"

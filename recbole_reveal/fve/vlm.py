@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from recbole_reveal.errors import RevealUserError
+from recbole_reveal.errors import ConfigError, RevealUserError
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,9 @@ QWEN_SPECIAL_TOKENS = [
     "<|repo_name|>", "<|file_sep|>",
 ]
 
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "auto")
+QUANTIZATIONS = ("4bit", "8bit")
+GPU_EXTRA = "pip install 'recbole-reveal[gpu]'"
 SMALL_FILE_LIMIT = 64 * 2**20   # files up to this size are hashed whole for the model id
 WEIGHT_SAMPLES, SAMPLE_BYTES = 16, 64 * 2**10
 
@@ -57,6 +60,7 @@ class LoadedVLM:
     path: str = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
+    quantization: str = None     # None, "4bit" (NF4) or "8bit": bitsandbytes weights
 
     @property
     def tokenizer(self):
@@ -81,8 +85,12 @@ class LoadedVLM:
         return int(self.model.config.text_config.num_hidden_layers)
 
     def describe(self):
-        return {"vlm_path": self.path, "vlm_model_type": self.model_type, "vlm_model_id": self.model_id,
-                "vlm_dtype": str(self.dtype).replace("torch.", ""), "vlm_hidden_size": self.hidden_size}
+        out = {"vlm_path": self.path, "vlm_model_type": self.model_type, "vlm_model_id": self.model_id,
+               "vlm_dtype": str(self.dtype).replace("torch.", ""), "vlm_hidden_size": self.hidden_size,
+               "vlm_attn_implementation": getattr(self.model.config, "_attn_implementation", None)}
+        if self.quantization:
+            out["vlm_quantization"] = self.quantization
+        return out
 
 
 def _download_hint(path, model_type=None):
@@ -245,24 +253,79 @@ def resolve_dtype(dtype, device):
     return names[dtype]
 
 
-def load_vlm(path, device="auto", dtype="auto", attn_implementation=None):
-    """Load the VLM folder ``path`` (``local_files_only=True``) in eval mode with frozen weights."""
-    config = check_vlm_folder(path)
-    model_type = config["model_type"]
+def _installed(module):
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def resolve_attn_implementation(value, device, dtype):
+    """``fve_attn_implementation`` for transformers: ``sdpa`` (default), ``eager``, ``flash_attention_2``
+    (CUDA, fp16/bf16, the flash-attn package) or ``auto`` (flash_attention_2 where it can run, else sdpa)."""
+    if value is None:
+        return None
+    if value not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(f"fve_attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}; got {value!r}")
+    half = dtype in (torch.float16, torch.bfloat16)
+    if value == "auto":
+        return "flash_attention_2" if device.type == "cuda" and half and _installed("flash_attn") else "sdpa"
+    if value == "flash_attention_2":
+        if device.type != "cuda":
+            raise ConfigError(f"fve_attn_implementation: flash_attention_2 runs on CUDA only; the VLM is on {device} "
+                              "(use sdpa, or fve_device: cuda on a GPU machine)")
+        if not half:
+            raise ConfigError(f"fve_attn_implementation: flash_attention_2 needs fp16 or bf16; fve_dtype gives {dtype}")
+        if not _installed("flash_attn"):
+            raise ConfigError(f"fve_attn_implementation: flash_attention_2 needs the flash-attn package: {GPU_EXTRA}")
+    return value
+
+
+def quantization_config(quantization, device, dtype):
+    """The transformers ``BitsAndBytesConfig`` of ``fve_quantization`` (None: full-precision weights):
+    ``4bit`` = NF4 weights with ``dtype`` compute, as the reference code loads the VLM; ``8bit`` = LLM.int8."""
+    if quantization is None:
+        return None
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError(f"fve_quantization must be one of {', '.join(QUANTIZATIONS)} or ~; got {quantization!r}")
+    if device.type != "cuda":
+        raise ConfigError(f"fve_quantization: {quantization} (bitsandbytes) runs on CUDA only; the VLM is on {device}")
+    if not _installed("bitsandbytes"):
+        raise ConfigError(f"fve_quantization: {quantization} needs the bitsandbytes package: {GPU_EXTRA}")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_vlm(path, device="auto", dtype="auto", attn_implementation=None, quantization=None):
+    """Load the VLM folder ``path`` (``local_files_only=True``) in eval mode with frozen weights;
+    ``attn_implementation`` and ``quantization`` as :func:`resolve_attn_implementation` and
+    :func:`quantization_config` describe."""
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
+    attn_implementation = resolve_attn_implementation(attn_implementation, device, dtype)
+    bnb = quantization_config(quantization, device, dtype)
+    config = check_vlm_folder(path)
+    model_type = config["model_type"]
     model_cls = _transformers_class(SUPPORTED_MODELS[model_type][0])
     kwargs = {"local_files_only": True, "dtype": dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if bnb is not None:
+        kwargs["quantization_config"] = bnb
     if device.type == "cuda":
         kwargs["device_map"] = {"": str(device)}  # load straight onto the GPU
     model = model_cls.from_pretrained(str(path), **kwargs)
-    model = model.to(device).eval().requires_grad_(False)
+    if bnb is None:                               # bitsandbytes models are placed by device_map and cannot move
+        model = model.to(device)
+    model = model.eval().requires_grad_(False)
     processor = build_processor(path, model_type)
     vlm = LoadedVLM(model=model, processor=processor, model_type=model_type, model_id=vlm_model_id(path),
-                    path=os.path.abspath(path), device=device, dtype=dtype)
-    logger.info("loaded VLM %s (%s, id %s) on %s in %s", path, model_type, vlm.model_id, device, dtype)
+                    path=os.path.abspath(path), device=device, dtype=dtype, quantization=quantization)
+    logger.info("loaded VLM %s (%s, id %s) on %s in %s%s, attention %s", path, model_type, vlm.model_id, device,
+                dtype, f", {quantization} weights" if quantization else "",
+                getattr(model.config, "_attn_implementation", None))
     return vlm
 
 
