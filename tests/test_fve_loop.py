@@ -339,3 +339,139 @@ def test_your_own_backbone_runs_the_loop_with_warm_start(data_root, scripted_vlm
     assert c1["prompts_changed"] == 6 and c1["items_reencoded"] == 6
     log = open(os.path.join(out["run_dir"], "fve.log"), encoding="utf-8").read()
     assert "warm start from cycle 0's backbone" in log and "vision_table.weight" in log
+
+
+# ---- the critic through an OpenAI-compatible endpoint (a real HTTP server on 127.0.0.1) -------------
+def endpoint_answer(text):
+    """A well-formed rewrite (in markdown, with a trailing note) for about half of the titles, a chatty
+    non-answer for the others: which prompts change is decided by the server alone."""
+    import re
+    import zlib
+
+    title = re.search(r'The image shows the item "([^"]*)"', text).group(1)
+    if zlib.crc32(title.encode()) % 2:
+        return "Sure, this prompt looks fine to me.", "stop"
+    return (f"**ANALYSIS:** The prompt ignores the colour.\n\n**NEW_PROMPT:** A close photo of {title}, "
+            "its colour and material.\n\nThis focuses on what buyers notice."), "stop"
+
+
+def endpoint_config(data_root, vlm, fdir, url, **extra):
+    """The vision-tower cache is off: with it, a later cycle's re-encoded items take their vision outputs
+    from memory (computed with other images in one batch) in one process but recompute them after a
+    restart, which changes them by float noise (docs/fve.md); without it, the run is bit-reproducible
+    across a kill."""
+    extra.setdefault("fve_vision_cache_mb", 0)
+    return loop_config(data_root, vlm, fdir, **dict(dict(fve_generation_backend="endpoint", fve_generation_endpoint=url,
+                                                         fve_generation_timeout=1.0, fve_generation_retries=2), **extra))
+
+
+def data_root_of(fdir):
+    return json.load(open(os.path.join(fdir, "fve", "run", "stages.json")))["config"]["data_path"]
+
+
+@pytest.fixture(scope="module")
+def endpoint_run(data_root, vlm_folder, tmp_path_factory):
+    from openai_server import ScriptedServer
+
+    fdir, tokens = feature_dir_with_text(data_root, tmp_path_factory.mktemp("features_endpoint"))
+    with ScriptedServer(endpoint_answer, faults={0: "slow", 1: "500", 2: "drop"}, slow_s=2.0) as server:
+        out = run_fve("M3SRec_REVEAL", NAME, config_dict=endpoint_config(data_root, vlm_folder, fdir, server.url))
+        requests = list(server.requests)
+    return fdir, out, requests
+
+
+def test_the_loop_with_an_endpoint_changes_exactly_the_prompts_the_server_rewrote(endpoint_run):
+    import zlib
+
+    fdir, out, requests = endpoint_run
+    c0, c1 = out["table"]
+    critic = read_critic_log(os.path.join(fdir, "fve", "critic_cycle_0.jsonl"))
+    titles = {t for t, _ in requests}
+    assert len(critic) == c0["selected"] == 6 == len(titles)
+    assert len(requests) == 6 + 3                       # the slow reply, the 500 and the dropped one retried once
+    rewritten = {r.item_id for r in critic if r.fallback is None}
+    p0 = {r["item_id"]: r["prompt"] for r in read_prompts(os.path.join(fdir, "fve", "prompts_cycle_0.jsonl"))}
+    p1 = {r["item_id"]: r["prompt"] for r in read_prompts(os.path.join(fdir, "fve", "prompts_cycle_1.jsonl"))}
+    assert {t for t in p0 if p0[t] != p1[t]} == rewritten
+    from recbole_reveal.fve.prompts import read_items
+
+    title_of = {it.item_id: it.title for it in read_items(os.path.join(data_root_of(fdir), f"{NAME}.item"))}
+    well_formed = {t for t in titles if not zlib.crc32(t.encode()) % 2}
+    assert 0 < len(well_formed) < 6 and {title_of[i] for i in rewritten} == well_formed
+    for r in critic:
+        if r.fallback is None:
+            assert r.new_prompt == f"A close photo of {title_of[r.item_id]}, its colour and material."
+            assert r.notes == ["markdown", "trailing text"]
+        else:
+            assert r.fallback == "missing NEW_PROMPT"
+    assert c0["acceptance"] == {"accepted": len(rewritten), "answered": 6, "rate": round(len(rewritten) / 6, 4)}
+    assert f"{len(rewritten)}/6 (" in out["table_text"]
+    assert c1["prompts_changed"] == len(rewritten) == c1["items_reencoded"]
+
+
+def test_transformers_and_endpoint_give_the_same_prompt_files(rewriting_run, data_root, scripted_vlm_folder, tmp_path):
+    """The scripted VLM's answer through transformers, and the same answer from a server: the same files."""
+    from openai_server import ScriptedServer
+
+    cfg, out, _ = rewriting_run
+    answer = read_critic_log(os.path.join(cfg["feature_dir"], "fve", "critic_cycle_0.jsonl"))[0].raw_answer
+    fdir, _ = feature_dir_with_text(data_root, tmp_path / "features_same")
+    with ScriptedServer(lambda text: (answer, "stop")) as server:
+        run_fve("M3SRec_REVEAL", NAME, config_dict=endpoint_config(data_root, scripted_vlm_folder, fdir, server.url,
+                                                                   fve_rewrite_max_new_tokens=12, fve_cycles=1))
+        # one cycle has no critic: extend to the rewriting run's two cycles through the endpoint
+        run_fve("M3SRec_REVEAL", NAME, config_dict=endpoint_config(data_root, scripted_vlm_folder, fdir, server.url,
+                                                                   fve_rewrite_max_new_tokens=12, fve_stop_after="cycle_0/critic"))
+    for name in ("prompts_cycle_1.jsonl", "critic_cycle_0.jsonl"):
+        assert filecmp.cmp(os.path.join(cfg["feature_dir"], "fve", name), os.path.join(fdir, "fve", name),
+                           shallow=False), name
+
+
+KILLED_RUN = """
+import json, sys, torch
+torch.set_num_threads(1)
+from recbole_reveal.fve.loop import run_fve
+run_fve("M3SRec_REVEAL", sys.argv[1], config_dict=json.load(open(sys.argv[2])))
+"""
+
+
+def test_a_critic_killed_mid_stage_resumes_with_identical_artefacts(endpoint_run, data_root, vlm_folder, tmp_path):
+    """A real process killed while its critic waits for the server, after two answers were logged; the
+    rerun asks the server only for the other four and ends with the uninterrupted run's files."""
+    import subprocess
+    import sys
+    import time
+
+    from openai_server import ScriptedServer
+
+    ref_dir, ref, _ = endpoint_run
+    fdir, _ = feature_dir_with_text(data_root, tmp_path / "features_killed")
+    log = os.path.join(fdir, "fve", "run", "cycle_0", "critic_answers", "answers.jsonl")
+    with ScriptedServer(endpoint_answer, hold_after=2) as server:
+        cfg_file = tmp_path / "cfg.json"
+        cfg_file.write_text(json.dumps(endpoint_config(data_root, vlm_folder, fdir, server.url,
+                                                       fve_generation_timeout=120.0)))
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, NAME, str(cfg_file)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.time() + 240
+            while not (server.holding.is_set() and os.path.isfile(log)
+                       and open(log).read().count("\n") == 2) and time.time() < deadline:
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                time.sleep(0.2)
+            assert server.holding.is_set(), "the run never reached its critic"
+        finally:
+            proc.kill()
+            proc.wait()
+        stages = json.load(open(os.path.join(fdir, "fve", "run", "stages.json")))["stages"]
+        assert "cycle_0/feedback" in stages and "cycle_0/critic" not in stages
+        asked_before = len(server.requests)
+        server.release()
+        out = run_fve("M3SRec_REVEAL", NAME, config_dict=endpoint_config(data_root, vlm_folder, fdir, server.url))
+        assert len(server.requests) - asked_before == 4            # the two logged answers are not asked again
+    assert out["executed"] == ["cycle_0/critic", "cycle_1/encode", "cycle_1/train", "cycle_1/feedback"]
+    strip = lambda rows: [dict(r, seconds=None) for r in rows]  # noqa: E731
+    assert strip(out["table"]) == strip(ref["table"])
+    for name in ("prompts_cycle_1.jsonl", "critic_cycle_0.jsonl", "cycle_0.npy", "cycle_1.npy",
+                 "run/cycle_0/feedback.json", "run/cycle_1/feedback.json"):
+        assert filecmp.cmp(os.path.join(ref_dir, "fve", name), os.path.join(fdir, "fve", name), shallow=False), name

@@ -76,7 +76,7 @@ def parse_rewrite(answer, max_words=40, reserved=QWEN_SPECIAL_TOKENS, finished=T
         raise RewriteParseError("special tokens", ", ".join(bad))
     text = answer.strip()
     if not text:
-        raise RewriteParseError("empty answer" if finished else "truncated", _limit(max_new_tokens, "any text"))
+        raise _missing("empty answer", finished, max_new_tokens, "any text")
     fenced = _FENCE.match(text)
     if text.startswith("{") or (fenced and fenced.group(1).startswith("{")):
         return _parse_json(fenced.group(1) if fenced else text, max_words, finished, max_new_tokens)
@@ -92,7 +92,7 @@ def parse_rewrite(answer, max_words=40, reserved=QWEN_SPECIAL_TOKENS, finished=T
     if not found["new_prompt"]:
         if _INLINE["new_prompt"].search(text):
             raise RewriteParseError("NEW_PROMPT not on its own line")
-        raise RewriteParseError("missing NEW_PROMPT" if finished else "truncated", _limit(max_new_tokens, "NEW_PROMPT"))
+        raise _missing("missing NEW_PROMPT", finished, max_new_tokens, "NEW_PROMPT")
     if not found["analysis"]:
         inline = _INLINE["analysis"].search(text)
         raise RewriteParseError("ANALYSIS not on its own line" if inline else "missing ANALYSIS")
@@ -117,7 +117,7 @@ def parse_rewrite(answer, max_words=40, reserved=QWEN_SPECIAL_TOKENS, finished=T
     if not prompt_line.strip(" *_`"):
         following = [k for k, line in enumerate(rest) if line.strip()]
         if not following:
-            raise RewriteParseError("empty new prompt" if finished else "truncated", _limit(max_new_tokens, "the new prompt"))
+            raise _missing("empty new prompt", finished, max_new_tokens, "the new prompt")
         notes.append("heading on its own line")
         prompt_line, rest = rest[following[0]], rest[following[0] + 1:]
     if not finished and not rest:
@@ -133,8 +133,9 @@ def _parse_json(text, max_words, finished, max_new_tokens):
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise RewriteParseError("truncated" if not finished else "invalid JSON",
-                                _limit(max_new_tokens, "the JSON object closed") if not finished else str(e))
+        if not finished:
+            raise _missing("invalid JSON", finished, max_new_tokens, "the JSON object closed") from e
+        raise RewriteParseError("invalid JSON", str(e)) from e
     if not isinstance(obj, dict):
         raise RewriteParseError("invalid JSON", "not an object")
     keys = {re.sub(r"[ _-]", "", str(k)).lower(): v for k, v in obj.items()}
@@ -185,6 +186,13 @@ def _clean(text):
         if len(text) >= 2 and text[0] in _QUOTES and text[-1] == _QUOTES[text[0]]:
             text, changed = normalise_space(text[1:-1]), True
     return text
+
+
+def _missing(reason, finished, max_new_tokens, what):
+    """``reason`` for a finished answer; for one cut at the token limit, ``truncated`` saying where."""
+    if finished:
+        return RewriteParseError(reason)
+    return RewriteParseError("truncated", _limit(max_new_tokens, what))
 
 
 def _limit(max_new_tokens, what):
