@@ -183,14 +183,17 @@ def test_auto_batch_size_fits_the_gpu():
     """``fve_rewrite_batch_size: auto`` from the card's memory, the weights and the KV cache per sequence."""
     import torch
 
-    from recbole_reveal.fve.generation import auto_batch_size
+    from recbole_reveal.fve.generation import auto_batch_size, batch_for_memory
     from recbole_reveal.fve.synthetic_vlms import REAL_SHAPES
 
     seven_b = dict(REAL_SHAPES["7b"]["text"])
     assert auto_batch_size(seven_b, 16.6e9, "cpu", 192) == 4
-    if not torch.cuda.is_available():
-        with pytest.raises((RuntimeError, AssertionError, AttributeError)):
-            auto_batch_size(seven_b, 16.6e9, "cuda", 192)
+    gib = 2 ** 30
+    assert [batch_for_memory(m * gib, seven_b, 16.6e9, 192) for m in (24, 40, 80, 141)] == [16, 32, 32, 32]
+    assert batch_for_memory(17.5 * gib, seven_b, 16.6e9, 192) == 1        # barely fits the weights
+    assert batch_for_memory(24 * gib, seven_b, 16.6e9 / 4, 192) == 32     # 4-bit weights leave room
+    if torch.cuda.is_available():
+        assert 1 <= auto_batch_size(seven_b, 16.6e9, "cuda", 192) <= 32
 
 
 def tiny_generator(vlm, batch_size=2, max_new_tokens=12):

@@ -72,3 +72,28 @@ def test_process_count_settings():
             resolve_num_processes(2, "cuda")
     with pytest.raises(ConfigError, match="fve_num_processes"):
         fve_settings({"fve_num_processes": 0})
+
+
+def test_two_processes_answer_the_critic_as_one_does(settings, tmp_path):
+    """The critic's fixed batches dealt to two worker processes: the same records as one process gives,
+    each worker's answers in its own file of the answer log."""
+    from recbole_reveal.fve.critic import CriticRequest, run_critic
+    from recbole_reveal.fve.generation import TransformersGenerator
+    from recbole_reveal.fve.parallel import ParallelGenerator
+    from recbole_reveal.fve.prompts import load_templates
+    from recbole_reveal.fve.vlm import load_vlm
+
+    settings = dict(settings, fve_rewrite_batch_size=2, fve_rewrite_max_new_tokens=6)
+    images = [os.path.join(DEMO, "images", f"i000{k}.png") for k in range(4)] + [os.path.join(DEMO, "gone.png")]
+    requests = [CriticRequest(f"i{k}", path, f"An item image of thing {k}.", "pos", "fb")
+                for k, path in enumerate(images)]
+    single = TransformersGenerator.from_settings(settings, load_vlm(settings["vlm_path"], device="cpu"))
+    expected, _ = run_critic(single, requests, load_templates())
+    parallel = ParallelGenerator(settings, 2)
+    assert parallel.identity() == single.identity()
+    records, counts = run_critic(parallel, requests, load_templates(), answers_dir=str(tmp_path / "answers"))
+    assert records == expected and counts["fallback: no usable image"] == 1
+    rank_files = sorted(f for f in os.listdir(tmp_path / "answers") if f.endswith(".jsonl"))
+    assert rank_files == ["answers_rank0.jsonl", "answers_rank1.jsonl"]
+    lines = [open(tmp_path / "answers" / f).read().count("\n") for f in rank_files]
+    assert lines == [3, 2]                       # batches 0 and 2 (items 0, 1, 4), batch 1 (items 2, 3)

@@ -147,3 +147,47 @@ def test_random_model_in_bf16_encodes():
     vectors = enc.embed([image, image], ["a red mug with dots", "a plain blue tent"])
     assert vectors.dtype == np.float32 and abs(float(np.linalg.norm(vectors[0])) - 1) < 1e-5
     assert enc.settings()["dtype"] == "bfloat16"
+
+
+def test_gpu_only_load_options_fail_clearly_without_a_gpu(tiny_folder):
+    """flash_attention_2 and 4/8-bit weights are CUDA features: on the CPU a ConfigError says so (and
+    what to install) before anything loads; sdpa / eager / auto load."""
+    from recbole_reveal.errors import ConfigError
+
+    for kwargs, match in (({"attn_implementation": "flash_attention_2"}, "flash_attention_2 runs on CUDA only"),
+                          ({"quantization": "4bit"}, "4bit \\(bitsandbytes\\) runs on CUDA only"),
+                          ({"quantization": "8bit"}, "8bit \\(bitsandbytes\\) runs on CUDA only"),
+                          ({"quantization": "nf4"}, "fve_quantization must be one of 4bit, 8bit"),
+                          ({"attn_implementation": "flash"}, "fve_attn_implementation must be one of")):
+        with pytest.raises(ConfigError, match=match):
+            load_vlm(tiny_folder, device="cpu", **kwargs)
+    for attn, expected in (("sdpa", "sdpa"), ("eager", "eager"), ("auto", "sdpa")):
+        vlm = load_vlm(tiny_folder, device="cpu", attn_implementation=attn)
+        assert vlm.model.config._attn_implementation == expected
+        assert vlm.describe()["vlm_attn_implementation"] == expected and "vlm_quantization" not in vlm.describe()
+
+
+def test_cuda_requested_without_a_gpu_is_a_clear_error(tiny_folder):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from recbole_reveal.fve.generation import auto_batch_size
+
+    from recbole_reveal.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        load_vlm(tiny_folder, device="cuda")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        auto_batch_size({"num_attention_heads": 4, "hidden_size": 64, "num_hidden_layers": 2}, 0, "cuda", 8)
+
+
+def test_synthetic_models_live_outside_the_production_module():
+    import recbole_reveal.fve as fve
+    import recbole_reveal.fve.synthetic_vlms as synthetic
+    import recbole_reveal.fve.vlm as vlm_module
+
+    for name in ("build_tiny_qwen2_5_vl", "build_scripted_qwen2_5_vl", "random_qwen2_5_vl", "real_shape_config"):
+        assert name not in vars(vlm_module)                 # not defined in the loader module
+        assert getattr(vlm_module, name) is getattr(synthetic, name)     # old imports keep working
+    assert fve.build_tiny_qwen2_5_vl is synthetic.build_tiny_qwen2_5_vl
+    with pytest.raises(AttributeError):
+        vlm_module.no_such_builder

@@ -171,19 +171,25 @@ def fixed_batches(items, batch_size):
 
 
 def auto_batch_size(text_config, weights_bytes, device, max_new_tokens):
-    """``fve_rewrite_batch_size: auto``: 4 on the CPU; on a GPU, as many sequences (of about
-    :data:`PROMPT_TOKENS_ESTIMATE` + ``max_new_tokens`` tokens) as fit, at 4x their key/value cache for
-    activations, into 90 % of the card's memory less the weights: capped at 32, rounded down to a power
-    of two (a 24 GB card with the 7B model: 16; 40 GB or more: 32)."""
-    device = torch.device(device)
+    """``fve_rewrite_batch_size: auto``: 4 on the CPU; on a GPU, :func:`batch_for_memory` of its memory."""
+    from recbole_reveal.fve.vlm import resolve_device
+
+    device = resolve_device(device)
     if device.type != "cuda":
         return CPU_BATCH
     total = torch.cuda.get_device_properties(device).total_memory
+    return batch_for_memory(total, text_config, weights_bytes, max_new_tokens)
+
+
+def batch_for_memory(total_bytes, text_config, weights_bytes, max_new_tokens):
+    """As many sequences (of about :data:`PROMPT_TOKENS_ESTIMATE` + ``max_new_tokens`` tokens) as fit, at
+    4x their bf16 key/value cache for activations, into 90 % of ``total_bytes`` less the weights: capped
+    at 32, rounded down to a power of two (the 7B model: 16 on a 24 GB card, 32 from 40 GB)."""
     heads = text_config["num_attention_heads"]
     head_dim = text_config.get("head_dim") or text_config["hidden_size"] // heads
     kv_per_token = 2 * text_config["num_hidden_layers"] * text_config.get("num_key_value_heads", heads) * head_dim * 2
     per_sequence = 4 * kv_per_token * (PROMPT_TOKENS_ESTIMATE + max_new_tokens)
-    fit = int((0.9 * total - weights_bytes) // per_sequence)
+    fit = int((0.9 * total_bytes - weights_bytes) // per_sequence)
     batch = 1
     while batch * 2 <= min(fit, MAX_AUTO_BATCH):
         batch *= 2

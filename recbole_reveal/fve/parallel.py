@@ -98,7 +98,8 @@ def launch_workers(work_dir, job, num_processes):
         if not errors:
             with open(log_path, encoding="utf-8") as f:
                 errors.append("".join(f.readlines()[-30:]))
-        raise RuntimeError(f"FVE data-parallel {job['kind']} failed (exit {code}); full worker log: {log_path}\n"
+        what = {"encode": "encoding", "critic": "critic generation"}[job["kind"]]
+        raise RuntimeError(f"FVE data-parallel {what} failed (exit {code}); full worker log: {log_path}\n"
                            + "\n".join(errors))
 
 
@@ -128,6 +129,8 @@ class ParallelGenerator:
         return self._identity
 
     def generate(self, items, done, log, keys):
+        if log.folder is None:
+            raise ValueError("the data-parallel critic needs an answer-log folder (run_critic's answers_dir)")
         work_dir = os.path.join(log.folder, "workers")
         logger.info("FVE critic: %d items with %d processes (%s)", len(items) - len(done), self.num_processes,
                     self.settings["fve_device"])

@@ -235,9 +235,16 @@ def build_processor(path, model_type=None):
 
 
 def resolve_device(device="auto"):
+    """``auto`` = cuda when available, else cpu; a CUDA device that is not there is a ConfigError."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device} requested (fve_device / --device) but CUDA is not available: this torch "
+                          f"({torch.__version__}) is a CPU build or no GPU is visible; use cpu, or run on a GPU machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+    return device
 
 
 def resolve_dtype(dtype, device):
