@@ -258,3 +258,13 @@ def real_shape_config(shape):
     if shape not in REAL_SHAPES:
         raise ValueError(f"shape must be one of {sorted(REAL_SHAPES)}, got {shape!r}")
     return _qwen2_5_vl_config(build_scratch_tokenizer(), REAL_SHAPES[shape]["text"], REAL_SHAPES[shape]["vision"])
+
+
+def write_random_qwen2_5_vl(shape, folder, device="cuda", dtype="auto", seed=0):
+    """:func:`random_qwen2_5_vl` saved as an ordinary checkpoint folder (weights in the compute dtype:
+    about 16.6 GB for ``7b``), so a benchmark loads it through :func:`~recbole_reveal.fve.vlm.load_vlm`
+    with every load option a real checkpoint has (attention kernel, 4/8-bit weights)."""
+    vlm = random_qwen2_5_vl(shape, device=device, dtype=dtype, seed=seed)
+    _save_folder(folder, vlm.model, vlm.tokenizer, vlm.image_processor, QWEN2_5_VL_CHAT_TEMPLATE)
+    del vlm
+    return folder
