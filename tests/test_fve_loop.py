@@ -475,3 +475,24 @@ def test_a_critic_killed_mid_stage_resumes_with_identical_artefacts(endpoint_run
     for name in ("prompts_cycle_1.jsonl", "critic_cycle_0.jsonl", "cycle_0.npy", "cycle_1.npy",
                  "run/cycle_0/feedback.json", "run/cycle_1/feedback.json"):
         assert filecmp.cmp(os.path.join(ref_dir, "fve", name), os.path.join(fdir, "fve", name), shallow=False), name
+
+
+def test_min_acceptance_stops_the_run_and_keeps_the_answers(full_run, tmp_path):
+    """The random VLM's rewrites are never accepted: with fve_min_acceptance the critic stops the run
+    unrecorded, its answers logged; a rerun with a lower threshold continues without generating again."""
+    from recbole_reveal.fve.critic import LowAcceptance
+
+    cfg_a, _, _ = full_run
+    fdir = str(tmp_path / "features_accept")
+    shutil.copytree(cfg_a["feature_dir"], fdir)
+    cfg = dict(cfg_a, feature_dir=fdir, fve_cycles=3, fve_stop_after="cycle_1/critic")
+    with pytest.raises(LowAcceptance, match=r"0 of 6 rewrites accepted \(0%\).*fve_min_acceptance is 0.5"):
+        run_fve("M3SRec_REVEAL", NAME, config_dict=dict(cfg, fve_min_acceptance=0.5))
+    stages = json.load(open(os.path.join(fdir, "fve", "run", "stages.json")))["stages"]
+    assert "cycle_1/critic" not in stages and not os.path.exists(os.path.join(fdir, "fve", "prompts_cycle_2.jsonl"))
+    answers = os.path.join(fdir, "fve", "run", "cycle_1", "critic_answers", "answers.jsonl")
+    logged = open(answers).read()
+    assert logged.count("\n") == 6
+    out = run_fve("M3SRec_REVEAL", NAME, config_dict=cfg)
+    assert out["executed"] == ["cycle_1/critic"] and open(answers).read() == logged     # nothing generated again
+    assert out["table"][1]["acceptance"] == {"accepted": 0, "answered": 6, "rate": 0.0}

@@ -7,17 +7,19 @@ from dataclasses import dataclass, field
 
 from recbole_reveal.cost import CostMeter
 from recbole_reveal.errors import ConfigError
+from recbole_reveal.fve.config import build_fve_encoder, fve_settings
+from recbole_reveal.fve.critic import critic_settings
+from recbole_reveal.fve.feedback import feedback_settings
+from recbole_reveal.fve.generation import build_generator, generation_settings
+from recbole_reveal.fve.prompts import read_items
+from recbole_reveal.fve.vlm import ATTN_IMPLEMENTATIONS, QUANTIZATIONS
+from recbole_reveal.config import build_config
+from recbole_reveal.training import prepare_run
 
 
 def run_settings(config):
     """Every ``fve_*`` key of ``config`` with its default, validated: the encoder's (``fve_settings``),
     the feedback's, the critic's and the generation backend's."""
-    from recbole_reveal.fve.config import fve_settings
-    from recbole_reveal.fve.critic import critic_settings
-    from recbole_reveal.fve.feedback import feedback_settings
-    from recbole_reveal.fve.generation import generation_settings
-    from recbole_reveal.fve.vlm import ATTN_IMPLEMENTATIONS, QUANTIZATIONS
-
     settings = fve_settings(config)
     settings.update(feedback_settings(config))
     settings.update(critic_settings(config))
@@ -45,8 +47,6 @@ class FVEContext:
 
     @classmethod
     def build(cls, model, dataset, config_file_list=None, config_dict=None, cmd_args=()):
-        from recbole_reveal.config import build_config
-
         config_dict = dict(config_dict or {})
         config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
         settings = run_settings(config)
@@ -88,8 +88,6 @@ class FVEContext:
     # ---- shared resources, loaded on first use -----------------------------------------------
     @property
     def items(self):
-        from recbole_reveal.fve.prompts import read_items
-
         if self._items is None:
             self._items = read_items(os.path.join(self.dataset_dir, f"{self.config['dataset']}.item"))
         return self._items
@@ -98,8 +96,6 @@ class FVEContext:
     def encoder(self):
         """The VLM is loaded once per call, on first use (never for a finished run), and shared by the
         encoder and the transformers critic."""
-        from recbole_reveal.fve.config import build_fve_encoder
-
         if self._encoder is None:
             self._encoder = build_fve_encoder(self.settings)
         return self._encoder
@@ -108,15 +104,11 @@ class FVEContext:
     def generator(self):
         """The critic's generation backend (``fve_generation_backend``); the transformers one shares the
         encoder's VLM."""
-        from recbole_reveal.fve.generation import build_generator
-
         if self._generator is None:
             self._generator = build_generator(self.settings, lambda: self.encoder.vlm)
         return self._generator
 
     def prepare_training(self, overrides):
         """Config, loaders, model and trainer of a backbone run with ``overrides`` on the run's config."""
-        from recbole_reveal.training import prepare_run
-
         return prepare_run(self.model, self.dataset, self.config_file_list, dict(self.config_dict, **overrides),
                            self.cmd_args)

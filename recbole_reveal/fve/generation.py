@@ -27,6 +27,7 @@ import torch
 
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.images import decode_image
+from recbole_reveal.fve.vlm import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +173,6 @@ def fixed_batches(items, batch_size):
 
 def auto_batch_size(text_config, weights_bytes, device, max_new_tokens):
     """``fve_rewrite_batch_size: auto``: 4 on the CPU; on a GPU, :func:`batch_for_memory` of its memory."""
-    from recbole_reveal.fve.vlm import resolve_device
-
     device = resolve_device(device)
     if device.type != "cuda":
         return CPU_BATCH
@@ -201,8 +200,6 @@ def resolve_batch_size(settings, device=None):
     value = settings["fve_rewrite_batch_size"]
     if value != "auto":
         return int(value)
-    from recbole_reveal.fve.vlm import resolve_device
-
     path = settings["vlm_path"]
     with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
