@@ -38,7 +38,7 @@ from recbole_reveal.fve.critic import CriticRequest, run_critic  # noqa: E402
 from recbole_reveal.fve.endpoint import EndpointGenerator  # noqa: E402
 from recbole_reveal.fve.generation import TransformersGenerator  # noqa: E402
 from recbole_reveal.fve.prompts import build_initial_prompts, load_templates, read_items  # noqa: E402
-from recbole_reveal.fve.synthetic_vlms import build_tiny_qwen2_5_vl  # noqa: E402
+from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl  # noqa: E402
 from recbole_reveal.fve.vlm import load_vlm  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

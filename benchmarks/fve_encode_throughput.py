@@ -45,7 +45,7 @@ from recbole_reveal.errors import ConfigError  # noqa: E402
 from recbole_reveal.fve.cache import EmbeddingCache, VisionFeatureCache  # noqa: E402
 from recbole_reveal.fve.encoder import FVEEncoder, ItemRequest  # noqa: E402
 from recbole_reveal.fve.prompts import build_initial_prompts  # noqa: E402
-from recbole_reveal.fve.synthetic_vlms import build_tiny_qwen2_5_vl, write_random_qwen2_5_vl  # noqa: E402
+from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl, write_random_qwen2_5_vl  # noqa: E402
 from recbole_reveal.fve.vlm import load_vlm, resolve_device, resolve_dtype  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

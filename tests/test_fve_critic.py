@@ -15,7 +15,7 @@ from recbole_reveal.fve.critic import (
 from recbole_reveal.fve.generation import TransformersGenerator
 from recbole_reveal.fve.rewrite_parser import RewriteParseError, parse_rewrite
 from recbole_reveal.fve.prompts import load_templates, read_prompts, write_prompts
-from recbole_reveal.fve.synthetic_vlms import build_tiny_qwen2_5_vl
+from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 from recbole_reveal.fve.vlm import load_vlm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -184,7 +184,7 @@ def test_auto_batch_size_fits_the_gpu():
     import torch
 
     from recbole_reveal.fve.generation import auto_batch_size, batch_for_memory
-    from recbole_reveal.fve.synthetic_vlms import REAL_SHAPES
+    from recbole_reveal.testing.vlms import REAL_SHAPES
 
     seven_b = dict(REAL_SHAPES["7b"]["text"])
     assert auto_batch_size(seven_b, 16.6e9, "cpu", 192) == 4

@@ -14,7 +14,7 @@ from PIL import Image
 
 from recbole_reveal.fve.cache import VisionFeatureCache
 from recbole_reveal.fve.encoder import POOLINGS, FVEEncoder, ItemRequest
-from recbole_reveal.fve.synthetic_vlms import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl
+from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl
 from recbole_reveal.fve.vlm import load_vlm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -20,7 +20,7 @@ from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.critic import read_critic_log
 from recbole_reveal.fve.loop import run_fve, stage_names
 from recbole_reveal.fve.prompts import read_prompts
-from recbole_reveal.fve.synthetic_vlms import build_scripted_qwen2_5_vl, build_tiny_qwen2_5_vl
+from recbole_reveal.testing.vlms import build_scripted_qwen2_5_vl, build_tiny_qwen2_5_vl
 
 N_ITEMS = 24
 NAME = "fveloop"

@@ -13,7 +13,7 @@ from recbole_reveal.fve.config import build_fve_encoder, fve_settings
 from recbole_reveal.fve.encoder import ItemRequest, item_requests
 from recbole_reveal.fve.parallel import encode_data_parallel, resolve_num_processes
 from recbole_reveal.fve.prompts import build_initial_prompts, read_items
-from recbole_reveal.fve.synthetic_vlms import build_tiny_qwen2_5_vl
+from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "dataset_atomic", "synthetic-demo")

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from recbole_reveal.errors import RevealUserError
-from recbole_reveal.fve.synthetic_vlms import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl
+from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl
 from recbole_reveal.fve.vlm import VLMUnavailable, check_vlm_folder, load_vlm, vlm_model_id
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,7 +127,7 @@ def test_benchmark_shapes_match_the_released_checkpoints(shape, billions):
     """The random-weight benchmark models have the published parameter counts (meta device: no memory)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from recbole_reveal.fve.synthetic_vlms import real_shape_config
+    from recbole_reveal.testing.vlms import real_shape_config
 
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration(real_shape_config(shape))
@@ -138,7 +138,7 @@ def test_benchmark_shapes_match_the_released_checkpoints(shape, billions):
 def test_random_model_in_bf16_encodes():
     """The GPU code path's dtype handling (weights built in bf16, pooling in fp32), on CPU."""
     from recbole_reveal.fve.encoder import FVEEncoder
-    from recbole_reveal.fve.synthetic_vlms import random_qwen2_5_vl
+    from recbole_reveal.testing.vlms import random_qwen2_5_vl
 
     vlm = random_qwen2_5_vl("tiny", device="cpu", dtype="bf16")
     assert {p.dtype for p in vlm.model.parameters()} == {torch.bfloat16}
@@ -182,7 +182,7 @@ def test_cuda_requested_without_a_gpu_is_a_clear_error(tiny_folder):
 
 def test_synthetic_models_live_outside_the_production_module():
     import recbole_reveal.fve as fve
-    import recbole_reveal.fve.synthetic_vlms as synthetic
+    import recbole_reveal.testing.vlms as synthetic
     import recbole_reveal.fve.vlm as vlm_module
 
     for name in ("build_tiny_qwen2_5_vl", "build_scripted_qwen2_5_vl", "random_qwen2_5_vl", "real_shape_config"):

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from recbole_reveal.errors import ConfigError
-from recbole_reveal.fve.chat_turn import POOLINGS, ChatTurn
+from recbole_reveal.fve.chat import POOLINGS, ChatTurn
 
 DEFAULT_POOLING = "last_token"
 PANEL_PX, TITLE_PX, PAD_PX, DPI = 384, 72, 3, 100

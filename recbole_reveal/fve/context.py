@@ -5,6 +5,7 @@ critic's generation backend), so a finished run loads none of them."""
 import os
 from dataclasses import dataclass, field
 
+from recbole_reveal.config import build_config
 from recbole_reveal.cost import CostMeter
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.config import build_fve_encoder, fve_settings
@@ -13,7 +14,6 @@ from recbole_reveal.fve.feedback import feedback_settings
 from recbole_reveal.fve.generation import build_generator, generation_settings
 from recbole_reveal.fve.prompts import read_items
 from recbole_reveal.fve.vlm import ATTN_IMPLEMENTATIONS, QUANTIZATIONS
-from recbole_reveal.config import build_config
 from recbole_reveal.training import prepare_run
 
 

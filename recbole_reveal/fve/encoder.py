@@ -5,7 +5,7 @@ language model runs on it, the hidden states of one layer (``fve_layer``, defaul
 mean-pooled over the positions chosen by ``fve_pooling``, and the vector is L2-normalised.
 
 The user turn's layout (prompt and image order, the pooled positions, ``fve_pooling``) and the
-image preprocessing are :class:`~recbole_reveal.fve.chat_turn.ChatTurn`'s job; this module runs the
+image preprocessing are :class:`~recbole_reveal.fve.chat.ChatTurn`'s job; this module runs the
 turns through the model in batches and keeps the caches.
 
 Efficiency: the vision tower's output depends on the image and the pixel budget only, so it is
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from recbole_reveal.fve.cache import VisionFeatureCache, VisionFeatures, embedding_key, sha256_bytes
-from recbole_reveal.fve.chat_turn import DEFAULT_POOLING, POOLINGS, ChatTurn
+from recbole_reveal.fve.chat import DEFAULT_POOLING, POOLINGS, ChatTurn
 from recbole_reveal.fve.images import decode_image, read_image_bytes
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@
   the video processor, which imports torchvision, and torchvision does not import beside torch
   2.13. FVE only ever feeds still images.
 * Tiny random, scripted and real-shape random models for tests and benchmarks live in
-  :mod:`recbole_reveal.fve.synthetic_vlms` (their old names here still resolve, on first use).
+  :mod:`recbole_reveal.testing.vlms` (their old names here still resolve, on first use).
 """
 
 import hashlib
@@ -342,10 +342,10 @@ _MOVED_TO_SYNTHETIC = ("build_tiny_qwen2_5_vl", "build_tiny_qwen3_vl", "build_sc
 
 
 def __getattr__(name):
-    """The test/benchmark model builders moved to :mod:`recbole_reveal.fve.synthetic_vlms`; imports of
+    """The test/benchmark model builders moved to :mod:`recbole_reveal.testing.vlms`; imports of
     their old names from here keep working without this module loading them."""
     if name in _MOVED_TO_SYNTHETIC:
-        from recbole_reveal.fve import synthetic_vlms
+        from recbole_reveal.testing import vlms as synthetic_vlms
 
         return getattr(synthetic_vlms, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""Random and scripted Qwen-VL models for tests, benchmarks and demos (never for real runs).
+"""Random and scripted Qwen-VL models for tests, benchmarks and demos (never for real runs). Light:
+torch and transformers are imported by the builders, not by this module.
 
 * :func:`build_tiny_qwen2_5_vl` / :func:`build_tiny_qwen3_vl` write a randomly initialised model of
   the real classes (plus a small byte-level BPE tokenizer with the real Qwen special tokens, the
@@ -14,12 +15,6 @@
 
 import json
 import os
-
-import torch
-
-from recbole_reveal.fve.vlm import (
-    QWEN_SPECIAL_TOKENS, LoadedVLM, _transformers_class, image_only_processor_class, resolve_device, resolve_dtype,
-)
 # The chat template Qwen2-VL / Qwen2.5-VL Instruct checkpoints ship (chat_template.json): a default
 # system turn, images as <|vision_start|><|image_pad|><|vision_end|> in message order.
 QWEN2_5_VL_CHAT_TEMPLATE = (
@@ -77,6 +72,7 @@ def build_scratch_tokenizer(vocab_size=600):
     Same pre-tokenisation (Qwen's split regex + byte level) and the same special-token strings as the
     real tokenizer; ids differ (the model config is built from this tokenizer's ids). Deterministic.
     """
+    from recbole_reveal.fve.vlm import QWEN_SPECIAL_TOKENS
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -97,6 +93,8 @@ def build_scratch_tokenizer(vocab_size=600):
 
 
 def _special_ids(tokenizer):
+    from recbole_reveal.fve.vlm import QWEN_SPECIAL_TOKENS
+
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     return dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
                 vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"]), ids
@@ -135,6 +133,7 @@ def _save_folder(folder, model, tokenizer, image_processor, chat_template):
 def build_tiny_qwen2_5_vl(folder, seed=0):
     """Write a tiny randomly initialised Qwen2.5-VL (~0.2 M parameters: text hidden 64, 2 layers;
     vision depth 2, hidden 32) with the real classes as a local folder; returns ``folder``."""
+    import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -160,6 +159,7 @@ def build_scripted_qwen2_5_vl(folder, answer_pieces, seed=0):
     after the random layers) and the next token's output row reads that coordinate. Everything else stays
     random, so the hidden states at the image positions still depend on the prompt (what FVE encodes).
     """
+    import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -194,6 +194,7 @@ def build_scripted_qwen2_5_vl(folder, answer_pieces, seed=0):
 def build_tiny_qwen3_vl(folder, seed=0):
     """As :func:`build_tiny_qwen2_5_vl` for Qwen3-VL (patch 16, DeepStack features at both vision
     layers), to exercise the second supported family."""
+    import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -227,8 +228,13 @@ def random_qwen2_5_vl(shape, device="cuda", dtype="auto", seed=0, attn_implement
     scratch tokenizer splits prompts into somewhat more tokens than Qwen's 151 k vocabulary, so the
     measured cost is slightly pessimistic.
     """
+    import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from recbole_reveal.fve.vlm import (
+        LoadedVLM, _transformers_class, image_only_processor_class, resolve_device, resolve_dtype,
+    )
 
     shapes = dict(REAL_SHAPES, tiny=dict(text=TINY_TEXT, vision=TINY_VISION))
     if shape not in shapes:
