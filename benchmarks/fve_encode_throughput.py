@@ -74,7 +74,7 @@ def sync(device):
 
 
 def timed(label, fn, device, n):
-    """Run ``fn`` and print its items/s and peak memory; returns ``(result, items/s)``."""
+    """Run ``fn`` and print its items/s and peak memory; returns ``(result, items/s, peak memory text)``."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
@@ -85,7 +85,7 @@ def timed(label, fn, device, n):
     mem = (f"GPU peak {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if device.type == "cuda"
            else f"peak RSS {peak_rss_mb():.0f} MB")
     print(f"{label:<13} {n:>6} items  {seconds:8.2f} s  {n / seconds:9.1f} items/s  {mem}")
-    return result, n / seconds
+    return result, n / seconds, mem
 
 
 def flops_per_item(vlm, n_tokens, n_patches):
@@ -138,16 +138,15 @@ def run_variant(a, folder, label, attn, quantization, items, warm, tmp):
           f"threads; {torch.get_num_threads()} torch threads; {a.items} items per phase")
     cache = EmbeddingCache(os.path.join(tmp, f"cache-{attn}-{quantization}"))
     rates = {}
-    cold, rates["cold"] = timed("cold", lambda: enc.encode_items(items, cache), vlm.device, len(items))
+    cold, rates["cold"], rates["memory"] = timed("cold", lambda: enc.encode_items(items, cache), vlm.device,
+                                                 len(items))
     changed = [ItemRequest(r.token, r.image_path, r.prompt + " Focus on colour and pattern.") for r in items]
-    _, rates["new prompts"] = timed("new prompts", lambda: enc.encode_items(changed), vlm.device, len(items))
-    rerun, rates["cached"] = timed("cached", lambda: enc.encode_items(items, cache), vlm.device, len(items))
+    _, rates["new prompts"], _ = timed("new prompts", lambda: enc.encode_items(changed), vlm.device, len(items))
+    rerun, rates["cached"], _ = timed("cached", lambda: enc.encode_items(items, cache), vlm.device, len(items))
     assert len(rerun.cached) == len(items) and len(cold.encoded) == len(items)
     tflop = flops_per_item(vlm, n_tokens, n_patches) / 1e12
     print(f"compute: ~{tflop * 1e3:.2f} GFLOP per item (2 x params x tokens, LM + vision)")
-    rates["memory"] = (f"{torch.cuda.max_memory_allocated(vlm.device) / 2**30:.2f} GiB GPU"
-                       if vlm.device.type == "cuda" else f"{peak_rss_mb():.0f} MB RSS")
-    del enc, vlm
+    enc = vlm = None                 # free the model before the next variant loads
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return rates
@@ -191,7 +190,7 @@ def main(argv=None):
             except ConfigError as e:        # e.g. flash-attn or bitsandbytes not installed, or the CPU
                 print(f"\n{name}: skipped: {e}")
                 results[name] = None
-    print(f"\n{'variant':<24} {'cold items/s':>13} {'new prompts':>12} {'cached':>10}  peak memory")
+    print(f"\n{'variant':<24} {'cold items/s':>13} {'new prompts':>12} {'cached':>10}  peak memory (cold)")
     base = next((r for r in results.values() if r), None)
     for name, r in results.items():
         if r is None:

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from recbole_reveal.errors import ConfigError, RevealUserError
 from recbole_reveal.fve.generation import AnswerLog, GenerationItem, item_key
 from recbole_reveal.fve.prompts import render, write_jsonl
-from recbole_reveal.fve.rewrite_parser import RewriteParseError, normalise_space, parse_rewrite  # noqa: F401
+from recbole_reveal.fve.rewrite_parser import RewriteParseError, parse_rewrite
 from recbole_reveal.fve.vlm import QWEN_SPECIAL_TOKENS
 from recbole_reveal.locations import fve_defaults
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from recbole_reveal.fve.cache import VisionFeatureCache, VisionFeatures, embedding_key, sha256_bytes
-from recbole_reveal.fve.chat import DEFAULT_POOLING, POOLINGS, ChatTurn
+from recbole_reveal.fve.chat import DEFAULT_POOLING, POOLINGS, ChatTurn  # noqa: F401 (POOLINGS: public here)
 from recbole_reveal.fve.images import decode_image, read_image_bytes
 
 logger = logging.getLogger(__name__)
