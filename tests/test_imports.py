@@ -24,6 +24,8 @@ LIGHT = [
     "recbole_reveal.fve",
     "recbole_reveal.fve.config",
     "recbole_reveal.fve.prompts",
+    "recbole_reveal.fve.images",
+    "recbole_reveal.testing.vlms",
     "recbole_reveal.commands.run_recbole_reveal",
     "recbole_reveal.commands.run_hyper",
     "recbole_reveal.experiments.cli",
