@@ -230,7 +230,7 @@ def main(argv=None):
         if a.carry:
             carry_killed(workdir, target, os.path.abspath(a.carry))
     print(f"mutating {target} in {workdir}\ntests: {' '.join(selection)}", flush=True)
-    run = subprocess.run(["nice", "-n", "10", mutmut_binary(), "run", "--max-children", str(a.max_children)],
+    run = subprocess.run(["nice", "-n", "5", mutmut_binary(), "run", "--max-children", str(a.max_children)],
                          cwd=workdir, env=env)
     if run.returncode:
         return run.returncode

@@ -29,16 +29,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "fvewiring"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # -- feedback on the validation users ------------------------------------------------------------
 def leave_one_out_targets(inter_path):
     """``{user token: (validation target, test target)}``: each user's second-to-last and last item
