@@ -94,25 +94,43 @@ PIECES = ["ANALYSIS:", " The handle is hidden.\n", "NEW_PROMPT:", " A red mug", 
 
 
 @pytest.fixture(scope="module")
-def scripted_vlm(tmp_path_factory):
-    return load_vlm(build_scripted_qwen2_5_vl(str(tmp_path_factory.mktemp("vlm") / "scripted"), PIECES),
-                    device="cpu")
+def scripted_folder(tmp_path_factory):
+    return build_scripted_qwen2_5_vl(str(tmp_path_factory.mktemp("vlm") / "scripted"), PIECES)
+
+
+@pytest.fixture(scope="module")
+def scripted_vlm(scripted_folder):
+    return load_vlm(scripted_folder, device="cpu")
+
+
+def _mug_request():
+    image = os.path.join(REPO, "dataset_atomic", "synthetic-demo", "images", "i0001.png")
+    return [CriticRequest("i1", image, "An item image of a mug.", "pos", "It was ranked 30th.")]
 
 
 def test_an_answer_cut_by_the_token_limit_is_never_accepted(scripted_vlm):
-    image = os.path.join(REPO, "dataset_atomic", "synthetic-demo", "images", "i0001.png")
-    requests = [CriticRequest("i1", image, "An item image of a mug.", "pos", "It was ranked 30th.")]
+    requests = _mug_request()
     templates = load_templates()
     # the whole answer and its end of turn: accepted
     done, counts = run_critic(scripted_vlm, requests, templates, max_new_tokens=len(PIECES) + 1,
                               max_pixels=112 * 112)
-    assert counts["accepted"] == 1 and done[0].new_prompt == NEW_PROMPT
+    assert counts["accepted"] == counts["changed"] == 1 and done[0].new_prompt == NEW_PROMPT
     # cut inside the new prompt: what came out still parses ("A red mug"), and must not be used
     cut, counts = run_critic(scripted_vlm, requests, templates, max_new_tokens=len(PIECES) - 1,
                              max_pixels=112 * 112)
     assert cut[0].raw_answer.endswith("NEW_PROMPT: A red mug")
     assert cut[0].fallback.startswith("truncated") and cut[0].new_prompt == requests[0].prompt
     assert counts["fallback: truncated"] == 1 and counts.get("accepted", 0) == 0
+
+
+def test_special_tokens_of_the_vlms_own_tokenizer_are_refused(scripted_folder):
+    """Not only Qwen's chat tokens: any special token of the loaded tokenizer in an answer means the
+    answer is not plain text."""
+    vlm = load_vlm(scripted_folder, device="cpu")
+    vlm.tokenizer.add_special_tokens({"additional_special_tokens": [PIECES[-1]]}, replace_extra_special_tokens=False)
+    records, counts = run_critic(vlm, _mug_request(), load_templates(), max_new_tokens=len(PIECES) + 1,
+                                 max_pixels=112 * 112)
+    assert records[0].fallback.startswith("special tokens") and counts["fallback: special tokens"] == 1
 
 
 # -- the review hold-out -------------------------------------------------------------------------

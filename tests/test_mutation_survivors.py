@@ -1,0 +1,42 @@
+"""Behaviour that mutation testing (scripts/mutation.py, docs/testing.md) showed no test pinned."""
+
+import os
+
+import numpy as np
+
+from recbole_reveal.fve.critic import build_requests, feedback_summary
+from recbole_reveal.fve.feedback import Rankings, item_record, item_statistics
+from recbole_reveal.fve.prompts import read_items
+
+DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dataset_atomic", "synthetic-demo")
+
+
+def test_item_record_keeps_counts_whole_and_rates_exact():
+    """The critic's feedback text and the saved records read these: counts as integers, rates and
+    mean ranks to 6 decimals (not rounded to whole numbers)."""
+    # item 1 is the target of three rows, ranked 1st, 3rd and 4th
+    r = Rankings(users=np.arange(3), targets=np.array([1, 1, 1]), target_rank=np.array([1, 3, 4]),
+                 top=np.array([[1, 2, 3, 4], [2, 3, 1, 4], [2, 3, 4, 1]]), n_items=5)
+    rec = item_record(item_statistics(r, feedback_k=(1, 3), exposure_k=4), 1)
+    assert rec["target_count"] == 3 and type(rec["target_count"]) is int and type(rec["exposure"]) is int
+    assert rec["mean_rank"] == round(8 / 3, 6) and rec["top_k1_rate"] == round(1 / 3, 6)
+    assert rec["top_k2_rate"] == round(2 / 3, 6)
+
+
+def test_feedback_text_names_examples_only_when_there_are_some():
+    stat = {"target_count": 2, "mean_rank": 7.5, "top_k1_rate": 0.0, "top_k2_rate": 0.5}
+    assert "instead" not in feedback_summary("pos", stat, [], str)
+    assert feedback_summary("pos", stat, [4], lambda i: f"item {i}").endswith("instead: item 4.")
+
+
+def test_requests_show_as_many_examples_as_asked():
+    items = read_items(os.path.join(DEMO, "synthetic-demo.item"))[:5]
+    tokens = ["[PAD]"] + [it.item_id for it in items]
+    prompts = [{"item_id": it.item_id, "prompt": "An item image."} for it in items]
+    # item 1 is over-ranked for three rows whose targets are items 2, 3 and 4
+    r = Rankings(users=np.arange(3), targets=np.array([2, 3, 4]), target_rank=np.array([2, 2, 2]),
+                 top=np.array([[1, 2, 3], [1, 3, 2], [1, 4, 2]]), n_items=6)
+    stats = item_statistics(r, feedback_k=(1, 2), exposure_k=3)
+    for n in (1, 3):
+        request, = build_requests([(1, "neg")], stats, r, tokens, items, prompts, DEMO, (1, 2), n_examples=n)
+        assert request.feedback.split("actually chose: ")[1].count(";") == n - 1
