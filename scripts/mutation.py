@@ -48,7 +48,8 @@ MODULES = {
     "cache": ("recbole_reveal/fve/cache.py",
               ["tests/test_fve_cache.py"]),
     "prompts": ("recbole_reveal/fve/prompts.py",
-                ["tests/test_fve_prompts.py", "tests/test_wiring_fve.py", "-k", "not feedback_ranks"]),
+                ["tests/test_fve_prompts.py", "tests/test_wiring_fve.py", "tests/test_mutation_survivors.py",
+                 "-k", "not feedback_ranks"]),
 }
 # files the tests read beside the package (model YAMLs, templates, the example backbone, demo data)
 ALSO_COPY = ["properties", "examples", "dataset_atomic", "run_recbole_reveal.py", "run_experiments.py",

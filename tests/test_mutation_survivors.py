@@ -6,7 +6,8 @@ import numpy as np
 
 from recbole_reveal.fve.critic import build_requests, feedback_summary
 from recbole_reveal.fve.feedback import Rankings, item_record, item_statistics
-from recbole_reveal.fve.prompts import read_items
+from recbole_reveal.fve.prompts import ItemMeta, item_fields, load_templates, main as prompts_main, read_items, \
+    read_prompts
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dataset_atomic", "synthetic-demo")
 
@@ -40,3 +41,26 @@ def test_requests_show_as_many_examples_as_asked():
     for n in (1, 3):
         request, = build_requests([(1, "neg")], stats, r, tokens, items, prompts, DEMO, (1, 2), n_examples=n)
         assert request.feedback.split("actually chose: ")[1].count(";") == n - 1
+
+
+def test_an_empty_brand_reads_as_the_templates_empty_field():
+    fields = item_fields(ItemMeta("x", "", (), "", ""), [], load_templates())
+    assert (fields["brand"], fields["title"], fields["category"]) == ("unknown brand", "unnamed item", "product")
+
+
+def test_prompt_command_defaults_its_output_and_takes_every_review_choice(tmp_path, caplog):
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    (folder / "toy.item").write_text("item_id:token\ttitle:token_seq\na\tTent\nb\tMug\n")
+    (folder / "toy.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\nu1\ta\t1\n")
+    (folder / "toy.review").write_text("user_id:token\titem_id:token\ttimestamp:float\treview:token\n"
+                                       "u1\ta\t1\tgreen canvas\n")
+    with caplog.at_level("INFO", logger="recbole_reveal.fve.prompts"):
+        out = prompts_main(["--dataset", "toy", "--data_path", str(tmp_path), "--reviews", "all", "--top_k", "1"])
+    assert out == str(folder / "fve" / "prompts_initial.jsonl")
+    assert [r["keywords"] for r in read_prompts(out)] == [["canvas"], []]
+    assert "1 of 2 items have no review keywords" in caplog.text
+    (folder / "toy.review").unlink()
+    with caplog.at_level("INFO", logger="recbole_reveal.fve.prompts"):
+        prompts_main(["--dataset", "toy", "--data_path", str(tmp_path)])
+    assert f"no review file {folder / 'toy.review'}" in caplog.text
