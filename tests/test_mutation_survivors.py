@@ -64,3 +64,32 @@ def test_prompt_command_defaults_its_output_and_takes_every_review_choice(tmp_pa
     with caplog.at_level("INFO", logger="recbole_reveal.fve.prompts"):
         prompts_main(["--dataset", "toy", "--data_path", str(tmp_path)])
     assert f"no review file {folder / 'toy.review'}" in caplog.text
+
+
+def test_vision_feature_cache_bounds_memory_and_round_trips_through_disk(tmp_path):
+    import torch
+
+    from recbole_reveal.fve.cache import VisionFeatureCache, VisionFeatures
+
+    def feats(value, deepstack=2):
+        return VisionFeatures(torch.full((4, 2), float(value)), [torch.full((4, 2), -float(value) - d) for d in range(deepstack)],
+                              (1, 2, 2))
+
+    one = feats(1).nbytes                          # 3 tensors of 8 float32 = 96 bytes
+    memory = VisionFeatureCache(max_bytes=2 * one)
+    memory.put("a", feats(1))
+    memory.put("b", feats(2))
+    assert memory.stats()["bytes"] == 2 * one and len(memory) == 2
+    memory.put("c", feats(3))                      # evicts the least recently used: a
+    assert memory.get("a") is None and memory.get("c").pooler[0, 0] == 3
+    assert memory.stats() == {"memory_hits": 1, "disk_hits": 0, "misses": 1, "entries": 2, "bytes": 2 * one}
+    memory.reset_stats()
+    assert (memory.memory_hits, memory.disk_hits, memory.misses) == (0, 0, 0)
+
+    VisionFeatureCache(directory=str(tmp_path)).put("k1", feats(5))
+    disk = VisionFeatureCache(directory=str(tmp_path))
+    got = disk.get("k1")
+    assert disk.stats()["disk_hits"] == 1 and len(disk) == 1 and disk.peek("k1") is got
+    assert got.grid == (1, 2, 2) and len(got.deepstack) == 2
+    assert torch.equal(got.pooler, feats(5).pooler) and torch.equal(got.deepstack[1], feats(5).deepstack[1])
+    assert disk.get("k1") is got and disk.stats()["memory_hits"] == 1
