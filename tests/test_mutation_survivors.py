@@ -93,3 +93,70 @@ def test_vision_feature_cache_bounds_memory_and_round_trips_through_disk(tmp_pat
     assert got.grid == (1, 2, 2) and len(got.deepstack) == 2
     assert torch.equal(got.pooler, feats(5).pooler) and torch.equal(got.deepstack[1], feats(5).deepstack[1])
     assert disk.get("k1") is got and disk.stats()["memory_hits"] == 1
+
+
+def test_feature_sets_write_their_provenance_and_refuse_bad_tokens(tmp_path):
+    import json
+
+    import pytest
+
+    from recbole_reveal.data.feature_store import feature_paths, load_item_features, save_item_features
+    from recbole_reveal.errors import FeatureFileError
+
+    matrix = np.arange(6, dtype=np.float32).reshape(3, 2)
+    save_item_features(str(tmp_path), "set/a", ["x", "y", "z"], matrix, metadata={"encoder": "test"})
+    npy, items, meta = feature_paths(str(tmp_path), "set/a")
+    with open(meta, encoding="utf-8") as f:
+        assert json.load(f) == {"encoder": "test", "rows": 3, "dim": 2}
+    assert sorted(os.listdir(tmp_path / "set")) == ["a.items", "a.json", "a.npy"]    # no temporary file left
+    with pytest.raises(ValueError, match=r"feature set 'b': matrix shape \(3, 2\) does not match 2 item tokens"):
+        save_item_features(str(tmp_path), "b", ["x", "y"], matrix)
+    with pytest.raises(ValueError, match="invalid item tokens"):
+        save_item_features(str(tmp_path), "b", ["x", "y\nz", "w"], matrix)
+    with open(items, "w", encoding="utf-8") as f:
+        f.write("x\ny\n")
+    with pytest.raises(FeatureFileError, match="2 item tokens but .* has 3 rows"):
+        load_item_features(str(tmp_path), "set/a")
+
+
+def test_contract_errors_name_the_model_and_what_is_missing():
+    from types import SimpleNamespace
+
+    import pytest
+
+    from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender as Contract
+
+    class Backbone:
+        vision_modules = ()
+
+        def named_modules(self):
+            return iter([("", self)])
+
+    with pytest.raises(NotImplementedError, match="^Backbone declares no vision_modules"):
+        Contract.vision_parameters(Backbone())
+    Backbone.vision_modules = ("image_proj",)
+    with pytest.raises(AttributeError, match="^Backbone.vision_modules names 'image_proj', which is not a sub-module"):
+        Contract.vision_parameters(Backbone())
+    text_only = SimpleNamespace(item_features={"text": np.zeros((2, 2))})
+    with pytest.raises(ValueError, match="no 'vision' item features: .*MultimodalSequentialDataset hook"):
+        Contract.item_feature_table(text_only, "vision")
+    with pytest.raises(ValueError, match="no 'text' item features"):
+        Contract.item_feature_table(SimpleNamespace(), "text")
+
+
+def test_zeroed_modalities_config_zeroes_for_the_models_whole_life(tiny_config):
+    import pytest
+    import torch
+
+    from helpers import build_pipeline, first_batch
+
+    _, (train_data, _, _), model, _ = build_pipeline("M3SRec", dict(tiny_config, zeroed_modalities=["vision"]))
+    model.eval()
+    batch = first_batch(train_data)
+    with torch.no_grad():
+        before = float(model.calculate_loss(batch))
+        model.vision_mean_table.weight[1:] = model.vision_mean_table.weight[1:].roll(1, dims=0)
+        model.vision_cov_table.weight[1:] = model.vision_cov_table.weight[1:].roll(1, dims=0)
+        assert float(model.calculate_loss(batch)) == before
+    with pytest.raises(ValueError, match="'zeroed_modalities' lists \\['audio'\\]"):
+        build_pipeline("M3SRec", dict(tiny_config, zeroed_modalities=["audio"]))
