@@ -47,7 +47,7 @@ MODULES = {
                ["tests/test_fve_critic.py", "tests/test_wiring_fve.py", "tests/test_mutation_survivors.py",
                 "-k", "not feedback_ranks"]),
     "cache": ("recbole_reveal/fve/cache.py",
-              ["tests/test_fve_cache.py", "tests/test_fve_encoder.py", "tests/test_mutation_survivors.py"]),
+              ["tests/test_fve_cache.py", "tests/test_mutation_survivors.py"]),
     "prompts": ("recbole_reveal/fve/prompts.py",
                 ["tests/test_fve_prompts.py", "tests/test_wiring_fve.py", "tests/test_mutation_survivors.py",
                  "-k", "not feedback_ranks"]),
