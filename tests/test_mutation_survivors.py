@@ -160,3 +160,14 @@ def test_zeroed_modalities_config_zeroes_for_the_models_whole_life(tiny_config):
         assert float(model.calculate_loss(batch)) == before
     with pytest.raises(ValueError, match="'zeroed_modalities' lists \\['audio'\\]"):
         build_pipeline("M3SRec", dict(tiny_config, zeroed_modalities=["audio"]))
+
+
+def test_selection_is_logged_with_its_counts(caplog):
+    from recbole_reveal.fve.feedback import select_items
+
+    stats = {"priority": np.array([0.0, 3.0, 2.0, 0.0]), "pos": np.array([0.0, 1.0, 0.0, 0.0]),
+             "neg": np.array([0.0, 0.0, 1.0, 0.0])}
+    with caplog.at_level("INFO", logger="recbole_reveal.fve.feedback"):
+        assert select_items(stats, 1.0) == [(1, "pos"), (2, "neg")]
+    assert [r.getMessage() for r in caplog.records] == [
+        "FVE feedback: 2 of 3 items selected for rewriting (fraction 1; 2 with priority > 0): 1 pos, 1 neg"]
