@@ -21,9 +21,11 @@ from recbole_reveal import build_config, create_dataset
 from recbole_reveal.data.feature_store import save_item_features
 from recbole_reveal.data.synthetic import generate_dataset
 from recbole_reveal.fve.critic import CriticRequest, run_critic
+from recbole_reveal.fve.generation import TransformersGenerator
 from recbole_reveal.fve.loop import run_fve
 from recbole_reveal.fve.prompts import build_initial_prompts, load_templates
-from recbole_reveal.fve.vlm import build_scripted_qwen2_5_vl, build_tiny_qwen2_5_vl, load_vlm
+from recbole_reveal.fve.vlm import load_vlm
+from recbole_reveal.testing.vlms import build_scripted_qwen2_5_vl, build_tiny_qwen2_5_vl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "fvewiring"
@@ -103,6 +105,10 @@ def scripted_vlm(scripted_folder):
     return load_vlm(scripted_folder, device="cpu")
 
 
+def _generator(vlm, max_new_tokens):
+    return TransformersGenerator(vlm, max_new_tokens=max_new_tokens, max_pixels=112 * 112)
+
+
 def _mug_request():
     image = os.path.join(REPO, "dataset_atomic", "synthetic-demo", "images", "i0001.png")
     return [CriticRequest("i1", image, "An item image of a mug.", "pos", "It was ranked 30th.")]
@@ -112,12 +118,10 @@ def test_an_answer_cut_by_the_token_limit_is_never_accepted(scripted_vlm):
     requests = _mug_request()
     templates = load_templates()
     # the whole answer and its end of turn: accepted
-    done, counts = run_critic(scripted_vlm, requests, templates, max_new_tokens=len(PIECES) + 1,
-                              max_pixels=112 * 112)
+    done, counts = run_critic(_generator(scripted_vlm, len(PIECES) + 1), requests, templates)
     assert counts["accepted"] == counts["changed"] == 1 and done[0].new_prompt == NEW_PROMPT
     # cut inside the new prompt: what came out still parses ("A red mug"), and must not be used
-    cut, counts = run_critic(scripted_vlm, requests, templates, max_new_tokens=len(PIECES) - 1,
-                             max_pixels=112 * 112)
+    cut, counts = run_critic(_generator(scripted_vlm, len(PIECES) - 1), requests, templates)
     assert cut[0].raw_answer.endswith("NEW_PROMPT: A red mug")
     assert cut[0].fallback.startswith("truncated") and cut[0].new_prompt == requests[0].prompt
     assert counts["fallback: truncated"] == 1 and counts.get("accepted", 0) == 0
@@ -128,8 +132,7 @@ def test_special_tokens_of_the_vlms_own_tokenizer_are_refused(scripted_folder):
     answer is not plain text."""
     vlm = load_vlm(scripted_folder, device="cpu")
     vlm.tokenizer.add_special_tokens({"additional_special_tokens": [PIECES[-1]]}, replace_extra_special_tokens=False)
-    records, counts = run_critic(vlm, _mug_request(), load_templates(), max_new_tokens=len(PIECES) + 1,
-                                 max_pixels=112 * 112)
+    records, counts = run_critic(_generator(vlm, len(PIECES) + 1), _mug_request(), load_templates())
     assert records[0].fallback.startswith("special tokens") and counts["fallback: special tokens"] == 1
 
 
