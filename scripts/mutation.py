@@ -38,7 +38,7 @@ MODULES = {
                 ["tests/test_m3srec.py", "tests/test_wiring_probes.py", "tests/test_mutation_survivors.py",
                  "-k", "not learns and not same_config"]),
     "m3srec": ("recbole_reveal/model/sequential_recommender/m3srec.py",
-               ["tests/test_m3srec.py", "tests/test_wiring_probes.py", "-k", "not learns and not same_config"]),
+               ["tests/test_m3srec.py", "tests/test_parity_stosa_m3srec.py", "tests/test_wiring_probes.py", "-k", "not learns and not same_config"]),
     "feature_store": ("recbole_reveal/data/feature_store.py",
                       ["tests/test_dataset_hook.py", "tests/test_wiring_swaps.py", "tests/test_mutation_survivors.py"]),
     "feedback": ("recbole_reveal/fve/feedback.py",
