@@ -10,9 +10,14 @@ Each fix is scoped as narrowly as the problem allows:
 * numpy 2 removed ``np.float_``, ``np.complex_``, ``np.unicode_`` and ``np.bool8``, which RecBole
   still uses while building a ``Config`` and a dataset: the aliases are restored (only when absent).
 * torch >= 2.6 loads with ``weights_only=True`` by default; RecBole's checkpoints hold its
-  ``Config`` object, so its trainer cannot reload its own best model. Only RecBole's trainer module
-  sees a ``torch`` whose ``load`` defaults to ``weights_only=False``; torch's global default is
-  untouched.
+  ``Config`` object (RecBole's enums, the model class, yaml's loader class, numpy scalars), which torch
+  refuses, so its trainer could not reload its own best model. RecBole's trainer module sees a
+  ``torch`` whose ``load`` is :func:`load_checkpoint`: still ``weights_only=True``, with exactly those
+  classes allowed (:func:`checkpoint_safe_globals`), so a checkpoint cannot run code when it is loaded.
+  ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (torch's own switch) loads a trusted file that needs more.
+  RecBole saves with ``pickle_protocol=4``, whose opcodes torch's ``weights_only`` reader does not
+  implement: the same stand-in's ``save`` writes torch's default protocol (2; tensors are stored
+  outside the pickle either way, so nothing is lost).
 * importing ``recbole.model.sequential_recommender`` imports SINE, which switches on autograd anomaly
   detection for the whole process (~40 % slower training). We import that package here, once, and
   switch anomaly detection back off; a later import does not re-run SINE's module code.
@@ -44,9 +49,60 @@ def restore_numpy_aliases():
     return added
 
 
-class _TorchWithTrustedCheckpoints(types.ModuleType):
+def checkpoint_safe_globals():
+    """What a RecBole checkpoint (``{"config": Config, "state_dict": ..., "optimizer": ..., ...}``) may
+    reference besides tensors and containers: RecBole's and the plugin's ``Config`` classes, RecBole's
+    enums, yaml's ``FullLoader`` class (``Config.yaml_loader``), numpy scalars (e.g. the best valid score),
+    and the model classes imported in this process (``Config.model_class``; your own are imported when
+    ``--model`` names them). A class is only referenced or rebuilt from its saved attributes, never
+    called with code from the file."""
+    import yaml
+    from recbole.config import Config as RecBoleConfig
+    from recbole.model.abstract_recommender import AbstractRecommender
+    from recbole.utils import enum_type
+
+    from recbole_reveal.config import Config
+
+    allowed = [RecBoleConfig, Config, yaml.FullLoader, np.dtype]
+    allowed += [v for v in vars(enum_type).values() if isinstance(v, type) and issubclass(v, enum_type.Enum)]
+    allowed += [getattr(np, "_core", getattr(np, "core", None)).multiarray.scalar]
+    allowed += [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "bool")]
+    pending = [AbstractRecommender]
+    while pending:
+        cls = pending.pop()
+        allowed.append(cls)
+        pending.extend(cls.__subclasses__())
+    return allowed
+
+
+def load_checkpoint(f, map_location=None, **kwargs):
+    """``torch.load`` of a RecBole or plugin checkpoint with ``weights_only=True`` and
+    :func:`checkpoint_safe_globals` allowed (``weights_only=False`` only under torch's
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``). A file that needs anything else is a ``CheckpointError``
+    saying so, not code run."""
+    import os
+    import pickle
+
+    from recbole_reveal.errors import CheckpointError
+
+    kwargs.pop("weights_only", None)
+    if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
+        return torch.load(f, map_location=map_location, weights_only=False, **kwargs)
+    try:
+        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+            return torch.load(f, map_location=map_location, weights_only=True, **kwargs)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{f}: torch refuses to load it with weights_only=True ({first}). Checkpoints are loaded so that "
+            "they cannot run code; a file from an older version of the plugin or from elsewhere may need "
+            "more: if you trust it, run with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (docs/usage.md, "
+            "'Checkpoints')") from e
+
+
+class _TorchWithSafeCheckpoints(types.ModuleType):
     """A stand-in for the ``torch`` module inside RecBole's trainer: everything is torch's, except
-    that ``load`` defaults to ``weights_only=False`` (RecBole checkpoints pickle its Config)."""
+    ``load`` (:func:`load_checkpoint`) and ``save`` (torch's default pickle protocol)."""
 
     def __init__(self):
         super().__init__("torch")
@@ -56,16 +112,20 @@ class _TorchWithTrustedCheckpoints(types.ModuleType):
 
     @staticmethod
     def load(f, *args, **kwargs):
-        kwargs.setdefault("weights_only", False)
-        return torch.load(f, *args, **kwargs)
+        return load_checkpoint(f, *args, **kwargs)
+
+    @staticmethod
+    def save(obj, f, *args, **kwargs):
+        kwargs.pop("pickle_protocol", None)     # protocol 4 is unreadable with weights_only=True
+        return torch.save(obj, f, *args, **kwargs)
 
 
 def trust_recbole_checkpoints():
     """Let RecBole's trainer (and only it) reload the checkpoints it writes itself."""
     import recbole.trainer.trainer as recbole_trainer
 
-    if not isinstance(recbole_trainer.torch, _TorchWithTrustedCheckpoints):
-        recbole_trainer.torch = _TorchWithTrustedCheckpoints()
+    if not isinstance(recbole_trainer.torch, _TorchWithSafeCheckpoints):
+        recbole_trainer.torch = _TorchWithSafeCheckpoints()
 
 
 def import_recbole_models_without_anomaly_detection():

@@ -15,11 +15,18 @@ Precedence, lowest first (RecBole's own order, with the plugin's files among Rec
 
 Every entry point builds its configuration here: ``run_recbole_reveal.py``, ``run_hyper.py``,
 ``run_experiments.py``, the Python API and the FVE loop (docs/design.md, "Configuration").
+
+Every key is checked before anything is loaded (:mod:`recbole_reveal.config_keys`): a key nothing reads is
+an error naming where it was set and the closest known names, values are converted to their declared
+type and range-checked, and RecBole's own checks of the merged config raise :class:`ConfigError`.
 """
 
 import os
 import sys
+from contextlib import contextmanager
 from logging import getLogger
+
+import yaml
 
 from recbole_reveal import compat
 
@@ -28,9 +35,9 @@ compat.apply()
 from recbole.config import Config as RecBoleConfig  # noqa: E402
 from recbole.model.abstract_recommender import AbstractRecommender  # noqa: E402
 
-from recbole_reveal import locations  # noqa: E402
-from recbole_reveal.arguments import parse_overrides  # noqa: E402
-from recbole_reveal.errors import ConfigError  # noqa: E402
+from recbole_reveal import config_keys, locations  # noqa: E402
+from recbole_reveal.arguments import parse_overrides, split_override  # noqa: E402
+from recbole_reveal.errors import ConfigError, RevealUserError  # noqa: E402
 from recbole_reveal.utils import get_model  # noqa: E402
 
 
@@ -41,17 +48,24 @@ def is_reveal_model(model_class):
 
 def property_files(model_class, dataset):
     """The plugin's YAML files that apply to ``model_class`` on ``dataset``, lowest precedence first."""
-    files = [locations.property_file("overall.yaml")]
-    if is_reveal_model(model_class):
-        files.append(locations.property_file("fve", "fve.yaml"))
+    return [locations.property_file("overall.yaml")] + model_property_files(model_class) + \
+        dataset_property_files(dataset)
+
+
+def model_property_files(model_class):
+    """``fve.yaml`` for ``*_REVEAL`` models, then ``<Class>.yaml`` of every class of the hierarchy that has
+    one (backbone first)."""
+    files = [locations.property_file("fve", "fve.yaml")] if is_reveal_model(model_class) else []
     for cls in reversed(model_class.__mro__):
         path = os.path.join(_model_yaml_dir(cls), f"{cls.__name__}.yaml")
         if os.path.isfile(path):
             files.append(path)
-    dataset_file = locations.property_file("dataset", f"{dataset}.yaml")
-    if os.path.isfile(dataset_file):
-        files.append(dataset_file)
     return files
+
+
+def dataset_property_files(dataset):
+    dataset_file = locations.property_file("dataset", f"{dataset}.yaml")
+    return [dataset_file] if os.path.isfile(dataset_file) else []
 
 
 def _model_yaml_dir(model_class):
@@ -81,11 +95,106 @@ class Config(RecBoleConfig):
             if not os.path.isfile(path):
                 raise ConfigError(f"config file not found: {path}")
         self._cmd_args = list(cmd_args or ())
+        self.key_sources = {}           # key -> where the user set it ("--k=v", "file:line", "config_dict")
+        self._internal_sources = {}     # key -> the property file that last set it
         super().__init__(model, dataset, config_file_list, config_dict)
         self.final_config_dict["data_path"] = locations.resolve_data_path(self["data_path"], self.dataset)
 
+    # ---- the user's keys, with where each was set ------------------------------------------------
+    def _load_config_files(self, file_list):
+        merged = {}
+        for path in file_list or []:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            try:
+                values = yaml.load(text, Loader=self.yaml_loader)
+            except yaml.YAMLError as e:
+                raise ConfigError(config_keys.yaml_problem(e, path)) from e
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: a config file holds 'key: value' lines, got a {type(values).__name__}")
+            lines = config_keys.key_lines(text)
+            for key in values:
+                self.key_sources[key] = f"{path}:{lines[key]}" if key in lines else path
+            merged.update(values)
+        return merged
+
+    def _load_variable_config_dict(self, config_dict):
+        for key in config_dict or {}:
+            self.key_sources[key] = f"config_dict[{key!r}]"
+        return super()._load_variable_config_dict(dict(config_dict) if config_dict else None)
+
     def _load_cmd_line(self):
+        for item in self._cmd_args:
+            key, text = split_override(item)
+            self.key_sources[key] = f"--{key}={text}"
         return parse_overrides(self._cmd_args)
+
+    def _update_internal_config_dict(self, file):
+        values = super()._update_internal_config_dict(file)
+        for key in values or {}:
+            self._internal_sources[key] = file
+        return values
+
+    # ---- checks, before RecBole's own and before anything is loaded ------------------------------
+    def _set_default_parameters(self):
+        self._check_keys()
+        with _recbole_check():
+            super()._set_default_parameters()
+
+    def _set_train_neg_sample_args(self):
+        with _recbole_check():
+            super()._set_train_neg_sample_args()
+
+    def _set_eval_neg_sample_args(self, phase):
+        with _recbole_check():
+            super()._set_eval_neg_sample_args(phase)
+
+    def check_values(self, values, sources):
+        """Check keys this config did not get, e.g. the values a HyperTuning params file will give each
+        trial (``{key: [value, ...]}``), as the keys it got were checked; ``sources`` names where each
+        was set. Raises :class:`ConfigError`."""
+        known = self._known_keys()
+        errors = []
+        for key, candidates in values.items():
+            where = sources.get(key, key)
+            if not known.knows(key):
+                is_error, text = known.problem_with_unknown(key)
+                if is_error:
+                    errors.append(f"{where}: {text}")
+                    continue
+                getLogger(__name__).warning("%s: %s", where, text)
+            merged = dict(self.final_config_dict)
+            for value in candidates:
+                merged[key] = value
+                try:
+                    config_keys.check_keys(merged, {key: where}, known, [])
+                except ConfigError as e:
+                    errors.append(str(e))
+                    break
+        if errors:
+            raise ConfigError("; ".join(errors))
+
+    def _known_keys(self):
+        extra = self.final_config_dict.get(config_keys.EXTRA_KEYS) or []
+        if not isinstance(extra, (list, tuple)) or not all(isinstance(k, str) for k in extra):
+            raise ConfigError(f"{self.key_sources.get(config_keys.EXTRA_KEYS, config_keys.EXTRA_KEYS)}: "
+                              f"{config_keys.EXTRA_KEYS} must be a list of key names; got {extra!r}")
+        return config_keys.KnownKeys.for_run(self.model_class, model_property_files(self.model_class),
+                                             dataset_property_files(self.dataset), extra)
+
+    def _check_keys(self):
+        """Unknown keys, types and ranges of the merged config (:func:`config_keys.check_keys`)."""
+        values = self.final_config_dict
+        known = self._known_keys()
+        sources = dict(self._internal_sources, **self.key_sources)
+        for note in config_keys.check_keys(values, sources, known, list(self.external_config_dict)):
+            getLogger(__name__).warning(note)
+        if is_reveal_model(self.model_class):
+            from recbole_reveal.fve.config import fve_settings
+
+            fve_settings(values)        # FVE's relations between keys (fve_max_pixels >= fve_min_pixels, ...)
 
     def _get_model_and_dataset(self, model, dataset):
         if model is None:
@@ -102,6 +211,18 @@ class Config(RecBoleConfig):
         super()._load_internal_config_dict(model, model_class, dataset)
         for path in property_files(model_class, dataset):
             self._update_internal_config_dict(path)
+
+
+@contextmanager
+def _recbole_check():
+    """RecBole's configurator checks the merged config with ValueError / TypeError / ...: a
+    :class:`ConfigError` (one ``error:`` line) for the user."""
+    try:
+        yield
+    except RevealUserError:
+        raise
+    except (ValueError, TypeError, KeyError, NotImplementedError, RuntimeError, SyntaxError) as e:
+        raise ConfigError(f"RecBole's config check: {e}") from e
 
 
 def build_config(model, dataset, config_file_list=None, config_dict=None, cmd_args=()):

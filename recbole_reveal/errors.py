@@ -25,4 +25,16 @@ class EncoderUnavailable(RevealUserError, RuntimeError):
     """A feature encoder's package or weight folder is missing; the message says how to get it."""
 
 
+class DataFileError(RevealUserError, ValueError):
+    """An atomic file (``.inter``, ``.item``, ...) that cannot be read: names the file and line."""
+
+
+class CheckpointError(RevealUserError, ValueError):
+    """A checkpoint that cannot be loaded safely (``weights_only=True``) or does not fit the run."""
+
+
+class FolderInUseError(RevealUserError, RuntimeError):
+    """Another run holds the lock of a folder this run would write (see ``recbole_reveal.files``)."""
+
+
 USER_ERRORS = (RevealUserError,)

@@ -1,18 +1,179 @@
-"""Small file helpers shared by the run records, the cost reports and the FVE run folder."""
+"""How the plugin writes files and keeps two runs out of one folder. Light: standard library only.
 
+- **Atomic writes** (:func:`atomic_path`, :func:`atomic_open`, :func:`write_json_atomic`, ...): the new
+  content goes to a temporary file beside the target with a name no other process or thread can pick
+  (``.tmp-<pid>-<random>-<name>``), is flushed to disk, then renamed over the target in one step; a
+  reader, a killed run or a second run never sees a half-written file, and a failed write leaves no
+  temporary file behind.
+- **Locks** (:func:`lock_file`, :func:`folder_lock`): an exclusive ``fcntl.flock`` on a lock file, so two
+  runs never write one folder at once. The holder's pid, host, start time and command are written into
+  the lock file; a second run either waits (``wait`` seconds) or stops with a :class:`FolderInUseError`
+  that names them. The operating system releases the lock when the holder ends, even when it is killed,
+  so a lock never outlives its run (on a network file system, only where it supports ``flock``).
+"""
+
+import contextlib
 import json
+import logging
 import os
+import socket
+import sys
+import time
+
+from recbole_reveal.errors import FolderInUseError
+
+LOCK_NAME = ".reveal.lock"
+_MAX_NAME = 255
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic writes
+# ---------------------------------------------------------------------------------------------
+
+def temporary_path(path):
+    """A new, empty file beside ``path`` with a name unique to this call (created exclusively, with the
+    permissions an ordinary ``open`` would give); the caller writes it and renames or removes it."""
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    while True:
+        prefix = f".tmp-{os.getpid()}-{os.urandom(6).hex()}-"
+        tmp = os.path.join(folder, prefix + name[-(_MAX_NAME - len(prefix)):])
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:         # practically never: 48 random bits
+            continue
+
+
+@contextlib.contextmanager
+def atomic_path(path, fsync=True):
+    """Yield a unique temporary path beside ``path`` for a writer that needs a file name (``torch.save``,
+    ``savefig``); when the block ends without an error the file replaces ``path`` in one step, else it
+    is removed. Keeps the extension, so writers that infer a format from it still do."""
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="w", encoding=None, newline=None, fsync=True):
+    """``open(path, mode)`` for writing, atomically (module docstring): text modes default to UTF-8."""
+    if "b" not in mode and encoding is None:
+        encoding = "utf-8"
+    with atomic_path(path, fsync=False) as tmp:
+        with open(tmp, mode, encoding=encoding, newline=newline) as f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+
+
+def write_text_atomic(path, text, encoding="utf-8", newline=None):
+    with atomic_open(path, "w", encoding=encoding, newline=newline) as f:
+        f.write(text)
+    return path
+
+
+def write_bytes_atomic(path, data):
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+    return path
 
 
 def write_json_atomic(path, obj, indent=2, sort_keys=False):
-    """Write ``obj`` as JSON so that a reader (or a killed run) never sees a half-written file:
-    a temporary file in the same folder, flushed to disk, then renamed over ``path``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    """Write ``obj`` as JSON (with a final newline), atomically."""
+    with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=indent, sort_keys=sort_keys)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# locks
+# ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def lock_file(path, purpose, wait=0.0, poll=0.2, shared=False, advice=""):
+    """Hold a lock on the file ``path`` (created if needed) for the block.
+
+    Args:
+        purpose: what the holder does (written into the lock file, shown to whoever waits).
+        wait: seconds to wait for another holder to let go; ``None`` = as long as it takes; ``0`` = stop
+            at once with a :class:`FolderInUseError` naming the holder.
+        shared: a shared (reader's) lock: any number of them at once, none while an exclusive one is held.
+        advice: how to proceed, appended to the error.
+    """
+    try:
+        import fcntl
+    except ImportError:                 # no flock on this platform (Windows): run unlocked, say so once
+        logger.warning("no file locking on this platform: do not start two runs on %s at once", path)
+        yield
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    f = open(path, "a+", encoding="utf-8")
+    try:
+        deadline = None if wait is None else time.monotonic() + wait
+        flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+        waited = False
+        while True:
+            try:
+                fcntl.flock(f.fileno(), flags)
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise FolderInUseError(_in_use_message(path, purpose, advice)) from None
+                if not waited:
+                    logger.warning("%s; waiting%s", _in_use_message(path, purpose, ""),
+                                   "" if wait is None else f" up to {wait:g} s")
+                    waited = True
+                time.sleep(poll)
+        if not shared:
+            f.seek(0)
+            f.truncate()
+            json.dump(holder_info(purpose), f)
+            f.flush()
+        yield
+    finally:
+        if not shared and not f.closed:
+            with contextlib.suppress(OSError):
+                f.seek(0)
+                f.truncate()
+        f.close()                       # releases the lock
+
+
+def folder_lock(folder, purpose, wait=0.0, advice=""):
+    """:func:`lock_file` on ``<folder>/.reveal.lock``: one writer of the folder at a time."""
+    return lock_file(os.path.join(folder, LOCK_NAME), purpose, wait=wait, advice=advice)
+
+
+def holder_info(purpose):
+    return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "purpose": purpose, "command": " ".join(sys.argv)[:500]}
+
+
+def read_holder(path):
+    """What the current holder of lock file ``path`` wrote about itself (``{}`` when unknown)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.loads(f.read() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def _in_use_message(path, purpose, advice):
+    h = read_holder(path)
+    who = (f"pid {h.get('pid', '?')} on host {h.get('host', '?')} since {h.get('since', '?')}, "
+           f"{h.get('purpose', 'running')}: `{h.get('command', '?')}`") if h else "another process"
+    folder = os.path.dirname(os.path.abspath(path))
+    text = f"{folder} is in use by {who} (lock {path}); this run ({purpose}) would interleave its files with it"
+    return f"{text}. {advice}" if advice else text

@@ -16,6 +16,7 @@ from recbole.model.abstract_recommender import AbstractRecommender  # noqa: E402
 from recbole.utils import ModelType  # noqa: E402
 from recbole.utils import get_trainer as recbole_get_trainer  # noqa: E402
 
+from recbole_reveal.data.atomic import load_errors_explained  # noqa: E402
 from recbole_reveal.data.dataset import MultimodalDataset, MultimodalSequentialDataset  # noqa: E402
 from recbole_reveal.errors import UnknownModelError  # noqa: E402
 from recbole_reveal.model import general_recommender, sequential_recommender  # noqa: E402
@@ -197,6 +198,7 @@ def create_dataset(config):
     used for it): its feature matrices must follow the current feature files and config.
     """
     dataset_class = get_dataset_class(get_model(config["model"]))
-    if dataset_class is None:
-        return recbole_create_dataset(config)
-    return dataset_class(config)
+    with load_errors_explained(config):      # an unreadable atomic file: its name and line, not a traceback
+        if dataset_class is None:
+            return recbole_create_dataset(config)
+        return dataset_class(config)

@@ -1,6 +1,10 @@
 """Reading RecBole atomic files (``<name>.inter``, ``.item``, ``.review``, ...): a header of
 ``field:type`` columns, then one tab-separated row per line. Light: no torch, no RecBole. Used by the
-feature-extraction command and by FVE's prompts (items, interactions, reviews)."""
+feature-extraction command and by FVE's prompts (items, interactions, reviews), and to say which file
+and line RecBole's loader trips over (:func:`load_errors_explained`)."""
+
+import contextlib
+import os
 
 
 def iter_atomic(path, field_separator="\t"):
@@ -33,3 +37,102 @@ def read_atomic(path, field_separator="\t"):
     (see :func:`iter_atomic`)."""
     columns, types, rows = iter_atomic(path, field_separator)
     return columns, types, list(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# what RecBole's loader would trip over, said with the file and the line
+# ---------------------------------------------------------------------------------------------
+
+FIELD_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+def check_header(path, field_separator="\t"):
+    """Raise :class:`DataFileError` when ``path`` is empty or its first line is not RecBole's header
+    (``name:type`` fields, type one of :data:`FIELD_TYPES`). Returns ``(columns, types)``."""
+    from recbole_reveal.errors import DataFileError
+
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\r\n")
+    if not header.strip():
+        raise DataFileError(f"{path}:1: the file is empty; an atomic file starts with a header line of "
+                            "tab-separated 'name:type' fields, e.g. 'user_id:token<TAB>item_id:token<TAB>"
+                            "timestamp:float' (docs/data-format.md)")
+    columns, types = [], []
+    for n, field in enumerate(header.split(field_separator), 1):
+        name, sep, ftype = field.rpartition(":")
+        if not sep or not name or ftype not in FIELD_TYPES:
+            raise DataFileError(f"{path}:1: header field {n} is {field!r}; expected 'name:type' with type one "
+                                f"of {', '.join(FIELD_TYPES)} (docs/data-format.md)")
+        columns.append(name)
+        types.append(ftype)
+    return columns, types
+
+
+def has_rows(path):
+    """Whether ``path`` holds a non-empty line after its header."""
+    with open(path, encoding="utf-8") as f:
+        f.readline()
+        return any(line.strip() for line in f)
+
+
+def first_bad_value(path, field_separator="\t", seq_separator=" ", columns=None):
+    """``(line number, column, value)`` of the first value of a float (or float_seq) column that is not
+    a number, or None; only the ``columns`` given (by name) when given. Reads one line at a time."""
+    names, types, rows = iter_atomic(path, field_separator)
+    wanted = [i for i, (c, t) in enumerate(zip(names, types)) if t.startswith("float")
+              and (columns is None or c in columns)]
+    if not wanted:
+        return None
+    line_no = 1
+    with open(path, encoding="utf-8") as f:
+        f.readline()
+        for line in f:
+            line_no += 1
+            if not line.strip():
+                continue
+            parts = line.rstrip("\r\n").split(field_separator)
+            for i in wanted:
+                value = parts[i] if i < len(parts) else ""
+                values = value.split(seq_separator) if types[i] == "float_seq" else [value]
+                for v in values:
+                    if v.strip() == "":
+                        continue
+                    try:
+                        float(v)
+                    except ValueError:
+                        return line_no, f"{names[i]}:{types[i]}", value
+    return None
+
+
+@contextlib.contextmanager
+def load_errors_explained(config):
+    """Around RecBole's loading of a dataset: an empty or header-only ``.inter`` and malformed headers
+    are errors before it starts; a ``ValueError`` (or ``KeyError`` / ``TypeError`` / ``IndexError``) it
+    raises becomes a :class:`DataFileError` naming the file, line and column of the first value it cannot
+    read, when there is one (else it propagates as it was)."""
+    from recbole_reveal.errors import DataFileError, RevealUserError
+
+    folder, name = config["data_path"], config["dataset"]
+    sep = config["field_separator"] or "\t"
+    seq_sep = config["seq_separator"] or " "
+    load_col = config["load_col"] if isinstance(config["load_col"], dict) else None
+    suffixes = ["inter", "item", "user"] + list(config["additional_feat_suffix"] or [])
+    paths = {s: os.path.join(folder, f"{name}.{s}") for s in suffixes}
+    paths = {s: p for s, p in paths.items() if os.path.isfile(p) and (load_col is None or s in load_col)}
+    for path in paths.values():
+        check_header(path, sep)
+    if "inter" in paths and not has_rows(paths["inter"]):
+        raise DataFileError(f"{paths['inter']}: no interactions after the header line; a dataset needs at "
+                            "least one 'user<TAB>item<TAB>...' line per interaction (docs/data-format.md)")
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        if isinstance(e, RevealUserError):
+            raise
+        for suffix, path in paths.items():
+            bad = first_bad_value(path, sep, seq_sep, None if load_col is None else load_col[suffix])
+            if bad is not None:
+                line, column, value = bad
+                raise DataFileError(f"{path}:{line}: column {column} holds {value!r}, which is not a number "
+                                    "(float columns hold numbers, e.g. Unix timestamps)") from e
+        raise

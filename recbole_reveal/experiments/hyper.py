@@ -7,6 +7,8 @@ builds that objective for a fixed model and dataset: each trial is an experiment
 finishes (``plot`` reads them; a re-run of the search loads finished trials instead of training).
 """
 
+import ast
+import math
 import os
 
 from recbole_reveal.errors import ConfigError
@@ -16,8 +18,9 @@ from recbole_reveal.experiments.runs import ResultStore, RunSpec, execute
 PARAM_TYPES = ("choice", "uniform", "quniform", "loguniform")
 
 
-def read_params_file(path):
-    """``{name: (type, value text)}`` of a RecBole params file, checked line by line."""
+def read_params_file(path, lines=None):
+    """``{name: (type, value text)}`` of a RecBole params file, checked line by line; ``lines`` (a dict),
+    when given, gets ``{name: line number}``."""
     if not os.path.isfile(path):
         raise ConfigError(f"params file not found: {path}")
     params = {}
@@ -31,9 +34,35 @@ def read_params_file(path):
                 raise ConfigError(f"{path}:{n}: expected 'name {'|'.join(PARAM_TYPES)} values' "
                                   f"(RecBole's params-file format), got {text!r}")
             params[parts[0]] = (parts[1], "".join(parts[2:]))
+            if lines is not None:
+                lines[parts[0]] = n
     if not params:
         raise ConfigError(f"{path} defines no parameter")
     return params
+
+
+def param_values(path, line, kind, text):
+    """The values a params-file line can give a trial, for checking before any trial runs: every
+    ``choice``, the bounds of the ``uniform`` / ``quniform`` ranges (``loguniform``: ``exp`` of them, as
+    hyperopt draws ``exp(uniform(low, high))``)."""
+    where = f"{path}:{line}"
+    try:
+        if kind == "choice":
+            values = ast.literal_eval(text)
+            if not isinstance(values, (list, tuple)) or not values:
+                raise ValueError("choice takes a non-empty list, e.g. [0.01,0.1]")
+            return list(values)
+        bounds = [float(v) for v in text.split(",")]
+        if len(bounds) != (3 if kind == "quniform" else 2) or not bounds[0] <= bounds[1]:
+            raise ValueError(f"{kind} takes low,high{',q' if kind == 'quniform' else ''} with low <= high")
+    except (ValueError, SyntaxError) as e:
+        raise ConfigError(f"{where}: cannot read {kind} values {text!r}: {e}") from e
+    if kind == "loguniform":
+        return [math.exp(b) for b in bounds]
+    if kind == "quniform":
+        low, high, q = bounds
+        return [round(low / q) * q, round(high / q) * q]
+    return bounds
 
 
 def make_objective(model, dataset, results_dir, seed, fixed_overrides=None, log=print):
@@ -77,11 +106,15 @@ def tune(model, dataset, params_file, results_dir, config_files=(), overrides=No
     from recbole_reveal.quick_start import build_config
 
     overrides = dict(overrides or {})
-    searched = read_params_file(params_file)
+    lines = {}
+    searched = read_params_file(params_file, lines)
     clash = sorted(set(searched) & set(overrides))
     if clash:
         raise ConfigError(f"{clash} are searched by {params_file}; do not also set them on the command line")
     config = build_config(model, dataset, list(config_files), overrides)   # fails early on bad input
+    # the searched keys and every value a trial can get, checked before the first trial
+    config.check_values({k: param_values(params_file, lines[k], kind, text) for k, (kind, text) in searched.items()},
+                        {k: f"{params_file}:{lines[k]}" for k in searched})
     if "fve_cycles" in searched and not config["vlm_path"]:
         raise ConfigError(f"{params_file} searches fve_cycles (X_max), which only the FVE loop reads: "
                           "pass --vlm_path=<local Qwen2.5-VL / Qwen3-VL folder>")

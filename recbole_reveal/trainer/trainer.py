@@ -1,10 +1,11 @@
 """The trainer every plugin model gets: RecBole's, plus a per-epoch model callback and trainer state
 that travels with RecBole's checkpoints."""
 
-import os
-
 import torch
 from recbole.trainer import Trainer
+
+from recbole_reveal.compat import load_checkpoint
+from recbole_reveal.files import atomic_path
 
 TRAINER_STATE_KEY = "plugin_trainer_state"
 
@@ -34,15 +35,14 @@ class PluginTrainer(Trainer):
         if state is None or (not self.config["single_spec"] and self.config["local_rank"] != 0):
             return
         path = kwargs.get("saved_model_file", self.saved_model_file)
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(path, map_location="cpu")
         checkpoint[TRAINER_STATE_KEY] = state
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save(checkpoint, tmp, pickle_protocol=4)
-        os.replace(tmp, path)          # never a half-written checkpoint under the real name
+        with atomic_path(path) as tmp:  # never a half-written checkpoint under the real name
+            torch.save(checkpoint, tmp)  # torch's default pickle protocol: loadable with weights_only=True
 
     def resume_checkpoint(self, resume_file):
         super().resume_checkpoint(resume_file)
-        checkpoint = torch.load(str(resume_file), map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(str(resume_file), map_location="cpu")
         self.load_trainer_state(checkpoint.get(TRAINER_STATE_KEY))
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
