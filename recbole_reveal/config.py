@@ -146,6 +146,15 @@ class Config(RecBoleConfig):
     def _set_train_neg_sample_args(self):
         with _recbole_check():
             super()._set_train_neg_sample_args()
+        from recbole.utils import InputType
+
+        negatives = self.final_config_dict["train_neg_sample_args"]
+        if self.final_config_dict.get("MODEL_INPUT_TYPE") == InputType.PAIRWISE and \
+                negatives.get("distribution") == "none":
+            where = self.key_sources.get("train_neg_sample_args", self._internal_sources.get(
+                "train_neg_sample_args", "train_neg_sample_args"))
+            raise ConfigError(f"{where}: {self.model} trains on (positive, negative) pairs: it needs one sampled "
+                              "negative per positive, train_neg_sample_args: {distribution: uniform, sample_num: 1}")
 
     def _set_eval_neg_sample_args(self, phase):
         with _recbole_check():

@@ -464,7 +464,8 @@ class KnownKeys:
         is accepted wherever RecBole's own default is ``~``."""
         table = dict(recbole_types())
         table.update(plugin_types())
-        table.update(self.model_types)
+        for key, d in self.model_types.items():      # the model's own types; ~ wherever any file allows it
+            table[key] = Declared(d.types, d.none_ok or (key in table and table[key].none_ok), d.path)
         for key in recbole_none_defaults() & set(table):
             table[key] = Declared(table[key].types, True, table[key].path)
         return table
@@ -621,3 +622,23 @@ def key_lines(text):
     if not isinstance(node, yaml.MappingNode):
         return {}
     return {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+
+
+def check_vlm_path(path, key="vlm_path"):
+    """``vlm_path`` must be a local Hugging Face model folder (a ``config.json`` and weights): checked
+    before the FVE loop records any stage, so a mistyped path costs nothing. Returns the absolute path."""
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"{key} must be a local Qwen2.5-VL / Qwen3-VL folder; got {path!r}")
+    folder = os.path.abspath(os.path.expanduser(path))
+    download = ("download one with `hf download Qwen/Qwen2.5-VL-7B-Instruct --local-dir "
+                "/models/Qwen2.5-VL-7B-Instruct`")
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{key}={path}: no such folder; {download}")
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ConfigError(f"{key}={path}: the folder has no config.json, so it is not a Hugging Face model "
+                          f"folder; {download}")
+    weights = [n for n in os.listdir(folder) if n.endswith((".safetensors", ".bin")) or n.endswith(".index.json")]
+    if not weights:
+        raise ConfigError(f"{key}={path}: the folder has a config.json but no weights (*.safetensors); "
+                          f"{download}")
+    return folder

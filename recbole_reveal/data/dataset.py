@@ -14,8 +14,10 @@ compat.apply()
 import torch  # noqa: E402
 from recbole.data.dataset import Dataset, SequentialDataset  # noqa: E402
 
-from recbole_reveal.data.feature_store import align_to_item_ids, feature_paths, load_item_features  # noqa: E402
-from recbole_reveal.errors import ConfigError  # noqa: E402
+from recbole_reveal.data.feature_store import (  # noqa: E402
+    align_to_item_ids, feature_paths, format_tokens, load_item_features,
+)
+from recbole_reveal.errors import ConfigError, FeatureFileError  # noqa: E402
 
 
 class ItemFeaturesMixin:
@@ -95,3 +97,26 @@ class MultimodalDataset(ItemFeaturesMixin, Dataset):
                 f"{list(self.modality_keys)}"
             )
         return tuple(wanted)
+
+
+def dataset_item_tokens(config):
+    """The item tokens of the dataset RecBole builds from ``config`` (after its filtering), without
+    reading any feature set: which items a feature set must cover."""
+    from recbole.data.utils import create_dataset
+
+    from recbole_reveal.data.atomic import load_errors_explained
+
+    with load_errors_explained(config):
+        data = create_dataset(config)
+    return [str(t) for t in data.field2id_token[data.iid_field][1:]]
+
+
+def check_items_covered(config, tokens, source):
+    """Raise :class:`FeatureFileError` when an item of ``config``'s dataset is not among ``tokens`` (the
+    rows a feature set will have, e.g. FVE's prompts), before any of them is computed."""
+    have = set(map(str, tokens))
+    missing = [t for t in dataset_item_tokens(config) if t not in have]
+    if missing:
+        raise FeatureFileError(
+            f"{source}: {len(missing)} of the dataset's items have no row (e.g. {format_tokens(missing)}); "
+            "every item of the .inter file needs one (its line in the .item file)")

@@ -10,7 +10,6 @@ line; a run with only the other switch on is left out. Values are mean ± std ov
 """
 
 import math
-import os
 
 import matplotlib
 
@@ -19,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from recbole_reveal.errors import ConfigError  # noqa: E402
 from recbole_reveal.experiments.stats import mean_std  # noqa: E402
+from recbole_reveal.files import atomic_path  # noqa: E402
 
 PANEL_IN = (4.0, 3.0)       # inches per panel
 DPI = 100
@@ -145,9 +145,9 @@ def _save(fig, path, title=None):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     return path

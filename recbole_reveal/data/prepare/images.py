@@ -26,11 +26,12 @@ import io
 import logging
 import os
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections import namedtuple
+
+from recbole_reveal.files import atomic_open, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -124,11 +125,10 @@ def read_manifest(image_dir):
 
 def write_manifest(image_dir, stored):
     path = os.path.join(image_dir, MANIFEST)
-    with open(path + ".tmp", "w", encoding="utf-8", newline="\n") as f:
+    with atomic_open(path, "w", newline="\n") as f:
         f.write("item_id\tfile\tsource\tsha256\n")
         for s in sorted(stored, key=lambda s: s.token):
             f.write(f"{s.token}\t{s.file}\t{s.source}\t{s.sha256}\n")
-    os.replace(path + ".tmp", path)
 
 
 def _sha256_file(path):
@@ -201,10 +201,7 @@ class ImageFetcher:
                 ext = verify_image(data)
                 name = token + ext
                 path = os.path.join(self.image_dir, name)
-                tmp = f"{path}.part{threading.get_ident()}"
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
+                write_bytes_atomic(path, data)
                 rel = f"{os.path.basename(self.image_dir)}/{name}"
                 return Stored(token, rel, label, hashlib.sha256(data).hexdigest(), False, k, attempts)
             except ImageRejected as e:

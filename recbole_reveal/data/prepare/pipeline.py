@@ -31,6 +31,7 @@ from recbole_reveal.data.prepare.interactions import (
     InteractionLog, ReviewSpool, first_of_duplicates, k_core, output_order)
 from recbole_reveal.data.prepare.rawio import RawFileError, find_raw_file
 from recbole_reveal.data.prepare.stats import PAPER_TABLE1, compute_stats, format_table, table1_rows
+from recbole_reveal.files import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -211,11 +212,10 @@ def _peak_memory():
 
 def _write(path, header, chunks):
     """Write ``header`` then every bytes chunk to ``path`` via a temporary file (atomic)."""
-    with open(path + ".tmp", "wb") as f:
+    with atomic_open(path, "wb") as f:
         f.write(header.encode("utf-8"))
         for chunk in chunks:
             f.write(chunk)
-    os.replace(path + ".tmp", path)
 
 
 def _rating_text(value, cache={}):  # noqa: B006  (a deliberate memo of the few distinct ratings)
