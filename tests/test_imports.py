@@ -14,6 +14,7 @@ LIGHT = [
     "recbole_reveal",
     "recbole_reveal.errors",
     "recbole_reveal.files",
+    "recbole_reveal.config_keys",
     "recbole_reveal.arguments",
     "recbole_reveal.locations",
     "recbole_reveal.cost",
