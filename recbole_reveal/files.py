@@ -108,8 +108,9 @@ def lock_file(path, purpose, wait=0.0, poll=0.2, shared=False, advice=""):
 
     Args:
         purpose: what the holder does (written into the lock file, shown to whoever waits).
-        wait: seconds to wait for another holder to let go; ``None`` = as long as it takes; ``0`` = stop
-            at once with a :class:`FolderInUseError` naming the holder.
+        wait: seconds to wait for another holder to let go (polling every ``poll`` seconds); ``None`` = as
+            long as it takes (woken by the kernel the moment the holder lets go); ``0`` = stop at once
+            with a :class:`FolderInUseError` naming the holder.
         shared: a shared (reader's) lock: any number of them at once, none while an exclusive one is held.
         advice: how to proceed, appended to the error.
     """
@@ -122,21 +123,26 @@ def lock_file(path, purpose, wait=0.0, poll=0.2, shared=False, advice=""):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     f = open(path, "a+", encoding="utf-8")
     try:
+        kind = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         deadline = None if wait is None else time.monotonic() + wait
-        flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
-        waited = False
-        while True:
-            try:
-                fcntl.flock(f.fileno(), flags)
-                break
-            except BlockingIOError:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise FolderInUseError(_in_use_message(path, purpose, advice)) from None
-                if not waited:
-                    logger.warning("%s; waiting%s", _in_use_message(path, purpose, ""),
-                                   "" if wait is None else f" up to {wait:g} s")
-                    waited = True
-                time.sleep(poll)
+        try:
+            fcntl.flock(f.fileno(), kind | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if wait == 0:
+                raise FolderInUseError(_in_use_message(path, purpose, advice)) from None
+            logger.warning("%s; waiting%s", _in_use_message(path, purpose, ""),
+                           "" if wait is None else f" up to {wait:g} s")
+            if wait is None:
+                fcntl.flock(f.fileno(), kind)       # the kernel wakes us when the holder lets go
+            else:
+                while True:
+                    time.sleep(poll)
+                    try:
+                        fcntl.flock(f.fileno(), kind | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise FolderInUseError(_in_use_message(path, purpose, advice)) from None
         if not shared:
             f.seek(0)
             f.truncate()

@@ -84,7 +84,7 @@ def test_two_writers_and_a_reader_of_one_feature_set(tmp_path):
 def _train(data_root, saved, seed=7):
     return subprocess.Popen(
         [sys.executable, os.path.join(REPO, "run_recbole_reveal.py"), "--model=M3SRec_REVEAL", "--dataset=tiny",
-         f"--data_path={data_root}", f"--checkpoint_dir={saved}", "--epochs=2", "--hidden_size=16",
+         f"--data_path={data_root}", f"--checkpoint_dir={saved}", "--epochs=1", "--hidden_size=16",
          "--inner_size=32", "--n_heads=2", "--MAX_ITEM_LIST_LENGTH=10", "--train_batch_size=64",
          "--stopping_step=100", f"--seed={seed}", "--show_progress=False", "--state=WARNING"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())

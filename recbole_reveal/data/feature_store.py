@@ -28,8 +28,9 @@ import numpy as np
 from recbole_reveal.errors import FeatureFileError
 from recbole_reveal.files import atomic_open, lock_file, write_json_atomic
 
-# a writer of the same feature set waits this long for another one to finish its three files
-SET_LOCK_WAIT_S = 600
+# a writer (reader) of a feature set waits for another writer to finish its three files, however long:
+# writing a set takes seconds and the lock is released when its holder ends, even when it is killed
+SET_LOCK_WAIT_S = None
 
 
 def feature_paths(feature_dir, name):
