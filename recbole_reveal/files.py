@@ -183,3 +183,13 @@ def _in_use_message(path, purpose, advice):
     folder = os.path.dirname(os.path.abspath(path))
     text = f"{folder} is in use by {who} (lock {path}); this run ({purpose}) would interleave its files with it"
     return f"{text}. {advice}" if advice else text
+
+
+@contextlib.contextmanager
+def locked_folders(folders, purpose, wait=0.0, advice=""):
+    """:func:`folder_lock` on each distinct folder of ``folders`` (in a fixed order, so two runs that
+    want the same folders never hold one each and wait for the other)."""
+    with contextlib.ExitStack() as stack:
+        for folder in sorted({os.path.realpath(f) for f in folders}):
+            stack.enter_context(folder_lock(folder, purpose, wait=wait, advice=advice))
+        yield

@@ -104,7 +104,7 @@ def test_two_training_runs_share_a_checkpoint_folder(tiny_root, tmp_path):
 # ---- the FVE loop ----------------------------------------------------------------------------------
 
 NAME = "fvelock"
-N_ITEMS = 16
+N_ITEMS = 24
 
 
 @pytest.fixture(scope="module")
@@ -162,12 +162,12 @@ def test_a_second_fve_loop_on_one_feature_folder_stops_and_leaves_the_first_alon
     assert len(errors) == 1 and "is in use by pid" in errors[0] and str(first.pid) in errors[0], errors
     assert "Traceback" not in err2
     # the run folder holds the first run's config, and the digests it recorded are of its own files
-    from recbole_reveal.fve.run_state import sha256_file
+    from recbole_reveal.data.feature_store import file_sha256
 
     run_dir = os.path.join(features, "fve", "run")
     state = json.load(open(os.path.join(run_dir, "stages.json")))
     assert state["config"]["learning_rate"] == 0.001
-    assert state["stages"]["cycle_1/train"]["artefact_sha256"] == [sha256_file(os.path.join(run_dir, "cycle_1",
+    assert state["stages"]["cycle_1/train"]["artefact_sha256"] == [file_sha256(os.path.join(run_dir, "cycle_1",
                                                                                                  "model.pth"))]
     # the first finished: now the second gets the folder (same config: nothing left to run)
     if second_lr == 0.001:

@@ -18,11 +18,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections import OrderedDict
 
 import numpy as np
 import torch
+
+from recbole_reveal.files import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -33,17 +34,8 @@ def sha256_bytes(data):
 
 def _atomic_write(path, write):
     """Call ``write(file_object)`` on a temporary file in ``path``'s folder, then rename it to ``path``."""
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "wb", fsync=False) as f:
+        write(f)
 
 
 def embedding_key(image_sha256, prompt, model_id, settings):

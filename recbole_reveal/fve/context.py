@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from recbole_reveal.config import build_config
+from recbole_reveal.config_keys import check_vlm_path
 from recbole_reveal.cost import CostMeter
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.config import build_fve_encoder, fve_settings
@@ -50,7 +51,9 @@ class FVEContext:
         config_dict = dict(config_dict or {})
         config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
         settings = run_settings(config)
-        if not settings["vlm_path"]:
+        if settings["vlm_path"]:
+            check_vlm_path(settings["vlm_path"])       # before any stage is recorded
+        else:
             raise ConfigError("run_fve needs vlm_path: a local Qwen2.5-VL / Qwen3-VL folder, e.g. "
                               "`hf download Qwen/Qwen2.5-VL-7B-Instruct --local-dir /models/Qwen2.5-VL-7B-Instruct`")
         return cls(model, dataset, config_file_list, config_dict, cmd_args, config, settings)

@@ -45,13 +45,13 @@ it is the target) when ``pos / max_pos >= neg / max_neg``, else ``neg`` (over-ra
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from recbole_reveal.errors import ConfigError
+from recbole_reveal.files import atomic_open
 from recbole_reveal.locations import fve_defaults
 
 logger = logging.getLogger(__name__)
@@ -109,11 +109,9 @@ class Rankings:
 
     def save(self, path, item_tokens):
         """Write the arrays and the internal id -> item token map to ``path`` (.npz) atomically."""
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path + ".tmp", "wb") as f:
+        with atomic_open(path, "wb") as f:
             np.savez(f, users=self.users, targets=self.targets, target_rank=self.target_rank, top=self.top,
                      n_items=self.n_items, item_tokens=np.array([str(t) for t in item_tokens]))
-        os.replace(path + ".tmp", path)
         return path
 
     @classmethod

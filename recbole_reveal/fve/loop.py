@@ -18,7 +18,7 @@ from recbole_reveal.cost import format_cost, write_cost
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.files import write_json_atomic
 from recbole_reveal.fve.context import FVEContext
-from recbole_reveal.fve.run_state import RunState, fingerprint_config
+from recbole_reveal.fve.run_state import RunState, fingerprint_config, run_folders_locked
 from recbole_reveal.fve.stages import Critic, Encode, Feedback, Init, Train
 from recbole_reveal.fve.table import cycle_table, format_table
 
@@ -55,9 +55,10 @@ def run_fve(model, dataset, config_file_list=None, config_dict=None, cmd_args=()
     plan = list(algorithm_2(x_max))
     if stop_after is not None and stop_after not in [s.name for s in plan]:
         raise ConfigError(f"fve_stop_after must be one of the stages {[s.name for s in plan]}; got {stop_after!r}")
-    run = RunState(ctx.run_dir, *fingerprint_config(ctx.config, ctx.settings))
-    ctx.meter.start_memory()
-    with _run_log(os.path.join(ctx.run_dir, "fve.log")):
+    # one run at a time writes the run folder and <feature_dir>/fve: a second one stops, naming this one
+    with run_folders_locked(ctx.run_dir, ctx.fve_dir), _run_log(os.path.join(ctx.run_dir, "fve.log")):
+        run = RunState(ctx.run_dir, *fingerprint_config(ctx.config, ctx.settings))
+        ctx.meter.start_memory()
         # a stage counts as finished only while its files exist unchanged (another run sharing this
         # feature_dir may have rewritten fve/cycle_<x> or the prompts): otherwise it and all later ones rerun
         run.forget_untrusted(plan, ctx)

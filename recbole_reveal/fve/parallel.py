@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from recbole_reveal.errors import ConfigError
+from recbole_reveal.files import atomic_open
 from recbole_reveal.fve.encoder import EncodeResult, ItemRequest
 
 logger = logging.getLogger(__name__)
@@ -183,12 +184,8 @@ def merge_shards(requests, work_dir, num_processes):
 
 
 def _atomic_save(path, write):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:
         write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def worker(work_dir):

@@ -33,7 +33,6 @@ import logging
 import os
 import re
 import string
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -42,6 +41,7 @@ import yaml
 from recbole_reveal import locations
 from recbole_reveal.data.atomic import iter_atomic, read_atomic
 from recbole_reveal.errors import ConfigError
+from recbole_reveal.files import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -306,18 +306,9 @@ def write_prompts(path, records):
 
 def write_jsonl(path, rows):
     """Write dicts as JSON lines atomically: a crash never leaves a half-written file behind."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".jsonl")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
 
 

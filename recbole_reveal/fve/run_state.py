@@ -14,7 +14,7 @@ import logging
 import os
 
 from recbole_reveal.errors import ConfigError
-from recbole_reveal.files import write_json_atomic
+from recbole_reveal.files import locked_folders, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,10 @@ IGNORED_KEYS = {
     "backend", "single_spec", "save_dataset", "dataset_save_path", "save_dataloaders", "dataloaders_save_path",
     "log_dir", "fve_generation_endpoint", "fve_generation_api_key_env", "fve_generation_concurrency",
     "fve_generation_timeout", "fve_generation_retries", "fve_min_acceptance", "fve_acceptance_warning",
+    "vlm_path",                 # the model is known by its files' content (vlm_model_id), not by its path
 }
+LOCK_ADVICE = ("Wait for that run to end (a run with the same config then resumes from its stages), or give this "
+               "run its own feature_dir and fve_run_dir")
 
 
 def jsonable(value):
@@ -51,8 +54,18 @@ def fingerprint_config(config, settings):
     keys = dict(config.final_config_dict)
     keys.update(settings)
     relevant = {k: jsonable(v) for k, v in keys.items() if k not in IGNORED_KEYS}
+    if settings.get("vlm_path"):            # a moved model folder resumes; another model does not
+        from recbole_reveal.fve.vlm import vlm_model_id
+
+        relevant["vlm_model_id"] = vlm_model_id(settings["vlm_path"])
     blob = json.dumps(relevant, sort_keys=True)
     return relevant, hashlib.sha256(blob.encode()).hexdigest()
+
+
+def run_folders_locked(run_dir, fve_dir):
+    """Hold the run folder and the feature folder's ``fve/`` (prompts, per-cycle features) for one run:
+    a second run on either stops at once with a ``FolderInUseError`` naming this one."""
+    return locked_folders([run_dir, fve_dir], "running the FVE loop", advice=LOCK_ADVICE)
 
 
 def sha256_file(path):

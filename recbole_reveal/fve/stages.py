@@ -11,9 +11,10 @@ import os
 
 import torch
 
+from recbole_reveal.data.dataset import check_items_covered
 from recbole_reveal.data.feature_store import feature_paths
 from recbole_reveal.errors import ConfigError
-from recbole_reveal.files import write_json_atomic
+from recbole_reveal.files import atomic_open, write_json_atomic
 from recbole_reveal.fve.cache import EmbeddingCache
 from recbole_reveal.fve.critic import (
     acceptance, apply_rewrites, build_requests, check_acceptance, run_critic, write_critic_log,
@@ -81,6 +82,8 @@ class Encode(Stage):
     def run(self, ctx, run):
         x = self.x
         records = read_prompts(ctx.prompts_path(x))
+        # every item of the dataset needs a row: said before the VLM encodes anything
+        check_items_covered(ctx.config, [r["item_id"] for r in records], ctx.prompts_path(x))
         changed = len(records) if x == 0 else _prompt_changes(read_prompts(ctx.prompts_path(x - 1)), records)
         requests = item_requests(ctx.items, records, ctx.dataset_dir)
         processes = resolve_num_processes(ctx.settings["fve_num_processes"], ctx.settings["fve_device"])
@@ -130,7 +133,7 @@ class Train(Stage):
         config, loaders, _, trainer = ctx.prepare_training(self.overrides(ctx, run))
         try:
             if ctx.settings["fve_warm_start"] and x > 0:
-                previous = torch.load(Train(x - 1).model_path(ctx), map_location=config["device"])
+                previous = torch.load(Train(x - 1).model_path(ctx), map_location=config["device"], weights_only=True)
                 kept = warm_start(trainer.model, previous, loaders[0]._dataset.item_features["vision"])
                 logger.info("FVE cycle %d: warm start from cycle %d's backbone (re-initialised from the new "
                             "features: %s)", x, x - 1, ", ".join(kept) or "nothing")
@@ -139,10 +142,8 @@ class Train(Stage):
         finally:
             close_run_logs()
         valid_data = loaders[1]
-        path = self.model_path(ctx)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        torch.save(trainer.model.state_dict(), path + ".tmp")
-        os.replace(path + ".tmp", path)
+        with atomic_open(self.model_path(ctx), "wb") as f:     # a file object: same weights, same bytes
+            torch.save(trainer.model.state_dict(), f)
         ctx.trained[x] = (trainer, valid_data)
         return {"best_valid_score": float(best_score), "valid": jsonable(dict(best_valid)),
                 "test": jsonable(dict(test_result))}
@@ -153,7 +154,8 @@ class Train(Stage):
             return ctx.trained.pop(self.x)
         config, (_, valid_data, _), _, trainer = ctx.prepare_training(self.overrides(ctx, run))
         close_run_logs()
-        trainer.model.load_state_dict(torch.load(self.model_path(ctx), map_location=config["device"]))
+        trainer.model.load_state_dict(torch.load(self.model_path(ctx), map_location=config["device"],
+                                                 weights_only=True))
         return trainer, valid_data
 
 
