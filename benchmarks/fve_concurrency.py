@@ -5,9 +5,10 @@ ends with. Prints one line per trial and a summary.
 
 Each trial copies a tiny dataset's feature folder, starts run A (learning_rate 0.001), then run B
 (0.005) ``--delay`` seconds later, both with the default run folder ``<feature_dir>/fve/run``. A trial is
-*consistent* when the run folder's ``stages.json`` records one run's config and its ``cycle_1/model.pth``
-is byte-identical to what that config gives alone (a reference run per learning rate in a folder of its
-own; FVE runs are deterministic on CPU). ``PYTHONPATH`` chooses the code under test.
+*consistent* when the run folder's ``stages.json`` records one run's config, its ``cycle_1/model.pth``
+holds exactly the weights that config gives alone (a reference run per learning rate in a folder of its
+own; FVE runs are deterministic on CPU) and the SHA-256 recorded for it is the file's. ``PYTHONPATH``
+chooses the code under test.
 """
 
 import argparse
@@ -28,6 +29,17 @@ LRS = {"A": 0.001, "B": 0.005}
 def sha(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
+
+
+def weights_of(path, references):
+    """The learning rate whose reference run has exactly these weights (tensor by tensor)."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for lr, ref in references.items():
+        if state.keys() == ref.keys() and all(torch.equal(state[k], ref[k]) for k in state):
+            return lr
+    return "neither run alone"
 
 
 def prepare(work):
@@ -83,7 +95,10 @@ def main():
         out, err = (proc := start(script, data, folder, vlm, lr)).communicate()
         if proc.returncode != 0:
             sys.exit(f"reference run {name} failed: {last_error(err)}")
-        reference[sha(os.path.join(folder, "fve", "run", "cycle_1", "model.pth"))] = lr
+        import torch
+
+        reference[lr] = torch.load(os.path.join(folder, "fve", "run", "cycle_1", "model.pth"), map_location="cpu",
+                                   weights_only=True)
     outcomes = []
     for trial in range(a.trials):
         folder = os.path.join(a.work, f"trial_{trial}")
@@ -99,10 +114,10 @@ def main():
             state = json.load(open(os.path.join(run_dir, "stages.json")))
             recorded = state["config"]["learning_rate"]
             model = os.path.join(run_dir, "cycle_1", "model.pth")
-            weights_of = reference.get(sha(model), "neither run alone")
+            weights = weights_of(model, reference)
             digest_ok = state["stages"]["cycle_1/train"]["artefact_sha256"] == [sha(model)]
-            consistent = weights_of == recorded and digest_ok
-            detail = f"stages.json lr={recorded}, model.pth = weights of lr={weights_of}, digest ok={digest_ok}"
+            consistent = weights == recorded and digest_ok
+            detail = f"stages.json lr={recorded}, model.pth = weights of lr={weights}, digest ok={digest_ok}"
         except (OSError, KeyError, ValueError) as e:
             consistent, detail = False, f"run folder unreadable: {type(e).__name__}: {e}"
         outcomes.append((run_a.returncode, run_b.returncode, consistent))

@@ -51,7 +51,9 @@ def temporary_path(path):
 def atomic_path(path, fsync=True):
     """Yield a unique temporary path beside ``path`` for a writer that needs a file name (``torch.save``,
     ``savefig``); when the block ends without an error the file replaces ``path`` in one step, else it
-    is removed. Keeps the extension, so writers that infer a format from it still do."""
+    is removed. Keeps the extension, so writers that infer a format from it still do. (``torch.save``
+    names its archive's records after the file: give it a file object from :func:`atomic_open` instead,
+    so the same tensors give the same bytes.)"""
     tmp = temporary_path(path)
     try:
         yield tmp

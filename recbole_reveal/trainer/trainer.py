@@ -5,7 +5,7 @@ import torch
 from recbole.trainer import Trainer
 
 from recbole_reveal.compat import load_checkpoint
-from recbole_reveal.files import atomic_path
+from recbole_reveal.files import atomic_open
 
 TRAINER_STATE_KEY = "plugin_trainer_state"
 
@@ -37,8 +37,8 @@ class PluginTrainer(Trainer):
         path = kwargs.get("saved_model_file", self.saved_model_file)
         checkpoint = load_checkpoint(path, map_location="cpu")
         checkpoint[TRAINER_STATE_KEY] = state
-        with atomic_path(path) as tmp:  # never a half-written checkpoint under the real name
-            torch.save(checkpoint, tmp)  # torch's default pickle protocol: loadable with weights_only=True
+        with atomic_open(path, "wb") as f:  # never a half-written checkpoint under the real name
+            torch.save(checkpoint, f)       # torch's default pickle protocol: loadable with weights_only=True
 
     def resume_checkpoint(self, resume_file):
         super().resume_checkpoint(resume_file)
