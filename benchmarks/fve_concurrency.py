@@ -6,7 +6,7 @@ ends with. Prints one line per trial and a summary.
 Each trial copies a tiny dataset's feature folder, starts run A (learning_rate 0.001), then run B
 (0.005) ``--delay`` seconds later, both with the default run folder ``<feature_dir>/fve/run``. A trial is
 *consistent* when the run folder's ``stages.json`` records one run's config, its ``cycle_1/model.pth``
-holds exactly the weights that config gives alone (a reference run per learning rate in a folder of its
+holds the weights that config gives alone (to 1e-5; the learning rates' weights differ by ~1e-2) (a reference run per learning rate in a folder of its
 own; FVE runs are deterministic on CPU) and the SHA-256 recorded for it is the file's. ``PYTHONPATH``
 chooses the code under test.
 """
@@ -31,13 +31,15 @@ def sha(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def weights_of(path, references):
-    """The learning rate whose reference run has exactly these weights (tensor by tensor)."""
+def weights_of(path, references, tol=1e-5):
+    """The learning rate whose reference run has these weights, up to float noise: CPU runs agree to
+    ~1e-7 (MKL picks its thread count by load), the two learning rates differ by ~1e-2."""
     import torch
 
     state = torch.load(path, map_location="cpu", weights_only=True)
     for lr, ref in references.items():
-        if state.keys() == ref.keys() and all(torch.equal(state[k], ref[k]) for k in state):
+        if state.keys() == ref.keys() and all(torch.allclose(state[k].float(), ref[k].float(), rtol=0, atol=tol)
+                                              for k in state):
             return lr
     return "neither run alone"
 
@@ -45,7 +47,7 @@ def weights_of(path, references):
 def prepare(work):
     from recbole_reveal.data.feature_store import save_item_features
     from recbole_reveal.data.synthetic import generate_dataset
-    from recbole_reveal.fve.vlm import build_tiny_qwen2_5_vl
+    from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
     data = os.path.join(work, "data")
     if not os.path.isdir(os.path.join(data, NAME)):
@@ -121,12 +123,15 @@ def main():
         except (OSError, KeyError, ValueError) as e:
             consistent, detail = False, f"run folder unreadable: {type(e).__name__}: {e}"
         outcomes.append((run_a.returncode, run_b.returncode, consistent))
-        print(f"trial {trial}: A rc={run_a.returncode} B rc={run_b.returncode}; {detail}; "
-              f"{'consistent' if consistent else 'CORRUPT'}\n  A: {last_error(err_a)}\n  B: {last_error(err_b)}")
+        both = run_a.returncode == 0 and run_b.returncode == 0
+        verdict = "INTERLEAVED (both ran on one folder)" if both else ("consistent" if consistent else "CORRUPT")
+        print(f"trial {trial}: A rc={run_a.returncode} B rc={run_b.returncode}; {detail}; {verdict}"
+              f"\n  A: {last_error(err_a)}\n  B: {last_error(err_b)}")
     clean = sum(1 for ra, rb, ok in outcomes if ok and ra == 0 and rb == 2)
-    print(f"\n{len(outcomes)} trials: {sum(ok for *_, ok in outcomes)} consistent run folders, {clean} with A "
-          f"finished and B refused (rc 2), {sum(1 for ra, rb, _ in outcomes if 0 not in (ra,) or rb not in (0, 2))} "
-          "with a crash")
+    print(f"\n{len(outcomes)} trials: {clean} with A finished, B refused (rc 2) and a consistent run folder; "
+          f"{sum(1 for ra, rb, _ in outcomes if ra == rb == 0)} with both running on one folder; "
+          f"{sum(1 for ra, rb, _ in outcomes if ra not in (0, 2) or rb not in (0, 2))} with a crash; "
+          f"{sum(1 for *_, ok in outcomes if not ok)} with an inconsistent run folder")
 
 
 if __name__ == "__main__":

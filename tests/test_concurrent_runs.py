@@ -111,7 +111,7 @@ N_ITEMS = 24
 def fve_data(tmp_path_factory):
     from recbole_reveal.data.feature_store import save_item_features
     from recbole_reveal.data.synthetic import generate_dataset
-    from recbole_reveal.fve.vlm import build_tiny_qwen2_5_vl
+    from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
     root = str(tmp_path_factory.mktemp("fve_lock_data"))
     generate_dataset(root, NAME, n_users=40, n_items=N_ITEMS, seed=3, image_size=32)
