@@ -476,7 +476,7 @@ class KnownKeys:
         if owners:
             return False, (f"'{key}' is not read by {self.model_name} (a key of {', '.join(owners[:4])}"
                            f"{', ...' if len(owners) > 4 else ''}); ignored")
-        close = difflib.get_close_matches(key, sorted(self.general | self.model | self.extra), n=3, cutoff=0.6)
+        close = difflib.get_close_matches(key, sorted(self.general | self.model | self.extra), n=3, cutoff=0.75)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         return True, (f"unknown config key '{key}'{hint} (your own model's keys: declare them in its "
                       f"<Class>.yaml or list them in {EXTRA_KEYS}, see docs/usage.md)")
