@@ -4,7 +4,8 @@ ends with. Prints one line per trial and a summary.
     python benchmarks/fve_concurrency.py [--trials 3] [--delay 2] [--work /tmp/fve_concurrency]
 
 Each trial copies a tiny dataset's feature folder, starts run A (learning_rate 0.001), then run B
-(0.005) ``--delay`` seconds later, both with the default run folder ``<feature_dir>/fve/run``. A trial is
+(0.005) ``--delay`` seconds later, both with the default run folder ``<feature_dir>/fve/run`` (with
+``--delay 0`` either may get there first). A trial is
 *consistent* when the run folder's ``stages.json`` records one run's config, its ``cycle_1/model.pth``
 holds the weights that config gives alone (to 1e-5; the learning rates' weights differ by ~1e-2) (a reference run per learning rate in a folder of its
 own; FVE runs are deterministic on CPU) and the SHA-256 recorded for it is the file's. ``PYTHONPATH``
@@ -127,8 +128,9 @@ def main():
         verdict = "INTERLEAVED (both ran on one folder)" if both else ("consistent" if consistent else "CORRUPT")
         print(f"trial {trial}: A rc={run_a.returncode} B rc={run_b.returncode}; {detail}; {verdict}"
               f"\n  A: {last_error(err_a)}\n  B: {last_error(err_b)}")
-    clean = sum(1 for ra, rb, ok in outcomes if ok and ra == 0 and rb == 2)
-    print(f"\n{len(outcomes)} trials: {clean} with A finished, B refused (rc 2) and a consistent run folder; "
+    clean = sum(1 for ra, rb, ok in outcomes if ok and {ra, rb} == {0, 2})
+    print(f"\n{len(outcomes)} trials: {clean} with one run finished, the other refused (rc 2) and a consistent "
+          "run folder; "
           f"{sum(1 for ra, rb, _ in outcomes if ra == rb == 0)} with both running on one folder; "
           f"{sum(1 for ra, rb, _ in outcomes if ra not in (0, 2) or rb not in (0, 2))} with a crash; "
           f"{sum(1 for *_, ok in outcomes if not ok)} with an inconsistent run folder")
