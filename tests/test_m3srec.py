@@ -121,7 +121,7 @@ def test_fused_candidates_see_the_features_and_rank_consistently(tiny_config):
 @pytest.mark.parametrize("overrides, message", [
     ({"candidate_embedding": "text"}, "candidate_embedding"),
     ({"fusion_mix": "average"}, "fusion_mix"),
-    ({"mean_skips_layers": "yes"}, "mean_skips_layers"),
+    ({"mean_skips_layers": "maybe"}, "mean_skips_layers"),
     ({"gate_low_rank": 0}, "gate_low_rank"),
     ({"fusion_mix": "reference", "candidate_embedding": "fused"}, "candidate_embedding: id"),
     ({"reference_mode": True, "MAX_ITEM_LIST_LENGTH": 3}, "at least 4"),

@@ -101,15 +101,18 @@ def test_feature_sets_write_their_provenance_and_refuse_bad_tokens(tmp_path):
 
     import pytest
 
-    from recbole_reveal.data.feature_store import feature_paths, load_item_features, save_item_features
+    from recbole_reveal.data.feature_store import feature_paths, file_sha256, load_item_features, save_item_features
     from recbole_reveal.errors import FeatureFileError
 
     matrix = np.arange(6, dtype=np.float32).reshape(3, 2)
     save_item_features(str(tmp_path), "set/a", ["x", "y", "z"], matrix, metadata={"encoder": "test"})
     npy, items, meta = feature_paths(str(tmp_path), "set/a")
     with open(meta, encoding="utf-8") as f:
-        assert json.load(f) == {"encoder": "test", "rows": 3, "dim": 2}
-    assert sorted(os.listdir(tmp_path / "set")) == ["a.items", "a.json", "a.npy"]    # no temporary file left
+        provenance = json.load(f)
+    assert provenance == {"encoder": "test", "rows": 3, "dim": 2, "items_sha256": file_sha256(items),
+                          "matrix_sha256": file_sha256(npy)}
+    # no temporary file left (the set's lock file stays: .a.lock)
+    assert sorted(os.listdir(tmp_path / "set")) == [".a.lock", "a.items", "a.json", "a.npy"]
     with pytest.raises(ValueError, match=r"feature set 'b': matrix shape \(3, 2\) does not match 2 item tokens"):
         save_item_features(str(tmp_path), "b", ["x", "y"], matrix)
     with pytest.raises(ValueError, match="invalid item tokens"):
@@ -159,7 +162,7 @@ def test_zeroed_modalities_config_zeroes_for_the_models_whole_life(tiny_config):
         model.vision_mean_table.weight[1:] = model.vision_mean_table.weight[1:].roll(1, dims=0)
         model.vision_cov_table.weight[1:] = model.vision_cov_table.weight[1:].roll(1, dims=0)
         assert float(model.calculate_loss(batch)) == before
-    with pytest.raises(ValueError, match="'zeroed_modalities' lists \\['audio'\\]"):
+    with pytest.raises(ValueError, match=r"zeroed_modalities must be a list drawn from \['text', 'vision'\]"):
         build_pipeline("M3SRec", dict(tiny_config, zeroed_modalities=["audio"]))
 
 
