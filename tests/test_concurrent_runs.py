@@ -2,8 +2,9 @@
 
 - two writers of one feature set and a reader: every read is one writer's complete set;
 - two training runs on one checkpoint folder: each its own checkpoint and the numbers it would get alone;
-- two FVE loops on one feature folder: the second stops with an error naming the first (pid, host,
-  command) and leaves the first's files alone; a second identical loop the same.
+- two FVE loops on one feature folder (another learning rate): the second stops with an error naming
+  the first (pid, host, command) and leaves the first's files alone; once the first has ended, a run
+  with its config gets the folder and finds every stage done.
 """
 
 import json
@@ -144,8 +145,7 @@ def _wait_for_holder(lock, proc, timeout=300):
     raise AssertionError(f"the first run never took {lock}: {proc.communicate()[1][-2000:]}")
 
 
-@pytest.mark.parametrize("second_lr", [0.005, 0.001])     # another config; the same config
-def test_a_second_fve_loop_on_one_feature_folder_stops_and_leaves_the_first_alone(fve_data, tmp_path, second_lr):
+def test_a_second_fve_loop_on_one_feature_folder_stops_and_leaves_the_first_alone(fve_data, tmp_path):
     import shutil
 
     data_root, shared, vlm = fve_data
@@ -153,7 +153,7 @@ def test_a_second_fve_loop_on_one_feature_folder_stops_and_leaves_the_first_alon
     shutil.copytree(shared, features)
     first = _fve(data_root, features, vlm, 0.001)
     _wait_for_holder(os.path.join(features, "fve", ".reveal.lock"), first)
-    second = _fve(data_root, features, vlm, second_lr)
+    second = _fve(data_root, features, vlm, 0.005)
     out2, err2 = second.communicate(timeout=600)
     out1, err1 = first.communicate(timeout=900)
     assert first.returncode == 0, err1[-3000:]
@@ -169,9 +169,8 @@ def test_a_second_fve_loop_on_one_feature_folder_stops_and_leaves_the_first_alon
     assert state["config"]["learning_rate"] == 0.001
     assert state["stages"]["cycle_1/train"]["artefact_sha256"] == [file_sha256(os.path.join(run_dir, "cycle_1",
                                                                                                  "model.pth"))]
-    # the first finished: now the second gets the folder (same config: nothing left to run)
-    if second_lr == 0.001:
-        again = _fve(data_root, features, vlm, second_lr)
-        out, err = again.communicate(timeout=600)
-        assert again.returncode == 0, err[-2000:]
-        assert out.strip().splitlines()[-1] == out1.strip().splitlines()[-1]
+    # once the first has ended, a run with its config gets the folder and finds every stage done
+    again = _fve(data_root, features, vlm, 0.001)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-2000:]
+    assert out.strip().splitlines()[-1] == out1.strip().splitlines()[-1]
