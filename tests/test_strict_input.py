@@ -266,3 +266,43 @@ def test_declared_defaults_pass_their_own_checks(tiny_root):
                   "BERT4Rec"):
         build_config(model, "tiny", config_dict={"data_path": tiny_root})
     assert np.isfinite(build_config("M3SRec_REVEAL", "tiny", config_dict={"data_path": tiny_root})["avl_alpha"])
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------
+
+class _OpensAFile:
+    """What a hostile checkpoint can hold: unpickling it calls ``open(path, "w")``."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_checkpoints_load_with_weights_only_and_code_in_one_is_refused(tiny_config, tmp_path):
+    import torch
+
+    from recbole_reveal import compat
+    from recbole_reveal.errors import CheckpointError
+    from recbole_reveal.training import close_run_logs, prepare_run
+
+    compat.apply()
+    import recbole.trainer.trainer as recbole_trainer
+
+    # a real checkpoint of the plugin (RecBole's Config, enums, the model class, AVL's state) loads safely
+    config, loaders, _, trainer = prepare_run("M3SRec_REVEAL", "tiny", config_dict=dict(tiny_config, epochs=1))
+    trainer.fit(loaders[0], loaders[1], saved=True, show_progress=False)
+    close_run_logs()
+    checkpoint = recbole_trainer.torch.load(trainer.saved_model_file, map_location="cpu")
+    assert checkpoint["config"]["model"] == "M3SRec_REVEAL" and "plugin_trainer_state" in checkpoint
+    trainer.resume_checkpoint(trainer.saved_model_file)
+
+    marker = tmp_path / "code-ran"
+    hostile = tmp_path / "hostile.pth"
+    torch.save({"config": _OpensAFile(str(marker)), "state_dict": {}}, str(hostile))
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        recbole_trainer.torch.load(str(hostile), map_location="cpu")       # RecBole's trainer's load
+    with pytest.raises(CheckpointError):
+        trainer.resume_checkpoint(str(hostile))
+    assert not marker.exists()
