@@ -223,12 +223,12 @@ def test_keywords_equal_the_old_per_item_counter_reader(tmp_path, monkeypatch, r
     new = prompts.item_keywords("synthetic-demo", DEMO_PATH, top_k=7, reviews=reviews)
     assert new == expected and list(new) == list(expected)
     assert prompts.item_keywords("synthetic-demo", shuffled, top_k=7, reviews=reviews) == expected
-    monkeypatch.setattr(prompts._PairCounter.__init__, "__defaults__", (997,))      # merge every 997 pairs
+    monkeypatch.setattr(prompts._PairCounter.__init__, "__defaults__", (997, 16))   # merge often, many buckets
     counts = prompts.review_keyword_counts(os.path.join(shuffled, "synthetic-demo", "synthetic-demo.review"),
                                            prompts.evaluation_holdout(os.path.join(shuffled, "synthetic-demo",
                                                                                    "synthetic-demo.inter"))
                                            if reviews == "exclude_eval" else None)
-    assert counts.top(7, block=50) == expected
+    assert counts.top(7) == expected
 
 
 def test_streamed_holdout_equals_the_old_one_on_ties_and_missing_timestamps(tmp_path):

@@ -182,17 +182,18 @@ def evaluation_holdout(inter_path, n_holdout=2):
 class KeywordCounts:
     """Occurrences of each keyword candidate per item, from one pass over a ``.review`` file.
 
-    Words are interned (one id per distinct word) and the (item, word) pairs are counted in numpy
-    arrays sorted by ``item << 32 | word``: about 12 bytes per distinct pair, where a ``Counter`` per
-    item costs about 86. ``counts[item]`` gives one item's ``Counter`` (for inspection);
-    :meth:`top` gives every item's keywords without building them.
+    Words are interned (one id per distinct word) and the distinct (item, word) pairs are counted in
+    numpy arrays of keys ``item << 32 | word`` (sorted) and counts: 12 bytes per pair, where a
+    ``Counter`` per item costs about 86. The pairs are kept in buckets of consecutive item indices,
+    so merging new counts and ranking the keywords never copy more than one bucket at a time.
+    ``counts[item]`` gives one item's ``Counter`` (for inspection); :meth:`top` every item's keywords.
     """
 
-    def __init__(self, items, words, keys, counts):
+    def __init__(self, items, words, buckets, bucket_items):
         self.items = items                  # item tokens in order of first kept review
         self.words = words                  # word id -> word
-        self.keys = keys                    # int64, sorted, unique: item index << 32 | word id
-        self.counts = counts                # int32 occurrences per key
+        self.buckets = buckets              # [(int64 sorted keys, int32 counts)] per bucket of item indices
+        self.bucket_items = bucket_items    # item indices per bucket
         self._index = {token: n for n, token in enumerate(items)}
 
     def __len__(self):
@@ -204,24 +205,23 @@ class KeywordCounts:
     def __iter__(self):
         return iter(self.items)
 
+    @property
+    def n_pairs(self):
+        return sum(len(keys) for keys, _ in self.buckets)
+
     def __getitem__(self, item):
         n = self._index[item]
-        lo, hi = np.searchsorted(self.keys, [n << 32, (n + 1) << 32])
-        return Counter({self.words[int(k) & 0xFFFFFFFF]: int(c)
-                        for k, c in zip(self.keys[lo:hi], self.counts[lo:hi])})
+        keys, counts = self.buckets[n // self.bucket_items]
+        lo, hi = np.searchsorted(keys, [n << 32, (n + 1) << 32])
+        return Counter({self.words[int(k) & 0xFFFFFFFF]: int(c) for k, c in zip(keys[lo:hi], counts[lo:hi])})
 
-    def top(self, top_k=5, block=1 << 20):
-        """``{item: [keyword, ...]}`` for every item: its ``top_k`` most frequent words, ties
-        alphabetical (as :func:`top_keywords`), in item order. Works through the pairs in blocks of
-        whole items so the sort's scratch memory stays bounded."""
-        alphabetical = np.empty(len(self.words), dtype=np.int64)
+    def top(self, top_k=5):
+        """``{item: [keyword, ...]}`` for every item in item order: its ``top_k`` most frequent words,
+        ties alphabetical (as :func:`top_keywords`)."""
+        alphabetical = np.empty(len(self.words), dtype=np.int32)
         alphabetical[sorted(range(len(self.words)), key=self.words.__getitem__)] = np.arange(len(self.words))
-        found, start, n_keys = {}, 0, len(self.keys)
-        while start < n_keys:
-            stop = min(start + block, n_keys)
-            if stop < n_keys:                    # extend the block to the end of its last item
-                stop = int(np.searchsorted(self.keys, ((int(self.keys[stop - 1]) >> 32) + 1) << 32))
-            keys, counts = self.keys[start:stop], self.counts[start:stop]
+        found = {}
+        for keys, counts in self.buckets:
             item, word = keys >> 32, keys & 0xFFFFFFFF
             order = np.lexsort((alphabetical[word], -counts, item))
             item, word = item[order], word[order]
@@ -230,18 +230,16 @@ class KeywordCounts:
             chosen = rank < top_k
             for n, w in zip(item[chosen].tolist(), word[chosen].tolist()):
                 found.setdefault(n, []).append(self.words[w])
-            start = stop
         return {token: found.get(n, []) for n, token in enumerate(self.items)}
 
 
 class _PairCounter:
-    """Streaming (item index, word id) counter: pairs are buffered in compact arrays and merged into
-    one sorted array of unique keys with counts every ``flush_every`` pairs."""
+    """Streaming (item index, word id) counter: pairs are buffered in compact arrays and, every
+    ``flush_every`` pairs, merged into per-bucket sorted arrays of distinct keys with counts."""
 
-    def __init__(self, flush_every=1 << 22):
-        self.flush_every = flush_every
-        self.keys = np.zeros(0, dtype=np.int64)
-        self.counts = np.zeros(0, dtype=np.int32)
+    def __init__(self, flush_every=1 << 22, bucket_items=1024):
+        self.flush_every, self.bucket_items = flush_every, bucket_items
+        self.buckets = []
         self._items, self._words = array("i"), array("i")
 
     def add(self, item, word_ids):
@@ -259,13 +257,22 @@ class _PairCounter:
         keys, counts = np.unique(new, return_counts=True)
         del new
         counts = counts.astype(np.int32)
-        at = np.searchsorted(self.keys, keys)
-        known = at < len(self.keys)
-        known[known] = self.keys[at[known]] == keys[known]
-        self.counts[at[known]] += counts[known]      # keys are unique, so are their positions
-        fresh = ~known
-        self.keys = np.insert(self.keys, at[fresh], keys[fresh])
-        self.counts = np.insert(self.counts, at[fresh], counts[fresh])
+        bucket = (keys >> 32) // self.bucket_items
+        while len(self.buckets) <= bucket[-1]:
+            self.buckets.append((np.zeros(0, np.int64), np.zeros(0, np.int32)))
+        edges = np.searchsorted(bucket, np.arange(len(self.buckets) + 1))
+        for b in np.flatnonzero(np.diff(edges)):
+            self.buckets[b] = _merge(*self.buckets[b], keys[edges[b]:edges[b + 1]], counts[edges[b]:edges[b + 1]])
+
+
+def _merge(keys, counts, new_keys, new_counts):
+    """Sorted distinct ``keys`` with ``counts`` plus sorted distinct ``new_keys`` with theirs."""
+    at = np.searchsorted(keys, new_keys)
+    known = at < len(keys)
+    known[known] = keys[at[known]] == new_keys[known]
+    counts[at[known]] += new_counts[known]      # distinct keys: distinct positions
+    fresh = ~known
+    return np.insert(keys, at[fresh], new_keys[fresh]), np.insert(counts, at[fresh], new_counts[fresh])
 
 
 def review_keyword_counts(review_path, holdout=None, stop_words=ENGLISH_STOP_WORDS):
@@ -309,10 +316,11 @@ def review_keyword_counts(review_path, holdout=None, stop_words=ENGLISH_STOP_WOR
         pairs.add(item, [k for k in ids if k >= 0])
         kept += 1
     pairs.flush()
+    counts = KeywordCounts(items, words, pairs.buckets, pairs.bucket_items)
     logger.info("read %d reviews of %d items from %s (%d evaluation-time reviews left out; %d distinct "
                 "words, %d distinct item-word pairs)", kept, len(items), review_path, dropped, len(words),
-                len(pairs.keys))
-    return KeywordCounts(items, words, pairs.keys, pairs.counts)
+                counts.n_pairs)
+    return counts
 
 
 def top_keywords(counts, top_k=5):
