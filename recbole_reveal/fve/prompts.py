@@ -240,20 +240,28 @@ class _PairCounter:
     def __init__(self, flush_every=1 << 22, bucket_items=1024):
         self.flush_every, self.bucket_items = flush_every, bucket_items
         self.buckets = []
-        self._items, self._words = array("i"), array("i")
+        self._words, self._items, self._lengths = [], array("i"), array("i")
 
     def add(self, item, word_ids):
-        self._words.extend(word_ids)
-        self._items.extend(array("i", (item,)) * len(word_ids))
+        """Count ``word_ids`` (negative ids are not keyword candidates and are skipped) for ``item``."""
+        self._words += word_ids
+        self._items.append(item)
+        self._lengths.append(len(word_ids))
         if len(self._words) >= self.flush_every:
             self.flush()
 
     def flush(self):
         if not self._words:
             return
-        new = np.frombuffer(self._items, dtype=np.int32).astype(np.int64) << 32
-        new |= np.frombuffer(self._words, dtype=np.int32)
-        self._items, self._words = array("i"), array("i")
+        words = np.array(self._words, dtype=np.int64)
+        new = np.repeat(np.frombuffer(self._items, dtype=np.int32).astype(np.int64),
+                        np.frombuffer(self._lengths, dtype=np.int32)) << 32
+        self._words, self._items, self._lengths = [], array("i"), array("i")
+        keep = words >= 0
+        new = new[keep] | words[keep]
+        del words, keep
+        if not len(new):
+            return
         keys, counts = np.unique(new, return_counts=True)
         del new
         counts = counts.astype(np.int32)
@@ -289,6 +297,7 @@ def review_keyword_counts(review_path, holdout=None, stop_words=ENGLISH_STOP_WOR
         raise ValueError(f"{review_path}: excluding evaluation reviews needs a user_id column; "
                          "set fve_keyword_reviews: all to use every review")
     word_id, words = {}, []                     # every distinct word -> id (-1: not a candidate)
+    lookup = word_id.__getitem__
     item_index, items = {}, []
     pairs = _PairCounter()
     kept = dropped = 0
@@ -303,17 +312,17 @@ def review_keyword_counts(review_path, holdout=None, stop_words=ENGLISH_STOP_WOR
             item = item_index[row[i]] = len(items)
             items.append(row[i])
         text = _WORD.findall(_APOSTROPHES.sub("", row[r].lower()))
-        ids = list(map(word_id.get, text))
-        if None in ids:                         # words never seen before: classify them once
-            for n, w in enumerate(text):
-                if ids[n] is None:
-                    if w not in word_id:
-                        candidate = len(w) > 1 and not w.isdigit() and w not in stop_words
-                        word_id[w] = len(words) if candidate else -1
-                        if candidate:
-                            words.append(w)
-                    ids[n] = word_id[w]
-        pairs.add(item, [k for k in ids if k >= 0])
+        try:
+            ids = list(map(lookup, text))
+        except KeyError:                        # words never seen before: classify them once
+            for w in text:
+                if w not in word_id:
+                    candidate = len(w) > 1 and not w.isdigit() and w not in stop_words
+                    word_id[w] = len(words) if candidate else -1
+                    if candidate:
+                        words.append(w)
+            ids = list(map(lookup, text))
+        pairs.add(item, ids)
         kept += 1
     pairs.flush()
     counts = KeywordCounts(items, words, pairs.buckets, pairs.bucket_items)
