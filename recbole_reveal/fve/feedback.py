@@ -274,16 +274,21 @@ def feedback_examples(rankings, item, label, limit=3):
 
 class _Grouped:
     """Distinct (owner, candidate) pairs with their counts, sorted by owner, then count descending,
-    then candidate: an owner's examples are a slice."""
+    then candidate: an owner's examples are a slice of ``candidates``."""
 
     def __init__(self, codes, counts, n_items):
         # ``codes`` (owner * n_items + candidate) are sorted: a stable sort by (owner, -count) keeps
         # candidates ascending among equal counts
-        owners = codes // n_items
         top = int(counts.max()) + 1 if len(counts) else 1
-        order = np.argsort(owners * top + (top - 1 - counts), kind="stable")
-        self.candidates = codes[order] % n_items
-        self.offsets = np.searchsorted(owners[order], np.arange(n_items + 1))
+        key = codes // n_items
+        key *= top
+        key += top - 1 - counts
+        order = np.argsort(key, kind="stable")
+        del key
+        codes = codes[order]
+        del order
+        self.offsets = np.searchsorted(codes // n_items, np.arange(n_items + 1))
+        self.candidates = (codes % n_items).astype(np.int32)
 
     def get(self, item, limit):
         lo = self.offsets[item]
@@ -291,19 +296,12 @@ class _Grouped:
 
 
 def _count_pairs(chunks):
-    """Distinct int64 codes (sorted) and their counts over an iterable of code arrays (reduced chunk
-    by chunk)."""
-    parts = [np.unique(c, return_counts=True) for c in chunks if len(c)]
-    if not parts:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    codes = np.concatenate([p[0] for p in parts])
-    counts = np.concatenate([p[1] for p in parts])
-    if len(parts) > 1:
-        order = np.argsort(codes, kind="stable")
-        codes, counts = codes[order], counts[order]
-        first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-        codes, counts = codes[first], np.add.reduceat(counts, first)
-    return codes, counts
+    """Distinct int64 codes (sorted) and their counts over an iterable of code arrays."""
+    codes = np.concatenate([np.zeros(0, np.int64), *chunks])
+    codes.sort()
+    first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else np.zeros(0, np.int64)
+    counts = np.diff(np.r_[first, len(codes)])
+    return codes[first], counts
 
 
 class ExampleIndex:
@@ -315,7 +313,7 @@ class ExampleIndex:
     above the targets.
     """
 
-    def __init__(self, rankings, block_rows=1 << 16):
+    def __init__(self, rankings, block_rows=1 << 13):
         n = int(rankings.n_items)
         top, targets, ranks = rankings.top, rankings.targets.astype(np.int64), rankings.target_rank
         missed = ranks > 1
