@@ -228,7 +228,8 @@ def prepare_encode(args, version):
     from PIL import Image
 
     from recbole_reveal.fve.encoder import FVEEncoder, ItemRequest
-    from recbole_reveal.fve.vlm import build_tiny_qwen2_5_vl, load_vlm
+    from recbole_reveal.fve.vlm import load_vlm
+    from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
     work = tempfile.mkdtemp(prefix="fve_scale_encode_", dir=args.work)
     images = os.path.join(work, "images")

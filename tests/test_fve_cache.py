@@ -13,7 +13,8 @@ from recbole_reveal.data.feature_store import load_item_features
 from recbole_reveal.fve.cache import EmbeddingCache, _Shard, embedding_key
 from recbole_reveal.fve.encoder import FVEEncoder, ItemRequest, item_requests, save_encoding
 from recbole_reveal.fve.prompts import build_initial_prompts, read_items
-from recbole_reveal.fve.vlm import build_tiny_qwen2_5_vl, load_vlm
+from recbole_reveal.fve.vlm import load_vlm
+from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "dataset_atomic", "synthetic-demo")

@@ -15,7 +15,7 @@ from recbole_reveal.fve import prompts
 from recbole_reveal.fve.config import build_fve_encoder, fve_settings
 from recbole_reveal.fve.encoder import ItemRequest
 from recbole_reveal.fve.residency import park_vlm, place_vlm, restore_vlm, stage_needs_vlm
-from recbole_reveal.fve.vlm import build_tiny_qwen2_5_vl
+from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_IMAGES = os.path.join(ROOT, "dataset_atomic", "synthetic-demo", "images")
@@ -83,41 +83,41 @@ def test_a_released_vlm_is_freed_and_reloaded_giving_the_same_embeddings(setting
     encoder = build_fve_encoder(settings)
     before = encoder.encode_items(_requests()).matrix
     model = weakref.ref(encoder.vlm.model)
-    park_vlm(encoder, "free")
+    park_vlm(encoder.vlm, "free")
     gc.collect()
-    assert encoder.vlm is None and model() is None           # nothing holds the weights any more
-    park_vlm(encoder, "free")                                 # parking twice is harmless
-    restore_vlm(encoder, settings)
-    assert encoder.vlm is not None and encoder.vision_cache.stats()["entries"] == 3   # vision cache kept
+    assert encoder.vlm.model is None and model() is None     # nothing holds the weights any more
+    park_vlm(encoder.vlm, "free")                             # parking twice is harmless
+    restore_vlm(encoder.vlm, settings)
+    assert encoder.vlm.model is not None and encoder.vision_cache.stats()["entries"] == 3   # vision cache kept
     encoder.vision_cache._memory.clear()                      # recompute everything with the reloaded model
     assert np.array_equal(encoder.encode_items(_requests()).matrix, before)
 
 
 def test_auto_and_cpu_leave_a_cpu_vlm_in_place(settings):
     encoder = build_fve_encoder(settings)
-    vlm = encoder.vlm
+    model = encoder.vlm.model
     for mode in ("auto", "cpu", "keep"):
-        park_vlm(encoder, mode)
-        assert encoder.vlm is vlm and getattr(encoder, "_parked", None) is None
+        park_vlm(encoder.vlm, mode)
+        assert encoder.vlm.model is model and getattr(encoder.vlm, "_parked", None) is None
     with pytest.raises(ValueError, match="fve_vlm_offload"):
-        park_vlm(encoder, "disk")
+        park_vlm(encoder.vlm, "disk")
 
 
 def test_stages_that_need_the_vlm_get_it_back(settings):
     from types import SimpleNamespace
 
     s = dict(settings, fve_vlm_offload="free")
-    ctx = SimpleNamespace(_encoder=build_fve_encoder(s), _generator="a generator holding the VLM", settings=s)
+    ctx = SimpleNamespace(_encoder=build_fve_encoder(s), settings=s)
     assert [stage_needs_vlm(n, s) for n in ("init", "cycle_0/encode", "cycle_0/train", "cycle_0/feedback",
                                             "cycle_0/critic")] == [False, True, False, False, True]
     assert not stage_needs_vlm("cycle_0/critic", dict(s, fve_generation_backend="endpoint"))
     assert not stage_needs_vlm("cycle_1/encode", dict(s, fve_num_processes=2))   # workers load their own
     place_vlm(ctx, "cycle_0/train")
-    assert ctx._encoder.vlm is None and ctx._generator is None   # the generator held the VLM: dropped too
+    assert ctx._encoder.vlm.model is None
     place_vlm(ctx, "cycle_0/feedback")
-    assert ctx._encoder.vlm is None
+    assert ctx._encoder.vlm.model is None
     place_vlm(ctx, "cycle_0/critic")
-    assert ctx._encoder.vlm is not None and ctx._encoder._parked is None
+    assert ctx._encoder.vlm.model is not None and ctx._encoder.vlm._parked is None
     place_vlm(SimpleNamespace(_encoder=None, settings=s), "cycle_0/train")   # no VLM loaded yet: nothing to do
 
 
@@ -128,10 +128,10 @@ def test_a_vlm_folder_changed_meanwhile_is_refused_on_reload(settings, tmp_path)
     shutil.copytree(settings["vlm_path"], folder)
     s = dict(settings, vlm_path=folder)
     encoder = build_fve_encoder(s)
-    park_vlm(encoder, "free")
+    park_vlm(encoder.vlm, "free")
     build_tiny_qwen2_5_vl(folder, seed=3)                    # other weights in the same folder
     with pytest.raises(ConfigError, match="changed while this FVE run was going"):
-        restore_vlm(encoder, s)
+        restore_vlm(encoder.vlm, s)
 
 
 def test_the_loop_releases_the_vlm_for_training_and_reloads_it(tmp_path, caplog):
@@ -146,7 +146,7 @@ def test_the_loop_releases_the_vlm_for_training_and_reloads_it(tmp_path, caplog)
     from recbole_reveal.data.synthetic import generate_dataset
     from recbole_reveal.fve.loop import run_fve
     from recbole_reveal.fve.prompts import read_items, read_prompts
-    from recbole_reveal.fve.vlm import build_scripted_qwen2_5_vl
+    from recbole_reveal.testing.vlms import build_scripted_qwen2_5_vl
 
     caplog.set_level(logging.INFO, logger="recbole_reveal.fve")
     new_prompt = "An item image. Describe its material and colour."

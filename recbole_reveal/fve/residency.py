@@ -16,7 +16,8 @@ trains and ranks on the same GPU. A 7B VLM holds 16.6 GB there, too much beside 
                       id, so every cache stays valid); a model that cannot be moved (4/8-bit) is freed
   ``keep``            stays where it is
 
-The encoder object, with its in-memory vision-tower cache, is kept in every mode.
+The encoder, its chat turn and the critic's generator share one ``LoadedVLM``: only its ``model`` is moved or
+released, so every holder sees the change; the in-memory vision-tower cache is kept in every mode.
 """
 
 import gc
@@ -48,25 +49,22 @@ def stage_needs_vlm(stage, settings):
 def place_vlm(ctx, stage):
     """Before loop stage ``stage``: the run's VLM on its device if the stage needs it, else parked by
     ``fve_vlm_offload``. ``ctx`` is the loop's :class:`~recbole_reveal.fve.context.FVEContext`; a run
-    that has not loaded the VLM yet is left alone. A released VLM also drops the critic's generator,
-    which holds it; the next critic builds it again on the reloaded VLM."""
-    encoder = ctx._encoder
-    if encoder is None:
+    that has not loaded the VLM yet is left alone."""
+    if ctx._encoder is None:
         return
     if stage_needs_vlm(stage, ctx.settings):
-        restore_vlm(encoder, ctx.settings)
+        restore_vlm(ctx._encoder.vlm, ctx.settings)
     else:
-        park_vlm(encoder, ctx.settings.get("fve_vlm_offload", "auto"))
-        if encoder.vlm is None:
-            ctx._generator = None
+        park_vlm(ctx._encoder.vlm, ctx.settings.get("fve_vlm_offload", "auto"))
 
 
-def park_vlm(encoder, mode="auto"):
-    """Take ``encoder``'s VLM off its device (``cpu``), release it (``free``) or leave it (``keep``)."""
+def park_vlm(vlm, mode="auto"):
+    """Take the :class:`~recbole_reveal.fve.vlm.LoadedVLM`'s model off its device (``cpu``), release it
+    (``free``: ``vlm.model`` becomes None) or leave it (``keep``). The ``LoadedVLM`` object itself, which
+    the encoder, its chat turn and the critic's generator share, stays with its processor."""
     if mode not in OFFLOAD_MODES:
         raise ValueError(f"fve_vlm_offload must be one of {', '.join(OFFLOAD_MODES)}; got {mode!r}")
-    vlm = encoder.vlm
-    if vlm is None or mode == "keep" or getattr(encoder, "_parked", None):
+    if mode == "keep" or getattr(vlm, "_parked", None):
         return
     on_gpu = vlm.device.type == "cuda"
     if mode == "auto":
@@ -80,36 +78,33 @@ def park_vlm(encoder, mode="auto"):
             vlm.model.to("cpu")
         except (ValueError, RuntimeError) as e:      # e.g. bitsandbytes 4/8-bit weights cannot be moved
             logger.info("FVE: the VLM cannot be moved to the CPU (%s); releasing it instead", e)
-            mode = "free"
         else:
-            encoder._parked = "cpu"
+            vlm._parked = "cpu"
             _release_gpu_memory()
             logger.info("FVE: VLM moved to host memory while the backbone runs")
             return
-    encoder._parked = "free"
-    encoder._parked_model_id = vlm.model_id
-    encoder.vlm = None
-    del vlm
+    vlm._parked = "free"
+    vlm.model = None
     _release_gpu_memory()
     logger.info("FVE: VLM released while the backbone runs (reloaded from vlm_path when needed)")
 
 
-def restore_vlm(encoder, settings):
-    """Undo :func:`park_vlm`: the VLM back on its device, or reloaded as ``settings`` load it."""
-    parked = getattr(encoder, "_parked", None)
+def restore_vlm(vlm, settings):
+    """Undo :func:`park_vlm`: the model back on its device, or reloaded as ``settings`` load it."""
+    parked = getattr(vlm, "_parked", None)
     if parked == "cpu":
-        encoder.vlm.model.to(encoder.vlm.device)
-        logger.info("FVE: VLM moved back to %s", encoder.vlm.device)
+        vlm.model.to(vlm.device)
+        logger.info("FVE: VLM moved back to %s", vlm.device)
     elif parked == "free":
         from recbole_reveal.fve.config import load_fve_vlm
 
-        vlm = load_fve_vlm(settings)
-        if vlm.model_id != encoder._parked_model_id:
+        loaded = load_fve_vlm(settings)
+        if loaded.model_id != vlm.model_id:
             raise ConfigError(f"the VLM folder {settings['vlm_path']} changed while this FVE run was going (model "
-                              f"id {encoder._parked_model_id} -> {vlm.model_id}); restore it, or start a new run "
+                              f"id {vlm.model_id} -> {loaded.model_id}); restore it, or start a new run "
                               "(another fve_run_dir), or set fve_vlm_offload: cpu so the loaded model is kept")
-        encoder.vlm = vlm
-    encoder._parked = None
+        vlm.model = loaded.model
+    vlm._parked = None
 
 
 def _release_gpu_memory():
