@@ -102,10 +102,19 @@ class ItemMeta:
     image: str
 
 
+def review_words(text):
+    """Every word of one review, in order: lowercased, apostrophes removed (rule 2 of the module docstring)."""
+    return _WORD.findall(_APOSTROPHES.sub("", text.lower()))
+
+
+def is_candidate(word, stop_words=ENGLISH_STOP_WORDS):
+    """Whether a review word can be a keyword: not a stop word, a single character, or only digits."""
+    return len(word) > 1 and not word.isdigit() and word not in stop_words
+
+
 def tokenize_review(text, stop_words=ENGLISH_STOP_WORDS):
     """Keyword candidates of one review, in order (rule 2 of the module docstring)."""
-    words = _WORD.findall(_APOSTROPHES.sub("", text.lower()))
-    return [w for w in words if len(w) > 1 and not w.isdigit() and w not in stop_words]
+    return [w for w in review_words(text) if is_candidate(w, stop_words)]
 
 
 def extract_keywords(reviews, top_k=5, stop_words=ENGLISH_STOP_WORDS):
@@ -311,13 +320,13 @@ def review_keyword_counts(review_path, holdout=None, stop_words=ENGLISH_STOP_WOR
         if item is None:
             item = item_index[row[i]] = len(items)
             items.append(row[i])
-        text = _WORD.findall(_APOSTROPHES.sub("", row[r].lower()))
+        text = review_words(row[r])
         try:
             ids = list(map(lookup, text))
         except KeyError:                        # words never seen before: classify them once
             for w in text:
                 if w not in word_id:
-                    candidate = len(w) > 1 and not w.isdigit() and w not in stop_words
+                    candidate = is_candidate(w, stop_words)
                     word_id[w] = len(words) if candidate else -1
                     if candidate:
                         words.append(w)
