@@ -10,8 +10,10 @@ Runs the whole loop (``run_fve``) on ``synthetic-demo`` with a tiny Qwen2.5-VL b
 folder: ``scripted`` (``build_scripted_qwen2_5_vl``) writes one well-formed rewrite for every selected
 item, so each cycle re-encodes exactly the rewritten items; ``random`` (``build_tiny_qwen2_5_vl``)
 never does, so later cycles re-encode nothing. Then the same loop is run again in a new run folder on
-the same embedding cache: it re-encodes nothing. Prints the per-cycle table of both runs and the
-encode seconds side by side. Mechanics only: the tiny VLM's features mean nothing.
+the same embedding cache: it re-encodes nothing (and reads the review keywords from the keyword cache).
+Prints the per-cycle table of both runs, the encode seconds side by side, and the files the embedding
+cache gained per cycle (shards) next to what the per-item layout of earlier versions wrote (two files
+per encoded item). Mechanics only: the tiny VLM's features mean nothing.
 """
 
 import argparse
@@ -57,8 +59,16 @@ def main():
                   "feature_dir": feature_dir, "fve_rewrite_fraction": args.rewrite_fraction,
                   "fve_rewrite_max_new_tokens": 16, "fve_rewrite_batch_size": 16, "fve_batch_size": 16,
                   "fve_num_processes": args.processes, "checkpoint_dir": os.path.join(work, "saved")}
+        shards = os.path.join(feature_dir, "fve", "cache", "shards")
+        files = []                                      # shard files after each cycle's encode stage
+        for x in range(args.cycles):
+            run_fve(args.model, "synthetic-demo", config_dict=dict(config, fve_run_dir=os.path.join(work, "run1"),
+                                                                   fve_stop_after=f"cycle_{x}/encode"))
+            files.append(len(os.listdir(shards)))
         first = run_fve(args.model, "synthetic-demo", config_dict=dict(config, fve_run_dir=os.path.join(work, "run1")))
         again = run_fve(args.model, "synthetic-demo", config_dict=dict(config, fve_run_dir=os.path.join(work, "run2")))
+        files_again = len(os.listdir(shards)) - files[-1]
+        keyword_files = len(os.listdir(os.path.join(feature_dir, "fve", "cache", "keywords")))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -72,6 +82,11 @@ def main():
         sa, sb = a["seconds"]["encode"], b["seconds"]["encode"]
         print(f"{a['cycle']:>5} {a['items_reencoded']:>19} {b['items_reencoded']:>20} {sa:>17.1f} {sb:>18.1f} "
               f"{sa / max(sb, 1e-9):>6.1f}")
+    print(f"\nembedding cache files added per cycle (first run): shards / per-item layout of earlier versions")
+    for x, row in enumerate(first["table"]):
+        added = files[x] - (files[x - 1] if x else 0)
+        print(f"{x:>5} {added:>7} / {2 * row['items_reencoded']}")
+    print(f"re-run: {files_again} shard files added; keyword cache: {keyword_files} file(s), read by the re-run")
 
 
 if __name__ == "__main__":

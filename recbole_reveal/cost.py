@@ -10,6 +10,10 @@
   process's peak since it started (``peak_rss_scope: process``).
 * GPU: ``torch.cuda.max_memory_allocated`` / ``max_memory_reserved`` of the run's device, reset when
   the meter starts; ``null`` when the run is not on a CUDA device.
+* Per stage, once the memory window is open: the peak RSS while the stage ran
+  (``peak_rss_mb_by_stage``, the maximum over its calls). On Linux the mark is reset when a stage
+  starts, after folding it into every open stage and the run's peak, so each stage's peak is its own
+  and the run's peak is unchanged.
 
 :meth:`CostMeter.report` gives a JSON-ready dict (``<stage>_s`` per stage, ``calls`` per stage,
 the memory readings, and any context passed in), :func:`format_cost` the table the run logs, and
@@ -87,6 +91,10 @@ class CostMeter:
         self._calls = {}        # stage -> number of timed blocks / add() calls
         self._open = {}         # stage -> how many stage() blocks of that name are open
         self.rss_scope = "process"
+        self._window = False    # start_memory() was called: stages record their peak RSS
+        self._stack = []        # [name, peak MiB] of the open stages, outermost first
+        self._stage_peaks = {}  # stage -> peak RSS MiB over its calls
+        self._run_peak = 0.0    # the run's peak folded in before each reset of the mark
 
     # ---------------------------------------------------------------- time
     @contextmanager
@@ -100,6 +108,9 @@ class CostMeter:
         self._open[name] = depth + 1
         self._seconds.setdefault(name, 0.0)     # report order = order of first start
         self._calls.setdefault(name, 0)
+        if depth == 0 and self._window:
+            self._fold_peak(reset=True)
+            self._stack.append([name, 0.0])
         start = self._clock()
         try:
             yield
@@ -107,6 +118,10 @@ class CostMeter:
             self._open[name] = depth
             if depth == 0:
                 self.add(name, self._clock() - start)
+                if self._window:
+                    self._fold_peak()
+                    _, peak = self._stack.pop()
+                    self._stage_peaks[name] = max(self._stage_peaks.get(name, 0.0), peak)
 
     def add(self, name, seconds, calls=1):
         """Add ``seconds`` measured elsewhere to stage ``name`` (e.g. a stage timed by the FVE loop)."""
@@ -149,12 +164,22 @@ class CostMeter:
         return self._calls.get(name, 0)
 
     # ---------------------------------------------------------------- memory
+    def _fold_peak(self, reset=False):
+        """Fold the current peak-RSS mark into the open stages and the run; then optionally reset it."""
+        peak = peak_rss_mb()
+        self._run_peak = max(self._run_peak, peak)
+        for entry in self._stack:
+            entry[1] = max(entry[1], peak)
+        if reset and self.rss_scope == "run":
+            reset_peak_rss()
+
     def start_memory(self):
         """Open the memory window: reset the process's peak-RSS mark (where the OS allows it) and
-        the peak counters of every visible CUDA device."""
+        the peak counters of every visible CUDA device; from now on stages record their peak RSS."""
         import torch
 
         self.rss_scope = "run" if reset_peak_rss() else "process"
+        self._window, self._run_peak, self._stage_peaks = True, 0.0, {}
         if torch.cuda.is_available():
             for k in range(torch.cuda.device_count()):
                 torch.cuda.reset_peak_memory_stats(k)
@@ -167,7 +192,7 @@ class CostMeter:
 
         gpu = _cuda_device(device)
         return {
-            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "peak_rss_mb": round(max(peak_rss_mb(), self._run_peak), 1),
             "peak_rss_scope": self.rss_scope,
             "peak_gpu_mb": None if gpu is None else round(torch.cuda.max_memory_allocated(gpu) / MB, 1),
             "peak_gpu_reserved_mb": None if gpu is None else round(torch.cuda.max_memory_reserved(gpu) / MB, 1),
@@ -183,6 +208,8 @@ class CostMeter:
         out.update({f"{name}_s": round(s, 3) for name, s in self._seconds.items()})
         out["calls"] = dict(self._calls)
         out.update(self.memory(device))
+        if self._window:
+            out["peak_rss_mb_by_stage"] = {k: round(v, 1) for k, v in self._stage_peaks.items()}
         return out
 
 
@@ -204,13 +231,15 @@ def table7(report):
 
 def format_cost(report, title="run cost"):
     """The report as a small text table: one row per stage (seconds, calls), then memory."""
-    calls = report.get("calls", {})
+    calls, peaks = report.get("calls", {}), report.get("peak_rss_mb_by_stage") or {}
     stages = [k[:-2] for k in report if k.endswith("_s") and isinstance(report[k], (int, float))]
     width = max([len(s) for s in stages] + [len("stage")])
     context = ", ".join(f"{k}={report[k]}" for k in report
                         if not k.endswith("_s") and k != "calls" and not k.startswith("peak_"))
-    lines = [title] + ([f"  {context}"] if context else []) + [f"  {'stage':<{width}}  {'seconds':>10}  {'calls':>5}"]
-    lines += [f"  {s:<{width}}  {report[s + '_s']:>10.3f}  {calls.get(s, ''):>5}" for s in stages]
+    head = f"  {'stage':<{width}}  {'seconds':>10}  {'calls':>5}" + ("  peak RSS MiB" if peaks else "")
+    lines = [title] + ([f"  {context}"] if context else []) + [head]
+    lines += [f"  {s:<{width}}  {report[s + '_s']:>10.3f}  {calls.get(s, ''):>5}"
+              + (f"  {peaks[s]:>12.1f}" if s in peaks else "") for s in stages]
     lines.append(f"  peak RSS {report['peak_rss_mb']:.1f} MiB ({report['peak_rss_scope']})")
     if report.get("peak_gpu_mb") is not None:
         lines.append(f"  peak GPU {report['peak_gpu_mb']:.1f} MiB allocated, "

@@ -137,6 +137,29 @@ def test_the_memory_window_starts_at_start_memory():
     assert meter.memory()["peak_rss_mb"] == pytest.approx(grown, abs=5)   # a peak stays after the free
 
 
+@pytest.mark.skipif(not os.path.isfile("/proc/self/clear_refs"), reason="the peak-RSS reset is Linux-only")
+def test_each_stage_reports_its_own_peak_rss_and_the_run_peak_keeps_the_largest():
+    meter = CostMeter()
+    meter.start_memory()
+    with meter.stage("fve_encode"):
+        with meter.stage("fve_big"):
+            block = np.ones(400 * 2**20 // 8)          # 400 MiB touched, then freed
+            del block
+        with meter.stage("fve_small"):
+            block = np.ones(100 * 2**20 // 8)
+            del block
+    with meter.stage("fve_feedback"):
+        pass
+    report = meter.report()
+    peaks = report["peak_rss_mb_by_stage"]
+    assert set(peaks) == {"fve_encode", "fve_big", "fve_small", "fve_feedback"}
+    assert peaks["fve_big"] > peaks["fve_small"] + 250 and peaks["fve_small"] > peaks["fve_feedback"] + 80
+    assert peaks["fve_encode"] >= peaks["fve_big"]    # an outer stage includes its inner ones' peaks
+    assert report["peak_rss_mb"] >= peaks["fve_big"]   # later resets did not lose the run's peak
+    assert "peak RSS MiB" in format_cost(report)
+    assert "peak_rss_mb_by_stage" not in CostMeter().report()   # no memory window: no stage peaks
+
+
 def test_cost_path_and_format():
     assert cost_path("/x/saved/M3SRec-Nov-25.pth") == "/x/saved/M3SRec-Nov-25.cost.json"
     clock = Clock()

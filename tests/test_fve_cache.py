@@ -2,6 +2,7 @@
 whose prompt changed, a re-run re-encodes nothing, and every input of the embedding is in the key."""
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -9,10 +10,11 @@ import pytest
 from PIL import Image
 
 from recbole_reveal.data.feature_store import load_item_features
-from recbole_reveal.fve.cache import EmbeddingCache, embedding_key
+from recbole_reveal.fve.cache import EmbeddingCache, _Shard, embedding_key
 from recbole_reveal.fve.encoder import FVEEncoder, ItemRequest, item_requests, save_encoding
 from recbole_reveal.fve.prompts import build_initial_prompts, read_items
-from recbole_reveal.fve.vlm import build_tiny_qwen2_5_vl, load_vlm
+from recbole_reveal.fve.vlm import load_vlm
+from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "dataset_atomic", "synthetic-demo")
@@ -98,14 +100,19 @@ def test_corrupt_entries_are_misses_and_get_rewritten(vlm, demo_requests, tmp_pa
     enc = FVEEncoder(vlm, **BUDGET)
     first = enc.encode_items(demo_requests[:2], EmbeddingCache(root)).matrix
     key, _ = embedding_key(_sha(demo_requests[0].image_path), demo_requests[0].prompt, vlm.model_id, enc.settings())
-    path = os.path.join(root, key[:2], key + ".npy")
-    with open(path, "r+b") as f:
-        f.truncate(40)
+    (shard,) = EmbeddingCache(root).files()
+    table = _Shard(shard)
+    row = table.keys.index(bytes.fromhex(key))
+    with open(shard, "r+b") as f:                        # flip one float of that entry's vector
+        f.seek(table.vectors_at + 4 * table.dim * row + 8)
+        f.write(b"\x7f\x7f\x7f\x3f")
     cache = EmbeddingCache(root)
     result = enc.encode_items(demo_requests[:2], cache)
     assert cache.corrupt == 1 and result.encoded == [demo_requests[0].token]
     np.testing.assert_allclose(result.matrix, first, atol=1e-6)
-    assert np.array_equal(np.load(path), result.matrix[0])   # rewritten whole
+    again = EmbeddingCache(root)                          # the rewrite, in a later shard, shadows the bad row
+    assert np.array_equal(again.get(key, 64), result.matrix[0]) and again.corrupt == 0
+    assert len(again.files()) == 2
 
 
 def _sha(path):
@@ -115,12 +122,12 @@ def _sha(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def test_entries_are_complete_files_with_their_key(vlm, demo_requests, tmp_path):
+def test_entries_are_batched_into_shards_with_their_key_fields(vlm, demo_requests, tmp_path):
     root = str(tmp_path / "cache")
     FVEEncoder(vlm, **BUDGET).encode_items(demo_requests, EmbeddingCache(root))
-    names = [n for _, _, files in os.walk(root) for n in files]
-    assert len(names) == 2 * N and all(n.endswith((".npy", ".json")) and not n.startswith(".tmp") for n in names)
-    meta = [json.load(open(os.path.join(d, n))) for d, _, files in os.walk(root) for n in files if n.endswith(".json")]
+    names = [os.path.relpath(os.path.join(d, n), root) for d, _, files in os.walk(root) for n in files]
+    assert len(names) == 1 and names[0].startswith("shards" + os.sep) and names[0].endswith(".fvs")
+    meta = _Shard(os.path.join(root, names[0])).fields()
     assert {m["prompt"] for m in meta} == {r.prompt for r in demo_requests}
     assert all(m["model_id"] == vlm.model_id and m["settings"]["pooling"] == "image_after_prompt" for m in meta)
 
@@ -155,3 +162,189 @@ def test_item_requests_need_one_prompt_per_item():
     records = [{"item_id": items[0].item_id, "prompt": "p"}, {"item_id": "zzz", "prompt": "q"}]
     with pytest.raises(ValueError, match=r"1 items without a prompt \(i0001\), 1 prompts for unknown items \(zzz\)"):
         item_requests(items, records, DEMO)
+
+
+# ---------------------------------------------------------------- the shard store itself (no VLM)
+def _vec(key, dim=16):
+    """A vector determined by its key, so any reader can check what it read."""
+    return np.random.default_rng(int(key[:8], 16)).normal(size=dim).astype(np.float32)
+
+
+def _keys(n, salt=""):
+    import hashlib
+
+    return [hashlib.sha256(f"{salt}{k}".encode()).hexdigest() for k in range(n)]
+
+
+def test_entries_go_to_a_few_shards_and_read_back_after_reopening(tmp_path):
+    root = str(tmp_path / "c")
+    cache = EmbeddingCache(root, shard_entries=10)
+    keys = _keys(25)
+    for k in keys:
+        cache.put(k, _vec(k), {"k": k})
+    assert len(cache.files()) == 2            # two full shards published on the way; 5 entries buffered
+    assert np.array_equal(cache.get(keys[-1], 16), _vec(keys[-1]))   # a buffered entry is already served
+    cache.close()
+    assert len(cache.files()) == 3 and sorted(os.listdir(os.path.join(root, "shards"))) == \
+        sorted(os.path.basename(f) for f in cache.files())            # no temporary file left behind
+    again = EmbeddingCache(root)
+    assert len(again) == 25 and all(np.array_equal(again.get(k, 16), _vec(k)) for k in keys)
+    assert again.get(_keys(1, "other")[0]) is None and again.stats()["misses"] == 1
+    assert [f["k"] for f in _Shard(cache.files()[0]).fields()] == keys[:10]
+
+
+def test_buffered_entries_are_published_when_the_cache_is_dropped(tmp_path):
+    import gc
+
+    root = str(tmp_path / "c")
+    cache = EmbeddingCache(root)
+    keys = _keys(3)
+    for k in keys:
+        cache.put(k, _vec(k))
+    assert EmbeddingCache(root).get(keys[0]) is None                  # not yet published
+    del cache
+    gc.collect()
+    assert all(np.array_equal(EmbeddingCache(root).get(k), _vec(k)) for k in keys)
+    with EmbeddingCache(root) as cache:
+        cache.put(_keys(1, "x")[0], _vec(_keys(1, "x")[0]))
+    assert len(EmbeddingCache(root)) == 4
+
+
+def test_partial_and_foreign_files_are_never_read_as_entries(tmp_path, caplog):
+    root = str(tmp_path / "c")
+    with EmbeddingCache(root) as cache:
+        for k in _keys(4):
+            cache.put(k, _vec(k))
+    (good,) = EmbeddingCache(root).files()
+    shards = os.path.join(root, "shards")
+    with open(good, "rb") as f:
+        blob = f.read()
+    with open(os.path.join(shards, ".tmp-abc" + os.path.basename(good)), "wb") as f:
+        f.write(blob[:100])                     # a writer killed mid-write leaves only a temporary file
+    with open(os.path.join(shards, "99999999999999999999-1-00000000.fvs"), "wb") as f:
+        f.write(blob[:-10])                     # a damaged shard: refused whole
+    cache = EmbeddingCache(root)
+    assert len(cache) == 4 and all(np.array_equal(cache.get(k), _vec(k)) for k in _keys(4))
+    assert "ignoring unreadable shard" in caplog.text and "truncated" in caplog.text
+
+
+_WRITER = """
+import hashlib, importlib.util, numpy as np
+spec = importlib.util.spec_from_file_location("fve_cache", {module!r})    # the module alone: a fast start
+fve_cache = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(fve_cache)
+EmbeddingCache = fve_cache.EmbeddingCache
+cache = EmbeddingCache({root!r}, shard_entries=40)
+for k in range({n}):
+    key = hashlib.sha256(str(k).encode()).hexdigest()
+    cache.put(key, np.random.default_rng(int(key[:8], 16)).normal(size=512).astype(np.float32))
+cache.close()
+"""
+
+
+def test_a_reader_sees_whole_shards_while_another_process_appends(tmp_path, caplog):
+    """Another process publishes 30 shards while this one keeps refreshing and reading: every entry it
+    can see reads back exactly, it never meets a partial shard, and in the end it sees them all."""
+    import subprocess
+    import sys
+    import time
+
+    root, n = str(tmp_path / "c"), 1200
+    os.makedirs(root)
+    import recbole_reveal.fve.cache as module
+
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER.format(module=module.__file__, root=root, n=n)])
+    reader = EmbeddingCache(root)
+    keys, checked, seen = _keys(n), set(), []
+    try:
+        while True:
+            finished = writer.poll() is not None
+            reader.refresh()
+            visible = {k for k in keys if bytes.fromhex(k) in reader._index}
+            assert all(np.array_equal(reader.get(k, 512), _vec(k, 512)) for k in visible - checked)
+            assert len(visible) % 40 == 0        # whole shards only
+            checked |= visible
+            seen.append(len(visible))
+            if finished:
+                break
+            time.sleep(0.02)
+    finally:
+        writer.wait(timeout=120)
+    assert writer.returncode == 0 and seen[-1] == n and seen == sorted(seen)
+    assert reader.corrupt == 0 and "unreadable" not in caplog.text
+
+
+def test_the_old_per_item_layout_is_converted_on_open(tmp_path, caplog):
+    from fve_reference import old_cache_put
+
+    from recbole_reveal.fve.cache import legacy_entries, main
+
+    caplog.set_level(logging.INFO, logger="recbole_reveal.fve.cache")
+    root = str(tmp_path / "old")
+    keys = _keys(5)
+    for k in keys:
+        old_cache_put(root, k, _vec(k), {"prompt": f"p{k[:4]}"})
+    bad = _keys(1, "bad")[0]
+    old_cache_put(root, bad, _vec(bad))
+    with open(os.path.join(root, bad[:2], bad + ".npy"), "r+b") as f:
+        f.truncate(20)
+    assert len(legacy_entries(root)) == 6
+    summary = main(["info", root])                              # info only looks
+    assert summary["old_layout_entries"] == 6 and summary["entries"] == 0
+    cache = EmbeddingCache(root)
+    assert all(np.array_equal(cache.get(k, 16), _vec(k)) for k in keys) and cache.get(bad) is None
+    assert legacy_entries(root) == [] and sorted(os.listdir(root)) == [".migrate.lock", "shards"]
+    assert "converted 5 entries (1 unreadable dropped)" in caplog.text
+    assert {f["prompt"] for f in _Shard(cache.files()[0]).fields()} == {f"p{k[:4]}" for k in keys}
+    assert main(["info", root])["entries"] == 5
+
+
+def test_image_digests_hash_in_threads_and_notice_changed_files(tmp_path):
+    import hashlib
+
+    from recbole_reveal.fve.cache import image_digests
+
+    paths = []
+    for k in range(20):
+        p = tmp_path / f"{k}.bin"
+        p.write_bytes(os.urandom(3000 + k))
+        paths.append(str(p))
+    (tmp_path / "empty.bin").write_bytes(b"")
+    os.makedirs(tmp_path / "adir")
+    extra = [str(tmp_path / "gone.bin"), "", str(tmp_path / "empty.bin"), str(tmp_path / "adir")]
+    got = image_digests(paths + extra, workers=4)
+    assert got[:20] == [(hashlib.sha256(open(p, "rb").read()).hexdigest(), None) for p in paths]
+    assert got[20:] == [(None, "file not found"), (None, "no image path"), (None, "empty file"),
+                        (None, "unreadable: Is a directory")]
+    assert image_digests(paths, workers=1) == got[:20]
+    with open(paths[3], "r+b") as f:                             # same size, new bytes, new times
+        f.write(b"changed!")
+    os.utime(paths[3], ns=(1, 1))
+    assert image_digests([paths[3]])[0][0] == hashlib.sha256(open(paths[3], "rb").read()).hexdigest()
+
+
+def test_the_vision_cache_on_disk_keeps_to_its_size_limit_evicting_the_least_recently_used(tmp_path):
+    import torch
+
+    from recbole_reveal.fve.cache import VisionFeatureCache, VisionFeatures
+
+    def feats(k):
+        return VisionFeatures(torch.full((16, 32), float(k)), [], (1, 8, 8))
+
+    folder = str(tmp_path / "vc")
+    probe = VisionFeatureCache(max_bytes=0, directory=str(tmp_path / "probe"))
+    probe.put("00" * 32, feats(0))
+    size = os.path.getsize(probe._path("00" * 32))
+    cache = VisionFeatureCache(max_bytes=0, directory=folder, max_disk_bytes=int(4.5 * size))
+    keys = [f"{k:02x}" * 32 for k in range(1, 8)]
+    for n, key in enumerate(keys[:4]):
+        cache.put(key, feats(n))
+        os.utime(cache._path(key), ns=(10**9 * n, 10**9 * n))    # distinct, ordered use times
+    assert cache.get(keys[0]) is not None                          # a disk hit refreshes it
+    for key in keys[4:]:
+        cache.put(key, feats(9))
+    on_disk = {k for k in keys if os.path.isfile(cache._path(k))}
+    total = sum(os.path.getsize(cache._path(k)) for k in on_disk)
+    assert total <= 4.5 * size and cache.evicted >= 2
+    assert keys[0] in on_disk and keys[1] not in on_disk and keys[6] in on_disk
+    assert torch.equal(VisionFeatureCache(directory=folder).get(keys[0]).pooler, feats(0).pooler)

@@ -176,3 +176,29 @@ def test_rankings_of_a_general_model_mask_the_history_as_recbole_does(tiny_confi
         history = set(test.uid2history_item[user].tolist())
         assert history and not history & set(top.tolist())
         assert (top == 0).sum() == len(history)
+
+
+def test_examples_from_the_index_equal_the_old_per_item_scan():
+    """One indexed pass gives every item's examples exactly as the old scan of all rows did, on
+    random rankings with real-shaped rows (distinct items, trailing 0s) and malformed ones (repeats)."""
+    from fve_reference import old_feedback_examples
+
+    from recbole_reveal.fve.feedback import ExampleIndex
+
+    rng = np.random.default_rng(0)
+    for trial in range(24):
+        n_items, rows, width = int(rng.integers(3, 30)), int(rng.integers(1, 120)), int(rng.integers(1, 12))
+        if trial % 2:
+            top = rng.integers(0, n_items, size=(rows, width))
+        else:
+            top = np.stack([np.r_[rng.permutation(np.arange(1, n_items)), np.zeros(width, int)][:width]
+                            for _ in range(rows)])
+        r = Rankings(users=np.arange(rows), targets=rng.integers(1, n_items, rows),
+                     target_rank=rng.integers(1, n_items + 1, rows), top=top, n_items=n_items)
+        index = ExampleIndex(r, block_rows=int(rng.integers(1, 40)))
+        for item in range(n_items):
+            for label in ("pos", "neg"):
+                for limit in (1, 3, 50):
+                    assert index.examples(item, label, limit) == old_feedback_examples(r, item, label, limit)
+    assert feedback_examples(r, 1, "pos") == old_feedback_examples(r, 1, "pos")    # built once, kept on r
+    assert r._examples is not None and feedback_examples(r, 1, "neg") == old_feedback_examples(r, 1, "neg")

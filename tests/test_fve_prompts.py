@@ -184,3 +184,95 @@ def test_streamed_counts_give_the_keywords_of_the_texts(tmp_path):
         assert top_keywords(counts[item], 3) == extract_keywords(reviews, 3)
     held = review_keyword_counts(str(path), holdout={("u0", "a", 0.0)})
     assert held["a"]["zipper"] == 1
+
+
+def _shuffled_copy(tmp_path, name="synthetic-demo", seed=0):
+    """The demo's .item/.inter/.review with the data lines of .inter and .review shuffled."""
+    import random
+    import shutil
+
+    folder = tmp_path / name
+    folder.mkdir()
+    rng = random.Random(seed)
+    shutil.copy(os.path.join(DEMO_PATH, name, f"{name}.item"), folder)
+    for suffix in ("inter", "review"):
+        with open(os.path.join(DEMO_PATH, name, f"{name}.{suffix}"), encoding="utf-8") as f:
+            head, *lines = f.readlines()
+        rng.shuffle(lines)
+        (folder / f"{name}.{suffix}").write_text(head + "".join(lines), encoding="utf-8")
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("reviews", ["exclude_eval", "all"])
+def test_keywords_equal_the_old_per_item_counter_reader(tmp_path, monkeypatch, reviews):
+    """The interned streaming counter gives exactly the old reader's keywords (order and ties), on
+    the demo and on a shuffled copy, also when its buffers are merged many times."""
+    from fve_reference import old_item_keywords
+
+    from recbole_reveal.fve import prompts
+
+    def old(root):
+        folder = os.path.join(root, "synthetic-demo")
+        return old_item_keywords(os.path.join(folder, "synthetic-demo.review"),
+                                 os.path.join(folder, "synthetic-demo.inter") if reviews == "exclude_eval" else None,
+                                 top_k=7)
+
+    shuffled = _shuffled_copy(tmp_path)
+    expected = old(DEMO_PATH)
+    assert sum(map(len, expected.values())) > 3000
+    new = prompts.item_keywords("synthetic-demo", DEMO_PATH, top_k=7, reviews=reviews)
+    assert new == expected and list(new) == list(expected)
+    assert prompts.item_keywords("synthetic-demo", shuffled, top_k=7, reviews=reviews) == expected
+    monkeypatch.setattr(prompts._PairCounter.__init__, "__defaults__", (997, 16))   # merge often, many buckets
+    counts = prompts.review_keyword_counts(os.path.join(shuffled, "synthetic-demo", "synthetic-demo.review"),
+                                           prompts.evaluation_holdout(os.path.join(shuffled, "synthetic-demo",
+                                                                                   "synthetic-demo.inter"))
+                                           if reviews == "exclude_eval" else None)
+    assert counts.top(7) == expected
+
+
+def test_streamed_holdout_equals_the_old_one_on_ties_and_missing_timestamps(tmp_path):
+    from fve_reference import old_evaluation_holdout
+
+    path = tmp_path / "x.inter"
+    rows = [("u1", "a", "5"), ("u1", "b", "5"), ("u1", "c", "1"), ("u1", "d", "5"), ("u2", "a", ""),
+            ("u2", "b", "3"), ("u2", "c", ""), ("u3", "z", "9"), ("u1", "e", "2")]
+    path.write_text("user_id:token\titem_id:token\ttimestamp:float\n" + "".join("\t".join(r) + "\n" for r in rows))
+    held = evaluation_holdout(str(path))
+    assert held == old_evaluation_holdout(str(path))
+    assert held == {("u1", "b", 5.0), ("u1", "d", 5.0), ("u2", "b", 3.0), ("u2", "c", None), ("u3", "z", 9.0)}
+    demo = os.path.join(DEMO_PATH, "synthetic-demo", "synthetic-demo.inter")
+    assert evaluation_holdout(demo) == old_evaluation_holdout(demo)
+
+
+def test_the_keyword_cache_is_reused_and_keyed_by_content(tmp_path, monkeypatch, caplog):
+    from recbole_reveal.fve import prompts
+
+    caplog.set_level("INFO", logger="recbole_reveal.fve.prompts")
+    _write_dataset(str(tmp_path / "data"))
+    cache = str(tmp_path / "kw")
+    first = build_initial_prompts("toy", str(tmp_path / "data"), keyword_cache=cache)
+    (entry,) = os.listdir(cache)
+    counted = []
+    real = prompts.review_keyword_counts
+    monkeypatch.setattr(prompts, "review_keyword_counts", lambda *a, **k: counted.append(1) or real(*a, **k))
+    assert build_initial_prompts("toy", str(tmp_path / "data"), keyword_cache=cache) == first
+    assert counted == [] and "read from the keyword cache" in caplog.text
+    build_initial_prompts("toy", str(tmp_path / "data"), top_k=2, keyword_cache=cache)       # another setting
+    assert counted == [1] and len(os.listdir(cache)) == 2
+    with open(tmp_path / "data" / "toy" / "toy.review", "a", encoding="utf-8") as f:
+        f.write("u1\tb\t2.5\tchipped chipped chipped handle\n")                        # new content
+    changed = build_initial_prompts("toy", str(tmp_path / "data"), keyword_cache=cache)
+    assert counted == [1, 1] and changed[1]["keywords"][0] == "chipped"
+    with open(os.path.join(cache, entry), "w") as f:                                  # a damaged entry
+        f.write("{")
+    with open(tmp_path / "data" / "toy" / "toy.review", "r+", encoding="utf-8") as f:
+        lines = f.readlines()
+        f.seek(0)
+        f.writelines(lines[:-1])
+        f.truncate()
+    assert build_initial_prompts("toy", str(tmp_path / "data"), keyword_cache=cache) == first
+    assert counted == [1, 1, 1] and "ignoring unreadable keyword cache" in caplog.text
+    assert prompts.keyword_cache_dir({"fve_cache_dir": "/c"}, "/f") == os.path.join("/c", "keywords")
+    assert prompts.keyword_cache_dir({}, "/f") == os.path.join("/f", "cache", "keywords")
+    assert prompts.keyword_cache_dir({"fve_keyword_cache_dir": "/k"}, "/f") == "/k"

@@ -17,10 +17,11 @@ _CHOICES = {
     "fve_missing_image": ("zero", "random"),
     "fve_keyword_reviews": ("exclude_eval", "all"),
     "fve_dtype": ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"),
+    "fve_vlm_offload": ("auto", "cpu", "free", "keep"),
 }
 _POSITIVE_INT = ("fve_batch_size", "fve_keywords_topk", "fve_min_pixels", "fve_cycles")
 _OPTIONAL_POSITIVE_INT = ("fve_max_pixels",)
-_NON_NEGATIVE_INT = ("fve_vision_cache_mb", "fve_preprocess_workers")
+_NON_NEGATIVE_INT = ("fve_vision_cache_mb", "fve_vision_cache_disk_mb", "fve_preprocess_workers")
 
 
 def fve_defaults():
@@ -53,7 +54,7 @@ def fve_settings(config=None):
         low = 0 if key in _NON_NEGATIVE_INT else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{key} must be an integer >= {low}; got {value!r}")
-    for key in ("fve_run_dir", "fve_stop_after"):
+    for key in ("fve_run_dir", "fve_stop_after", "fve_keyword_cache_dir"):
         if settings[key] is not None and (not isinstance(settings[key], str) or not settings[key]):
             raise ConfigError(f"{key} must be a non-empty string or ~; got {settings[key]!r}")
     procs = settings["fve_num_processes"]
@@ -69,19 +70,26 @@ def fve_settings(config=None):
     return settings
 
 
+def load_fve_vlm(settings):
+    """Load ``vlm_path`` as the settings say (device, dtype, attention kernel, quantization)."""
+    from recbole_reveal.fve.vlm import load_vlm
+
+    return load_vlm(settings["vlm_path"], device=settings["fve_device"], dtype=settings["fve_dtype"],
+                    attn_implementation=settings["fve_attn_implementation"],
+                    quantization=settings.get("fve_quantization"))
+
+
 def build_fve_encoder(settings, vlm=None, vision_cache=None):
     """Load ``vlm_path`` (unless ``vlm`` is given) and build the encoder the settings describe."""
     from recbole_reveal.fve.cache import VisionFeatureCache
     from recbole_reveal.fve.encoder import FVEEncoder
-    from recbole_reveal.fve.vlm import load_vlm
 
     if vlm is None:
-        vlm = load_vlm(settings["vlm_path"], device=settings["fve_device"], dtype=settings["fve_dtype"],
-                       attn_implementation=settings["fve_attn_implementation"],
-                       quantization=settings.get("fve_quantization"))
+        vlm = load_fve_vlm(settings)
     if vision_cache is None:
         vision_cache = VisionFeatureCache(max_bytes=settings["fve_vision_cache_mb"] * 2**20,
-                                          directory=settings["fve_vision_cache_dir"])
+                                          directory=settings["fve_vision_cache_dir"],
+                                          max_disk_bytes=settings["fve_vision_cache_disk_mb"] * 2**20)
     return FVEEncoder(vlm, pooling=settings["fve_pooling"], layer=settings["fve_layer"],
                       min_pixels=settings["fve_min_pixels"], max_pixels=settings["fve_max_pixels"],
                       batch_size=settings["fve_batch_size"], missing_image=settings["fve_missing_image"],

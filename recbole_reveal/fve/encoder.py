@@ -33,9 +33,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from recbole_reveal.fve.cache import VisionFeatureCache, VisionFeatures, embedding_key, sha256_bytes
+from recbole_reveal.fve.cache import (
+    VisionFeatureCache, VisionFeatures, embedding_key, image_digests, sha256_bytes,
+)
 from recbole_reveal.fve.chat import DEFAULT_POOLING, POOLINGS, ChatTurn  # noqa: F401 (POOLINGS: public here)
-from recbole_reveal.fve.images import decode_image, read_image_bytes
+from recbole_reveal.fve.images import decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -207,13 +209,13 @@ class FVEEncoder:
         encoded, cached, missing = set(), set(), {}      # row indices; row -> reason
         hits, jobs = {}, {}                              # embedding key -> first row / _Job
         rows_of = {}                                     # embedding key -> [rows]
+        digests = image_digests([r.image_path for r in requests], self.preprocess_workers)
         for i, req in enumerate(requests):
             self.turn.check_prompt(req.prompt, f"item {req.token}")
-            data, reason = read_image_bytes(req.image_path)
-            if data is None:
+            image_sha, reason = digests[i]
+            if image_sha is None:
                 missing[i] = reason
                 continue
-            image_sha = sha256_bytes(data)
             key, fields = embedding_key(image_sha, req.prompt, self.vlm.model_id, settings)
             if key in rows_of:                           # a duplicate of an earlier request
                 rows_of[key].append(i)
@@ -237,7 +239,11 @@ class FVEEncoder:
             if cache is not None:
                 cache.put(job.key, job.vector, job.fields)
 
-        self._run(list(jobs.values()), on_done=finish)
+        try:
+            self._run(list(jobs.values()), on_done=finish)
+        finally:                                         # publish the buffered entries, even after an error
+            if cache is not None:
+                cache.flush()
         for key, first in hits.items():                  # cache hits: copy to their duplicates
             matrix[rows_of[key]] = matrix[first]
             cached.update(rows_of[key])

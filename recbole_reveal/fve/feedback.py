@@ -45,7 +45,7 @@ it is the target) when ``pos / max_pos >= neg / max_neg``, else ``neg`` (over-ra
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -93,6 +93,7 @@ class Rankings:
     target_rank: np.ndarray  # [n] int64 1-based rank of the target among all items
     top: np.ndarray          # [n, N] int64 the N best items, best first (0 where fewer are rankable)
     n_items: int             # number of item ids including the padding id 0
+    _examples: object = field(default=None, init=False, repr=False, compare=False)   # ExampleIndex, built on use
 
     def __post_init__(self):
         n = len(self.targets)
@@ -258,20 +259,84 @@ def feedback_examples(rankings, item, label, limit=3):
     ``pos``: the rank-1 items of the rows where ``item`` was the target but not ranked first (what
     was recommended instead). ``neg``: the targets of the rows in whose top list ``item`` appeared
     above the target (what those users actually chose).
+
+    The first call builds :class:`ExampleIndex` for every item in one pass over the rankings and keeps
+    it on ``rankings``; later calls are lookups (a ``Rankings`` is not modified after it is built).
     """
-    if label == "pos":
-        rows = (rankings.targets == item) & (rankings.target_rank > 1)
-        candidates = rankings.top[rows, 0]
-    elif label == "neg":
-        pos = np.argmax(rankings.top == item, axis=1) + 1
-        listed = (rankings.top == item).any(axis=1)
-        rows = listed & (rankings.targets != item) & (pos < rankings.target_rank)
-        candidates = rankings.targets[rows]
-    else:
+    if label not in ("pos", "neg"):
         raise ValueError(f"label must be 'pos' or 'neg', got {label!r}")
-    values, counts = np.unique(candidates, return_counts=True)
-    order = np.lexsort((values, -counts))[:limit]
-    return [int(v) for v in values[order]]
+    if rankings._examples is None:
+        rankings._examples = ExampleIndex(rankings)
+    return rankings._examples.examples(item, label, limit)
+
+
+class _Grouped:
+    """Distinct (owner, candidate) pairs with their counts, sorted by owner, then count descending,
+    then candidate: an owner's examples are a slice of ``candidates``."""
+
+    def __init__(self, codes, counts, n_items):
+        # ``codes`` (owner * n_items + candidate) are sorted: a stable sort by (owner, -count) keeps
+        # candidates ascending among equal counts
+        top = int(counts.max()) + 1 if len(counts) else 1
+        key = codes // n_items
+        key *= top
+        key += top - 1 - counts
+        order = np.argsort(key, kind="stable")
+        del key
+        codes = codes[order]
+        del order
+        self.offsets = np.searchsorted(codes // n_items, np.arange(n_items + 1))
+        self.candidates = (codes % n_items).astype(np.int32)
+
+    def get(self, item, limit):
+        lo = self.offsets[item]
+        return [int(v) for v in self.candidates[lo:min(lo + max(limit, 0), self.offsets[item + 1])]]
+
+
+def _count_pairs(chunks):
+    """Distinct int64 codes (sorted) and their counts over an iterable of code arrays."""
+    codes = np.concatenate([np.zeros(0, np.int64), *chunks])
+    codes.sort()
+    first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else np.zeros(0, np.int64)
+    counts = np.diff(np.r_[first, len(codes)])
+    return codes[first], counts
+
+
+class ExampleIndex:
+    """:func:`feedback_examples` of every item, from one pass over the rankings in blocks of rows.
+
+    A row contributes to ``neg`` each listed item (its first place in the row) ranked above the row's
+    target and not the target itself, paired with that target; to ``pos``, its target paired with its
+    rank-1 item when the target was not first. Memory: the distinct pairs, at most the listed places
+    above the targets.
+    """
+
+    def __init__(self, rankings, block_rows=1 << 13):
+        n = int(rankings.n_items)
+        top, targets, ranks = rankings.top, rankings.targets.astype(np.int64), rankings.target_rank
+        missed = ranks > 1
+        self._pos = _Grouped(*_count_pairs([targets[missed] * n + top[missed, 0]]), n) if top.shape[1] else None
+
+        def neg_codes():
+            places = np.arange(1, top.shape[1] + 1)
+            for lo in range(0, len(targets), block_rows):
+                block = top[lo:lo + block_rows].astype(np.int64)
+                target, rank = targets[lo:lo + block_rows, None], ranks[lo:lo + block_rows, None]
+                order = np.argsort(block, axis=1, kind="stable")      # first place of each value in its row
+                ordered = np.take_along_axis(block, order, axis=1)
+                repeat = np.zeros_like(block, dtype=bool)
+                np.put_along_axis(repeat, order[:, 1:], ordered[:, 1:] == ordered[:, :-1], axis=1)
+                keep = ~repeat & (block != target) & (places[None, :] < rank)
+                yield block[keep] * n + np.broadcast_to(target, block.shape)[keep]
+
+        self._neg = _Grouped(*_count_pairs(neg_codes()), n)
+        self.n_items = n
+
+    def examples(self, item, label, limit=3):
+        if not 0 <= int(item) < self.n_items:
+            return []
+        grouped = self._pos if label == "pos" else self._neg
+        return grouped.get(int(item), limit) if grouped is not None else []
 
 
 def item_record(stats, item):

@@ -18,6 +18,7 @@ from recbole_reveal.cost import format_cost, write_cost
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.files import write_json_atomic
 from recbole_reveal.fve.context import FVEContext
+from recbole_reveal.fve.residency import place_vlm
 from recbole_reveal.fve.run_state import RunState, fingerprint_config, run_folders_locked
 from recbole_reveal.fve.stages import Critic, Encode, Feedback, Init, Train
 from recbole_reveal.fve.table import cycle_table, format_table
@@ -80,6 +81,7 @@ def run_fve(model, dataset, config_file_list=None, config_dict=None, cmd_args=()
 def _execute(stage, ctx, run):
     """Run one stage, timed and metered, and record it (with its files' hashes) as finished."""
     start = time.perf_counter()
+    place_vlm(ctx, stage.name)          # off the GPU while the backbone runs (fve/residency.py)
     with ctx.meter.stage(stage.cost):
         record = stage.run(ctx, run)
     record["seconds"] = round(time.perf_counter() - start, 3)

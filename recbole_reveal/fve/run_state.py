@@ -25,7 +25,8 @@ FORMAT_VERSION = 1
 # ``vision_feature`` / ``vision_feature_dim`` / ``checkpoint_dir`` are set by the loop per cycle.
 IGNORED_KEYS = {
     "fve_stop_after", "fve_run_dir", "fve_cycles", "fve_preprocess_workers", "fve_vision_cache_mb",
-    "fve_num_processes", "fve_vision_cache_dir", "fve_cache_dir", "feature_dir", "show_progress", "state",
+    "fve_num_processes", "fve_vision_cache_disk_mb", "fve_keyword_cache_dir", "fve_vlm_offload",
+    "fve_vision_cache_dir", "fve_cache_dir", "feature_dir", "show_progress", "state",
     "checkpoint_dir", "vision_feature", "vision_feature_dim", "log_wandb", "wandb_project", "tensorboard",
     "device", "gpu_id", "use_gpu", "worker", "local_rank", "nproc", "world_size", "offset", "ip", "port",
     "backend", "single_spec", "save_dataset", "dataset_save_path", "save_dataloaders", "dataloaders_save_path",

@@ -23,7 +23,7 @@ from recbole_reveal.fve.encoder import item_requests, save_encoding
 from recbole_reveal.fve.feedback import Rankings, compute_rankings, item_statistics, select_items
 from recbole_reveal.fve.parallel import encode_data_parallel, resolve_num_processes
 from recbole_reveal.fve.prompts import (
-    build_initial_prompts, load_stop_words, load_templates, read_prompts, write_prompts,
+    build_initial_prompts, keyword_cache_dir, load_stop_words, load_templates, read_prompts, write_prompts,
 )
 from recbole_reveal.fve.run_state import jsonable, read_json
 from recbole_reveal.training import close_run_logs, fit_and_test
@@ -62,7 +62,8 @@ class Init(Stage):
         records = build_initial_prompts(ctx.config["dataset"], os.path.dirname(os.path.normpath(ctx.dataset_dir)),
                                         templates=load_templates(s["fve_templates"]), top_k=s["fve_keywords_topk"],
                                         reviews=s["fve_keyword_reviews"],
-                                        stop_words=load_stop_words(s["fve_stopwords"]))
+                                        stop_words=load_stop_words(s["fve_stopwords"]),
+                                        keyword_cache=keyword_cache_dir(s, ctx.fve_dir))
         write_prompts(ctx.prompts_path(0), records)
         return {"items": len(records), "prompts": ctx.prompts_path(0)}
 
