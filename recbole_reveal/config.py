@@ -8,7 +8,8 @@ Precedence, lowest first (RecBole's own order, with the plugin's files among Rec
 4. ``properties/model/<Class>.yaml`` for every class in the model's hierarchy, backbone first
    (``M3SRec.yaml`` < ``REVEAL.yaml`` < ``M3SRec_REVEAL.yaml``; for your own model classes,
    ``<Class>.yaml`` beside their file);
-5. ``properties/dataset/<dataset>.yaml``;
+5. ``properties/dataset/<dataset>.yaml``, then the dataset's own ``<data_path>/<dataset>/<dataset>.yaml``
+   (beside its atomic files; ``data_path`` from any source below or above, resolved first);
 6. ``config_file_list``, in order;
 7. ``config_dict``;
 8. ``cmd_args`` (``--key=value`` strings; the real ``sys.argv`` is never read).
@@ -19,6 +20,7 @@ Every entry point builds its configuration here: ``run_recbole_reveal.py``, ``ru
 
 import os
 import sys
+from contextlib import contextmanager
 from logging import getLogger
 
 from recbole_reveal import compat
@@ -48,10 +50,14 @@ def property_files(model_class, dataset):
         path = os.path.join(_model_yaml_dir(cls), f"{cls.__name__}.yaml")
         if os.path.isfile(path):
             files.append(path)
-    dataset_file = locations.property_file("dataset", f"{dataset}.yaml")
-    if os.path.isfile(dataset_file):
-        files.append(dataset_file)
-    return files
+    return files + dataset_property_files(dataset)
+
+
+def dataset_property_files(dataset, data_path=None):
+    """``properties/dataset/<dataset>.yaml``, then the dataset's own ``<data_path>/<dataset>/<dataset>.yaml``
+    (when ``data_path`` is given), those that exist, lowest precedence first."""
+    files = [locations.property_file("dataset", f"{dataset}.yaml"), locations.dataset_yaml(data_path, dataset)]
+    return [f for f in files if f and os.path.isfile(f)]
 
 
 def _model_yaml_dir(model_class):
@@ -81,11 +87,34 @@ class Config(RecBoleConfig):
             if not os.path.isfile(path):
                 raise ConfigError(f"config file not found: {path}")
         self._cmd_args = list(cmd_args or ())
+        self.files_read = []            # every property file read, lowest precedence first (RecBole's too)
+        self.config_files = list(config_file_list or [])
+        self.dataset_yaml_file = None   # <data_path>/<dataset>/<dataset>.yaml when there is one
         super().__init__(model, dataset, config_file_list, config_dict)
         self.final_config_dict["data_path"] = locations.resolve_data_path(self["data_path"], self.dataset)
 
     def _load_cmd_line(self):
         return parse_overrides(self._cmd_args)
+
+    def _update_internal_config_dict(self, file):
+        values = super()._update_internal_config_dict(file)
+        self.files_read.append(file)
+        return values
+
+    def __getitem__(self, item):
+        reads = self.__dict__.get("_missing_reads")
+        if reads is not None and item not in self.final_config_dict and item not in reads:
+            reads.append(item)
+        return super().__getitem__(item)
+
+    @contextmanager
+    def missing_key_reads(self):
+        """Within the block, the keys read but not set (``config[key]`` is then ``None``), in order."""
+        self._missing_reads = []
+        try:
+            yield self._missing_reads
+        finally:
+            self._missing_reads = None
 
     def _get_model_and_dataset(self, model, dataset):
         if model is None:
@@ -102,6 +131,14 @@ class Config(RecBoleConfig):
         super()._load_internal_config_dict(model, model_class, dataset)
         for path in property_files(model_class, dataset):
             self._update_internal_config_dict(path)
+        own = locations.dataset_yaml(self.external_config_dict.get("data_path", self.internal_config_dict.get(
+            "data_path")), dataset)
+        if own:
+            if "data_path" in (locations.read_yaml(own)):
+                raise ConfigError(f"{own}: data_path cannot be set in the dataset's own YAML (data_path is how "
+                                  "this file is found); remove the line")
+            self._update_internal_config_dict(own)
+            self.dataset_yaml_file = own
 
 
 def build_config(model, dataset, config_file_list=None, config_dict=None, cmd_args=()):
