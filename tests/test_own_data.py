@@ -355,3 +355,20 @@ def test_fve_run_prints_the_critic_counts_of_each_cycle_on_the_console(tmp_path)
     line = next(l for l in out.stderr.splitlines() if "FVE cycle 0 critic:" in l and "kept the old prompt" in l)
     assert re.search(r"FVE cycle 0 critic: 0 accepted, 6 kept the old prompt \(6 answers rejected, 0 items "
                      r"without a usable image\)", line), line
+
+
+def test_write_atomic_makes_files_recbole_and_the_extractor_read(tmp_path):
+    from recbole_reveal.data.atomic import read_atomic, write_atomic
+
+    path = write_atomic(str(tmp_path / "d" / "d.item"), {
+        "item_id:token": ["a", "b"], "title:token_seq": ["Red\tmug", None],
+        "categories:token_seq": [["Home Kitchen", "Mugs"], []], "price:float": [1.5, float("nan")],
+        "review:token": ['Great "mug"\nwould buy', ""]})
+    columns, types, rows = read_atomic(path)
+    assert columns == ["item_id", "title", "categories", "price", "review"]
+    assert types == ["token", "token_seq", "token_seq", "float", "token"]
+    assert rows == [["a", "Red mug", "Home_Kitchen Mugs", "1.5", 'Great "mug" would buy'], ["b", "", "", "", ""]]
+    with pytest.raises(ValueError, match=r"column 'title' must be 'name:type'"):
+        write_atomic(str(tmp_path / "x.item"), {"title": ["a"]})
+    with pytest.raises(ValueError, match="columns of different lengths"):
+        write_atomic(str(tmp_path / "x.item"), {"a:token": [1], "b:token": [1, 2]})
