@@ -177,11 +177,9 @@ def test_extractor_writes_the_starter_yaml_once(own_root, caplog):
 
 
 def test_extractor_errors_are_one_line(own_root, capsys):
-    from recbole_reveal.features.extract import main
+    from recbole_reveal.features.extract import cli
 
-    with pytest.raises(SystemExit) as exit_:
-        main(["--dataset", "tiny", "--data_path", str(own_root), "--encoder", "efficientnet-lite0"])
-    assert exit_.value.code == 2
+    assert cli(["--dataset", "tiny", "--data_path", str(own_root), "--encoder", "efficientnet-lite0"]) == 2
     err = capsys.readouterr().err
     assert error_lines(err) == [l for l in err.splitlines() if l.strip()] and "tiny.item" in err
 

@@ -224,13 +224,20 @@ def main(argv=None):
     a = p.parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return extract(a.dataset, a.data_path, a.modality, a.encoder, a.name, a.fields, a.image_field,
+                   a.batch_size, a.device, a.feature_dir, a.dataset_yaml)
+
+
+def cli(argv=None):
+    """``python -m recbole_reveal.features.extract``: :func:`main`, with a user error as one ``error:`` line
+    and exit status 2."""
     try:
-        return extract(a.dataset, a.data_path, a.modality, a.encoder, a.name, a.fields, a.image_field,
-                       a.batch_size, a.device, a.feature_dir, a.dataset_yaml)
+        main(argv)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())
