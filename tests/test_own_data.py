@@ -301,6 +301,9 @@ def test_fve_console_handler_prints_between_trainings_only():
 
     from recbole_reveal.commands.console import show_fve_progress
 
+    for h in list(logging.getLogger("recbole_reveal.fve").handlers):   # an earlier command's, in this process
+        if getattr(h, "recbole_reveal_console", False):
+            logging.getLogger("recbole_reveal.fve").removeHandler(h)
     stream = io.StringIO()
     show_fve_progress(stream)
     fve = logging.getLogger("recbole_reveal.fve.stages")
