@@ -24,6 +24,8 @@ Each fix is scoped as narrowly as the problem allows:
 * recent scipy (1.17 here) has no private ``dok_matrix._update`` that RecBole's graph models (LightGCN,
   NGCF, NCL, GCMC, SpectralCF, KGIN, MCCLK) call to build their adjacency matrix; it is restored as
   scipy's public ``dok_matrix.update`` (the same bulk insert, with index checks), only when absent.
+* RecBole's own deprecated pandas / torch calls print a ``FutureWarning`` on every run: those messages,
+  raised from those RecBole modules only, are filtered (``quiet_recbole_future_warnings``).
 """
 
 import types
@@ -150,6 +152,27 @@ def restore_dok_matrix_update():
 _applied = False
 
 
+# RecBole's own deprecated calls on pandas 2 / torch 2.x: (message, RecBole module that makes the call)
+_RECBOLE_FUTURE_WARNINGS = (
+    # Dataset._fill_nan: feat[field].fillna(..., inplace=True); still fills under pandas < 3 (constraints.txt)
+    (r"A value is trying to be set on a copy of a DataFrame or Series through chained assignment",
+     r"recbole\.data\.dataset\."),
+    # Trainer.__init__ / fit: torch.cuda.amp.GradScaler(enabled=...)
+    (r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated", r"recbole\.trainer\."),
+)
+
+
+def quiet_recbole_future_warnings():
+    """Hide the ``FutureWarning``s RecBole 1.2.1's own code raises on every run (pandas' chained-assignment
+    ``fillna(inplace=True)``, torch's ``torch.cuda.amp.GradScaler``): nothing a user runs can change them,
+    and pandas is pinned below 3, where the fill still works. Each filter matches one message raised from
+    RecBole's module that makes the call; the same warning from any other code still shows."""
+    import warnings
+
+    for message, module in _RECBOLE_FUTURE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning, module=module)
+
+
 def apply():
     """Apply every fix (idempotent: a second call does nothing)."""
     global _applied
@@ -160,3 +183,4 @@ def apply():
     restore_dok_matrix_update()
     import_recbole_models_without_anomaly_detection()
     trust_recbole_checkpoints()
+    quiet_recbole_future_warnings()

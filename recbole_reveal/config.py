@@ -8,7 +8,8 @@ Precedence, lowest first (RecBole's own order, with the plugin's files among Rec
 4. ``properties/model/<Class>.yaml`` for every class in the model's hierarchy, backbone first
    (``M3SRec.yaml`` < ``REVEAL.yaml`` < ``M3SRec_REVEAL.yaml``; for your own model classes,
    ``<Class>.yaml`` beside their file);
-5. ``properties/dataset/<dataset>.yaml``;
+5. ``properties/dataset/<dataset>.yaml``, then the dataset's own ``<data_path>/<dataset>/<dataset>.yaml``
+   (beside its atomic files; ``data_path`` from any source below or above, resolved first);
 6. ``config_file_list``, in order;
 7. ``config_dict``;
 8. ``cmd_args`` (``--key=value`` strings; the real ``sys.argv`` is never read).
@@ -63,9 +64,11 @@ def model_property_files(model_class):
     return files
 
 
-def dataset_property_files(dataset):
-    dataset_file = locations.property_file("dataset", f"{dataset}.yaml")
-    return [dataset_file] if os.path.isfile(dataset_file) else []
+def dataset_property_files(dataset, data_path=None):
+    """``properties/dataset/<dataset>.yaml``, then the dataset's own ``<data_path>/<dataset>/<dataset>.yaml``
+    (when ``data_path`` is given), those that exist, lowest precedence first."""
+    files = [locations.property_file("dataset", f"{dataset}.yaml"), locations.dataset_yaml(data_path, dataset)]
+    return [f for f in files if f and os.path.isfile(f)]
 
 
 def _model_yaml_dir(model_class):
@@ -97,6 +100,9 @@ class Config(RecBoleConfig):
         self._cmd_args = list(cmd_args or ())
         self.key_sources = {}           # key -> where the user set it ("--k=v", "file:line", "config_dict")
         self._internal_sources = {}     # key -> the property file that last set it
+        self.files_read = []            # every property file read, lowest precedence first (RecBole's too)
+        self.config_files = list(config_file_list or [])
+        self.dataset_yaml_file = None   # <data_path>/<dataset>/<dataset>.yaml when there is one
         super().__init__(model, dataset, config_file_list, config_dict)
         self.final_config_dict["data_path"] = locations.resolve_data_path(self["data_path"], self.dataset)
 
@@ -135,6 +141,7 @@ class Config(RecBoleConfig):
         values = super()._update_internal_config_dict(file)
         for key in values or {}:
             self._internal_sources[key] = file
+        self.files_read.append(file)
         return values
 
     # ---- checks, before RecBole's own and before anything is loaded ------------------------------
@@ -191,7 +198,11 @@ class Config(RecBoleConfig):
             raise ConfigError(f"{self.key_sources.get(config_keys.EXTRA_KEYS, config_keys.EXTRA_KEYS)}: "
                               f"{config_keys.EXTRA_KEYS} must be a list of key names; got {extra!r}")
         return config_keys.KnownKeys.for_run(self.model_class, model_property_files(self.model_class),
-                                             dataset_property_files(self.dataset), extra)
+                                             self._dataset_files(), extra)
+
+    def _dataset_files(self):
+        own = [self.dataset_yaml_file] if self.dataset_yaml_file else []
+        return dataset_property_files(self.dataset) + own
 
     def _check_keys(self):
         """Unknown keys, types and ranges of the merged config (:func:`config_keys.check_keys`)."""
@@ -204,6 +215,21 @@ class Config(RecBoleConfig):
             from recbole_reveal.fve.config import fve_settings
 
             fve_settings(values)        # FVE's relations between keys (fve_max_pixels >= fve_min_pixels, ...)
+
+    def __getitem__(self, item):
+        reads = self.__dict__.get("_missing_reads")
+        if reads is not None and item not in self.final_config_dict and item not in reads:
+            reads.append(item)
+        return super().__getitem__(item)
+
+    @contextmanager
+    def missing_key_reads(self):
+        """Within the block, the keys read but not set (``config[key]`` is then ``None``), in order."""
+        self._missing_reads = []
+        try:
+            yield self._missing_reads
+        finally:
+            self._missing_reads = None
 
     def _get_model_and_dataset(self, model, dataset):
         if model is None:
@@ -220,6 +246,14 @@ class Config(RecBoleConfig):
         super()._load_internal_config_dict(model, model_class, dataset)
         for path in property_files(model_class, dataset):
             self._update_internal_config_dict(path)
+        own = locations.dataset_yaml(self.external_config_dict.get("data_path", self.internal_config_dict.get(
+            "data_path")), dataset)
+        if own:
+            if "data_path" in (locations.read_yaml(own)):
+                raise ConfigError(f"{own}: data_path cannot be set in the dataset's own YAML (data_path is how "
+                                  "this file is found); remove the line")
+            self._update_internal_config_dict(own)
+            self.dataset_yaml_file = own
 
 
 @contextmanager

@@ -21,6 +21,11 @@ class ConfigError(RevealUserError, ValueError):
     pass
 
 
+class ModelContractError(RevealUserError, AttributeError, NotImplementedError, ValueError):
+    """A backbone breaks REVEAL's contract (``vision_modules``, ``mask_modality``): the message names the
+    model, the mistake and the fix. (Also the built-in types these checks raised before.)"""
+
+
 class EncoderUnavailable(RevealUserError, RuntimeError):
     """A feature encoder's package or weight folder is missing; the message says how to get it."""
 

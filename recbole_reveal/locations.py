@@ -90,16 +90,33 @@ def reveal_only_keys():
     return set(read_yaml(property_file("model", "REVEAL.yaml"))) | set(fve_defaults())
 
 
+def _in_checkout(folder):
+    """``folder`` as given when absolute or present in the working directory, else inside the checkout
+    when it exists there (so the default ``dataset_atomic/`` works from any directory of a checkout)."""
+    root = checkout_root()
+    if not os.path.isabs(folder) and not os.path.isdir(folder) and root is not None:
+        candidate = os.path.join(root, folder)
+        if os.path.isdir(candidate):
+            return candidate
+    return folder
+
+
+def dataset_yaml(data_path, dataset):
+    """The dataset's own property file ``<data_path>/<dataset>/<dataset>.yaml`` (``data_path`` as the
+    config key gives it, the folder holding the datasets), or ``None`` when there is none."""
+    if not data_path or not dataset:
+        return None
+    path = os.path.join(_in_checkout(os.path.join(str(data_path), str(dataset))), f"{dataset}.yaml")
+    return path if os.path.isfile(path) else None
+
+
 def resolve_data_path(folder, dataset):
     """The dataset folder ``folder`` (RecBole's ``data_path``, which ends in ``<dataset>``): as given
     when absolute or present in the working directory, else inside the checkout (so the default
     ``dataset_atomic/`` works from any directory of a checkout). Raises :class:`DatasetNotFoundError`,
     listing the datasets beside it, when ``<folder>/<dataset>.inter`` does not exist."""
     root = checkout_root()
-    if not os.path.isabs(folder) and not os.path.isdir(folder) and root is not None:
-        candidate = os.path.join(root, folder)
-        if os.path.isdir(candidate):
-            folder = candidate
+    folder = _in_checkout(folder)
     inter_file = os.path.join(folder, f"{dataset}.inter")
     if not os.path.isfile(inter_file):
         parent = os.path.dirname(os.path.normpath(folder))

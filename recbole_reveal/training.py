@@ -15,32 +15,87 @@ compat.apply()
 from recbole.data import data_preparation  # noqa: E402
 from recbole.utils import init_logger, init_seed  # noqa: E402
 
+from recbole_reveal import config_report  # noqa: E402
 from recbole_reveal.config import build_config  # noqa: E402
-from recbole_reveal.errors import ConfigError  # noqa: E402
+from recbole_reveal.errors import ConfigError, RevealUserError  # noqa: E402
 from recbole_reveal.utils import create_dataset, get_model, get_trainer  # noqa: E402
 
 
 def prepare_run(model, dataset, config_file_list=None, config_dict=None, cmd_args=()):
     """Config, data loaders, model and trainer, seeded exactly as a run builds them; returns
     ``(config, (train_data, valid_data, test_data), model, trainer)``. RecBole's logger is set up for
-    the run: call :func:`close_run_logs` when the run ends."""
+    the run: call :func:`close_run_logs` when the run ends (it is closed here when building fails)."""
     config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
-    logger = getLogger()
-    logger.info(config)
+    try:
+        plain_console_unless_tty()
+        logger = getLogger()
+        for level, line in config_report.report(config):
+            getattr(logger, level)(line)
+        logger.info(config)
 
-    data = create_dataset(config)
-    logger.info(data)
-    check_topk(config, data)
-    loaders = data_preparation(config, data)
+        data = create_dataset(config)
+        logger.info(data)
+        check_topk(config, data)
+        loaders = data_preparation(config, data)
 
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model_obj = get_model(config["model"])(config, loaders[0]._dataset).to(config["device"])
-    logger.info(model_obj)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
-    trainer.saved_model_file = unique_checkpoint_file(trainer.saved_model_file)
+        init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+        model_obj = build_model(config, loaders[0]._dataset)
+        logger.info(model_obj)
+        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+        trainer.saved_model_file = unique_checkpoint_file(trainer.saved_model_file)
+    except BaseException:
+        close_run_logs()        # a later run in this process must not log into this run's file
+        raise
     return config, loaders, model_obj, trainer
+
+
+def build_model(config, dataset):
+    """The model of ``config`` on ``dataset``, on its device. A model that fails while building after
+    reading config keys that are not set (RecBole gives ``None`` for them: ``nn.Dropout(None)`` fails
+    far from the cause) is a :class:`ConfigError` naming the first such key and where to set it."""
+    model_class = get_model(config["model"])
+    with config.missing_key_reads() as missing:
+        try:
+            model_obj = model_class(config, dataset)
+        except (TypeError, ValueError, AttributeError, KeyError) as e:
+            if not missing or isinstance(e, RevealUserError):
+                raise
+            raise ConfigError(
+                f"{model_class.__name__} reads the config key '{missing[0]}', which is not set"
+                + (f" (nor {', '.join(missing[1:])})" if len(missing) > 1 else "")
+                + f": set it in {_model_yaml_hint(model_class)} or pass --{missing[0]}=VALUE (building the "
+                f"model failed with {type(e).__name__}: {e})") from e
+    return model_obj.to(config["device"])
+
+
+def _model_yaml_hint(model_class):
+    """Where a model's keys belong: your own model's ``<Class>.yaml`` (saying when it was not found), else
+    the plugin's model YAML or a config file."""
+    own = config_report.own_model_yamls(model_class)
+    found = [path for _, path, ok in own if ok]
+    if found:
+        return found[0]
+    if own:
+        return f"{own[0][1]} (not found: it is read when it lies beside the model's file)"
+    return f"properties/model/{model_class.__name__}.yaml or a --config_files YAML"
+
+
+def plain_console_unless_tty():
+    """RecBole colours its console log (colorlog, and ``set_color`` inside messages) whether or not the
+    console is a terminal: without a TTY (a redirected log, a pipe), or with ``NO_COLOR`` set, the
+    console handler writes plain text, as the log file does."""
+    from recbole.utils.logger import RemoveColorFilter
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) or not isinstance(handler, logging.StreamHandler):
+            continue
+        stream = getattr(handler, "stream", None)
+        if os.environ.get("NO_COLOR") or not (stream is not None and hasattr(stream, "isatty") and stream.isatty()):
+            handler.setFormatter(logging.Formatter("%(asctime)-15s %(levelname)s  %(message)s", "%d %b %H:%M"))
+            handler.addFilter(RemoveColorFilter())
+            handler.recbole_run_console = True      # close_run_logs removes it with RecBole's
 
 
 def check_topk(config, data):
@@ -92,6 +147,6 @@ def close_run_logs():
     for handler in list(root.handlers):
         if isinstance(handler, logging.FileHandler) or isinstance(
             handler.formatter, colorlog.ColoredFormatter
-        ):
+        ) or getattr(handler, "recbole_run_console", False):
             handler.close()
             root.removeHandler(handler)

@@ -1,7 +1,7 @@
 r"""Hyper-parameter search with RecBole's ``HyperTuning`` (hyperopt) over plugin and RecBole models,
 in the shape of RecBole's ``run_hyper.py``:
 
-    python run_hyper.py --model=M3SRec_REVEAL --dataset=synthetic-demo \
+    python run_hyper.py --model=M3SRec_REVEAL --dataset=synthetic-demo [--data_path=dataset_atomic] \
         --params_file=properties/hyper/avl_alpha.hyper [--config_files="a.yaml b.yaml"] \
         [--algo=exhaustive|random|bayes] [--max_evals=N] [--output_file=hyper.result] [--key=value ...]
 
@@ -29,6 +29,7 @@ from recbole_reveal.locations import property_path
 OPTIONS = (
     Option("model", required=True, help="plugin or RecBole model name (or your own <file.py>:<Class>)"),
     Option("dataset", required=True, help="dataset folder name under data_path"),
+    Option("data_path", help="folder holding <dataset>/ (default dataset_atomic/); a fixed config key of every trial"),
     Option("config_files", many=True, help="fixed config files, space separated"),
     Option("params_file", required=True, help="RecBole params file (the search space)"),
     Option("output_file", default="hyper.result", help="RecBole's result export"),
@@ -47,6 +48,8 @@ OPTIONS = (
 def split_args(argv):
     """(the command's options, fixed config overrides from the other ``--key=value`` items)."""
     values, rest = parse_command_line(argv, OPTIONS, usage=__doc__)
+    if values["data_path"] is not None:
+        rest = rest + [f"--data_path={values['data_path']}"]
     return values, parse_overrides(rest)
 
 
@@ -65,7 +68,10 @@ def main(argv=None):
     if args["tool"].lower() != "hyperopt":
         print(f"error: --tool={args['tool']}: only Hyperopt (RecBole's HyperTuning) is supported", file=sys.stderr)
         return 2
+    from recbole_reveal.commands.console import show_fve_progress
     from recbole_reveal.experiments.hyper import tune
+
+    show_fve_progress()
 
     results_dir = args["results_dir"] or f"{args['output_file']}.trials"
     try:

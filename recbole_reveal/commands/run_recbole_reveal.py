@@ -1,10 +1,12 @@
 r"""Train and evaluate a recbole-reveal (or RecBole) model.
 
     python run_recbole_reveal.py --model=M3SRec_REVEAL --dataset=synthetic-demo \
-        [--config_files="a.yaml b.yaml"] [--key=value ...]
+        [--data_path=dataset_atomic] [--config_files="a.yaml b.yaml"] [--key=value ...]
 
 (installed as a package: ``run_recbole_reveal --model=... --dataset=...``, from any directory).
 
+``--data_path`` is the folder holding ``<dataset>/`` (default ``dataset_atomic/``); a dataset's own
+``<data_path>/<dataset>/<dataset>.yaml`` is read for every run on it (docs/own-data.md).
 Any other ``--key=value`` is a RecBole config key and has the highest precedence
 (see recbole_reveal/config.py and docs/usage.md). For a ``*_REVEAL`` model with
 ``--vlm_path=<local Qwen-VL folder>`` (in any config source) the run is the FVE refinement loop over
@@ -20,6 +22,7 @@ OPTIONS = (
     Option("model", required=True),
     Option("dataset", required=True),
     Option("config_files", many=True),
+    Option("data_path"),        # a config key like any other; declared so that `--data_path PATH` also works
 )
 
 
@@ -30,6 +33,8 @@ def parse_args(argv):
     (``--config_files="a.yaml b.yaml"``, RecBole's form) or as following arguments.
     """
     values, rest = parse_command_line(argv, OPTIONS, usage=__doc__)
+    if values["data_path"] is not None:
+        rest = rest + [f"--data_path={values['data_path']}"]
     return values["model"], values["dataset"], values["config_files"], rest
 
 
@@ -45,6 +50,7 @@ def main(argv=None):
     model, dataset, config_files, rest = parse_args(argv)
 
     from recbole_reveal import build_config, run_recbole_reveal
+    from recbole_reveal.commands.console import show_fve_progress
     from recbole_reveal.config import fve_requested
     from recbole_reveal.errors import USER_ERRORS
 
@@ -52,6 +58,7 @@ def main(argv=None):
         if fve_requested(build_config(model, dataset, config_files, cmd_args=rest)):
             from recbole_reveal.fve.loop import run_fve
 
+            show_fve_progress()
             print(run_fve(model, dataset, config_file_list=config_files, cmd_args=rest)["table_text"])
             return 0
         result = run_recbole_reveal(model, dataset, config_file_list=config_files, cmd_args=rest)

@@ -1,4 +1,4 @@
-"""Reading RecBole atomic files (``<name>.inter``, ``.item``, ``.review``, ...): a header of
+"""Reading and writing RecBole atomic files (``<name>.inter``, ``.item``, ``.review``, ...): a header of
 ``field:type`` columns, then one tab-separated row per line. Light: no torch, no RecBole. Used by the
 feature-extraction command and by FVE's prompts (items, interactions, reviews), and to say which file
 and line RecBole's loader trips over (:func:`load_errors_explained`)."""
@@ -136,3 +136,42 @@ def load_errors_explained(config):
                 raise DataFileError(f"{path}:{line}: column {column} holds {value!r}, which is not a number "
                                     "(float columns hold numbers, e.g. Unix timestamps)") from e
         raise
+
+
+def write_atomic(path, columns, field_separator="\t"):
+    """Write a RecBole atomic file from ``{"name:type": values}`` (lists, tuples or pandas Series of one
+    length), e.g. ``{"user_id:token": [...], "item_id:token": [...], "timestamp:float": [...]}``.
+
+    Values become one line of text each: ``None`` / NaN is empty, tabs and line breaks are spaces (atomic
+    files are not quoted). A ``token_seq`` / ``float_seq`` value may be a list: its items are joined by
+    spaces, and spaces inside a token become ``_`` (the atomic files' convention, undone by the feature
+    extractor and the prompts). Written to a temporary file, then renamed. Raises ``ValueError`` for a
+    header that is not ``name:type`` with one of :data:`FIELD_TYPES` or columns of different lengths."""
+    import math
+
+    from recbole_reveal.files import atomic_open
+
+    names = list(columns)
+    for name in names:
+        field, _, kind = name.rpartition(":")
+        if not field or kind not in FIELD_TYPES:
+            raise ValueError(f"{path}: column {name!r} must be 'name:type' with type one of {', '.join(FIELD_TYPES)}")
+    values = [list(columns[name]) for name in names]
+    lengths = {len(v) for v in values}
+    if len(lengths) > 1:
+        raise ValueError(f"{path}: columns of different lengths: "
+                         + ", ".join(f"{n} {len(v)}" for n, v in zip(names, values)))
+
+    def cell(value, seq):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        if seq and isinstance(value, (list, tuple)):
+            return " ".join(cell(v, False).replace(" ", "_") for v in value if cell(v, False))
+        return " ".join(str(value).replace(field_separator, " ").splitlines()).strip()
+
+    seqs = [name.endswith("_seq") for name in names]
+    with atomic_open(path, "w") as f:
+        f.write(field_separator.join(names) + "\n")
+        for row in zip(*values):
+            f.write(field_separator.join(cell(v, s) for v, s in zip(row, seqs)) + "\n")
+    return path

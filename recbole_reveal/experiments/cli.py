@@ -64,6 +64,8 @@ def _vlm_path(args, overrides, models):
 def _common(parser, with_seeds=True):
     parser.add_argument("--dataset", required=True,
                         help="dataset folder name under data_path (e.g. synthetic-demo, Sports)")
+    parser.add_argument("--data_path", help="folder holding <dataset>/ (default dataset_atomic/); the config key "
+                        "data_path of every run")
     parser.add_argument("--out", default=DEFAULT_OUT,
                         help="results root; this command writes to <out>/<dataset>/<command>/ (default: results)")
     if with_seeds:
@@ -132,7 +134,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from recbole_reveal.commands.console import show_fve_progress
     from recbole_reveal.errors import USER_ERRORS
+
+    show_fve_progress()
 
     try:
         if args.command == "plot":
@@ -149,6 +154,11 @@ def _table_command(args):
     from recbole_reveal.experiments.tables import render_csv, render_markdown, render_runs_csv, summarise
 
     overrides = parse_sets(args.set)
+    if args.data_path:
+        if overrides.get("data_path", args.data_path) != args.data_path:
+            raise ConfigError(f"--data_path {args.data_path} and --set data_path={overrides['data_path']} differ; "
+                              "give one")
+        overrides["data_path"] = args.data_path
     seeds = resolve_seeds(args)
     if args.command == "seeds":
         protocols.check_models(args.models)

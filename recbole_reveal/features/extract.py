@@ -25,12 +25,16 @@ no item has an image file at all the command stops before loading the encoder.
 import argparse
 import logging
 import os
+import sys
 import time
 
 import numpy as np
 
 from recbole_reveal.data.atomic import read_atomic
+from recbole_reveal.data.dataset_yaml import machine_sizes, write_starter
 from recbole_reveal.data.feature_store import save_item_features
+from recbole_reveal.errors import USER_ERRORS, ConfigError, DatasetNotFoundError
+from recbole_reveal.locations import property_file, read_yaml
 from recbole_reveal.features.encoders import ENCODERS, build_encoder
 
 logger = logging.getLogger(__name__)
@@ -70,18 +74,18 @@ def _load_image(path):
 def _resolve_fields(columns, modality, fields, image_field):
     if modality == "vision":
         if image_field not in columns:
-            raise ValueError(f"the .item file has no '{image_field}' column (columns: {columns}); "
-                             "pass --image_field")
+            raise ConfigError(f"the .item file has no '{image_field}' column (columns: {columns}); "
+                              "pass --image_field=<the column with image paths>")
         return [image_field]
     if fields:
         missing = [f for f in fields if f not in columns]
         if missing:
-            raise ValueError(f"--fields {missing} not in the .item file (columns: {columns})")
+            raise ConfigError(f"--fields {missing} not in the .item file (columns: {columns})")
         return list(fields)
     chosen = [f for f in DEFAULT_TEXT_FIELDS if f in columns]
     if not chosen:
-        raise ValueError(f"none of the default text fields {list(DEFAULT_TEXT_FIELDS)} is in the "
-                         f".item file (columns: {columns}); pass --fields")
+        raise ConfigError(f"none of the default text fields {list(DEFAULT_TEXT_FIELDS)} is in the "
+                          f".item file (columns: {columns}); pass --fields <columns>")
     return chosen
 
 
@@ -91,22 +95,28 @@ def _shorten(tokens, limit=20):
 
 
 def extract(dataset, data_path="dataset_atomic", modality=None, encoder="minilm", name=None,
-            fields=None, image_field="image", batch_size=64, device="cpu", feature_dir=None):
-    """Encode every item of ``dataset`` and save the feature set; returns a summary dict."""
+            fields=None, image_field="image", batch_size=64, device="cpu", feature_dir=None, dataset_yaml="skip"):
+    """Encode every item of ``dataset`` and save the feature set; returns a summary dict.
+
+    ``dataset_yaml``: ``auto`` / ``cpu`` / ``gpu`` write the starter ``<data_path>/<dataset>/<dataset>.yaml``
+    with sizes for that machine (``auto``: the machine this runs on) when the dataset has no property
+    file yet (:mod:`recbole_reveal.data.dataset_yaml`); ``skip`` (the function's default; the command's is
+    ``auto``) writes none."""
     key = encoder.partition(":")[0]
     if key not in ENCODERS:
         build_encoder(encoder)  # raises the "unknown encoder" error listing the names
     modality = modality or ENCODERS[key].modality
     if modality not in ("text", "vision"):
-        raise ValueError(f"--modality must be 'text' or 'vision', got '{modality}'")
+        raise ConfigError(f"--modality must be 'text' or 'vision', got '{modality}'")
 
     root = os.path.join(data_path, dataset)
     item_path = os.path.join(root, f"{dataset}.item")
     if not os.path.isfile(item_path):
-        raise FileNotFoundError(f"item file not found: {item_path}")
+        raise DatasetNotFoundError(f"item file not found: {item_path} (a dataset is <data_path>/<NAME>/<NAME>.item, "
+                                   ".inter, ...: docs/own-data.md)")
     columns, types, rows = read_atomic(item_path)
     if "item_id" not in columns:
-        raise ValueError(f"{item_path}: no item_id column (columns: {columns})")
+        raise ConfigError(f"{item_path}: no item_id column (columns: {columns}); the header names item_id:token")
     tokens = [row[columns.index("item_id")] for row in rows]
     used = _resolve_fields(columns, modality, fields, image_field)
 
@@ -119,7 +129,7 @@ def extract(dataset, data_path="dataset_atomic", modality=None, encoder="minilm"
         col = columns.index(image_field)
         inputs = [os.path.join(root, row[col]) if row[col] else "" for row in rows]
         if not any(p and os.path.isfile(p) for p in inputs):
-            raise FileNotFoundError(
+            raise DatasetNotFoundError(
                 f"no image of column '{image_field}' exists (e.g. '{inputs[0] if inputs else ''}'); "
                 f"paths are relative to {root}")
 
@@ -161,8 +171,36 @@ def extract(dataset, data_path="dataset_atomic", modality=None, encoder="minilm"
         metadata["zero_rows"] = zero_rows
     path = save_item_features(feature_dir, name, tokens, matrix, metadata)
     logger.info("wrote %s (%d x %d) in %.1f s", path, matrix.shape[0], matrix.shape[1], seconds)
-    return {"name": name, "path": path, "rows": matrix.shape[0], "dim": matrix.shape[1],
-            "zero_rows": zero_rows, "seconds": seconds}
+    result = {"name": name, "path": path, "rows": matrix.shape[0], "dim": matrix.shape[1],
+              "zero_rows": zero_rows, "seconds": seconds, "dataset_yaml": None}
+    if dataset_yaml != "skip":
+        result["dataset_yaml"] = _dataset_yaml(data_path, dataset, modality, name, dataset_yaml)
+    return result
+
+
+def _dataset_yaml(data_path, dataset, modality, name, sizes):
+    """Write the starter dataset YAML when the dataset has none, else say which one runs read and
+    whether it selects this feature set."""
+    sizes = machine_sizes() if sizes == "auto" else sizes
+    yaml_path, written = write_starter(data_path, dataset, sizes, **{f"{modality}_feature": name})
+    key = f"{modality}_feature"
+    if written:
+        logger.info("wrote the starter dataset YAML %s (%s sizes): every run on %s reads it, above the models' "
+                    "YAMLs and below --config_files and the command line; edit it or delete it "
+                    "(--dataset_yaml=skip writes none; docs/own-data.md)", yaml_path, sizes.upper(), dataset)
+        return yaml_path
+    chosen = read_yaml(yaml_path).get(key, _plugin_default(key))
+    if chosen != name:
+        logger.info("the dataset YAML %s selects %s: %s; to train on the set just written, set %s: %s there "
+                    "or pass --%s=%s", yaml_path, key, chosen, key, name, key, name)
+    else:
+        logger.info("the dataset YAML %s selects this set (%s: %s)", yaml_path, key, name)
+    return yaml_path
+
+
+def _plugin_default(key):
+    """The plugin's default of a feature-set key (``properties/overall.yaml``)."""
+    return read_yaml(property_file("overall.yaml")).get(key)
 
 
 def main(argv=None):
@@ -180,12 +218,26 @@ def main(argv=None):
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--feature_dir", help="default <data_path>/<dataset>/features")
+    p.add_argument("--dataset_yaml", choices=("auto", "cpu", "gpu", "skip"), default="auto",
+                   help="when the dataset has no property file: write a starter <data_path>/<dataset>/<dataset>.yaml "
+                   "with sizes for a CPU or a GPU (auto: this machine's; default), or skip")
     a = p.parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     return extract(a.dataset, a.data_path, a.modality, a.encoder, a.name, a.fields, a.image_field,
-                   a.batch_size, a.device, a.feature_dir)
+                   a.batch_size, a.device, a.feature_dir, a.dataset_yaml)
+
+
+def cli(argv=None):
+    """``python -m recbole_reveal.features.extract``: :func:`main`, with a user error as one ``error:`` line
+    and exit status 2."""
+    try:
+        main(argv)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

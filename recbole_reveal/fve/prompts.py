@@ -1,12 +1,20 @@
 """FVE's initial prompts (paper §4.3.3): review keywords + item metadata -> one prompt per item.
 
-Keywords of an item, from the dataset's ``<name>.review`` file (``user_id:token item_id:token
-timestamp:float review:token``):
+Keywords of an item come from the first of (docs/own-data.md, "Reviews"):
+
+- the ``<name>.review`` file with a user per review, ``user_id:token item_id:token timestamp:float
+  review:token`` (``timestamp`` optional);
+- the ``<name>.review`` file at item level, ``item_id:token review:token``;
+- a ``review`` (or ``reviews``) column of ``<name>.item``, all of an item's review text in one cell;
+
+and then:
 
 1. reviews used: ``exclude_eval`` (default) drops, per user, the reviews of the user's last two
    interactions in ``<name>.inter`` -- the validation and test targets of the leave-one-out split --
-   so item prompts carry no text written at evaluation time; ``all`` uses every review (the
-   reference code);
+   so item prompts carry no text written at evaluation time (matched by user, item and timestamp, or by
+   user and item when the reviews have no timestamp); item-level text names no user, so nothing can be
+   left out per user: it is used whole, and the log says so. ``all`` uses every review (the reference
+   code);
 2. each review: lowercased; apostrophes removed (``don't`` -> ``dont``); every other character that
    is not a letter or digit is a separator; tokens that are stop words (:data:`ENGLISH_STOP_WORDS`, or
    the file ``fve_stopwords``), a single character, or only digits are dropped;
@@ -39,6 +47,7 @@ import logging
 import os
 import re
 import string
+import sys
 from array import array
 from collections import Counter
 from dataclasses import dataclass
@@ -48,13 +57,16 @@ import yaml
 
 from recbole_reveal import locations
 from recbole_reveal.data.atomic import iter_atomic, read_atomic
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.errors import USER_ERRORS, ConfigError, DatasetNotFoundError
 from recbole_reveal.files import atomic_open, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATES = locations.property_file("fve", "templates.yaml")
 KEYWORD_CACHE_FORMAT = 1   # bump when the keyword rule changes
+ITEM_REVIEW_COLUMNS = ("review", "reviews")     # a .item column holding an item's review text
+REVIEW_HELP = ("a review file is 'user_id:token item_id:token timestamp:float review:token' (or "
+               "'item_id:token review:token' for item-level text), docs/own-data.md 'Reviews'")
 
 ITEM_FIELDS = ("title", "category", "categories", "brand", "keywords", "item_id")
 # template key -> the placeholders it may use (None: a mapping or number, not a template)
@@ -142,10 +154,10 @@ def _clean(value):
 def read_items(item_path):
     """The items of a ``.item`` file in file order (title / categories / brand / image optional)."""
     if not os.path.isfile(item_path):
-        raise FileNotFoundError(f"item file not found: {item_path}")
+        raise DatasetNotFoundError(f"item file not found: {item_path}")
     columns, _, rows = read_atomic(item_path)
     if "item_id" not in columns:
-        raise ValueError(f"{item_path}: no item_id column (columns: {columns})")
+        raise ConfigError(f"{item_path}: no item_id column (columns: {columns}); the header names item_id:token")
     col = {c: columns.index(c) for c in columns}
 
     def get(row, name):
@@ -155,7 +167,7 @@ def read_items(item_path):
     for row in rows:
         token = row[col["item_id"]]
         if token in seen:
-            raise ValueError(f"{item_path}: duplicate item_id {token!r}")
+            raise ConfigError(f"{item_path}: duplicate item_id {token!r}; each item has one row")
         seen.add(token)
         items.append(ItemMeta(item_id=token, title=_clean(get(row, "title")),
                               categories=tuple(_clean(c) for c in get(row, "categories").split() if _clean(c)),
@@ -291,27 +303,31 @@ def _merge(keys, counts, new_keys, new_counts):
     return np.insert(keys, at[fresh], new_keys[fresh]), np.insert(counts, at[fresh], new_counts[fresh])
 
 
-def review_keyword_counts(review_path, holdout=None, stop_words=ENGLISH_STOP_WORDS):
-    """:class:`KeywordCounts` of a ``.review`` file without the ``holdout`` interactions. The file is
-    streamed line by line: only the counts stay in memory, not the texts."""
+def review_keyword_counts(review_path, holdout=None, stop_words=ENGLISH_STOP_WORDS, text_column="review"):
+    """:class:`KeywordCounts` of a ``.review`` file (or of the ``text_column`` of a ``.item`` file) without
+    the ``holdout`` interactions. The file is streamed line by line: only the counts stay in memory, not
+    the texts. Reviews without a timestamp are left out by (user, item)."""
     columns, _, rows = iter_atomic(review_path)
-    for needed in ("item_id", "review"):
-        if needed not in columns:
-            raise ValueError(f"{review_path}: no {needed} column (columns: {columns})")
-    i, r = columns.index("item_id"), columns.index("review")
+    check_review_columns(review_path, columns, text_column)
+    i, r = columns.index("item_id"), columns.index(text_column)
     u = columns.index("user_id") if "user_id" in columns else None
     t = columns.index("timestamp") if "timestamp" in columns else None
     if holdout and u is None:
-        raise ValueError(f"{review_path}: excluding evaluation reviews needs a user_id column; "
-                         "set fve_keyword_reviews: all to use every review")
+        raise ConfigError(f"{review_path} has no user_id column, so no review can be left out per user: set "
+                          f"fve_keyword_reviews: all to use every review; {REVIEW_HELP}")
+    held_pairs = {(user, item) for user, item, _ in holdout} if holdout and t is None else None
     word_id, words = {}, []                     # every distinct word -> id (-1: not a candidate)
     lookup = word_id.__getitem__
     item_index, items = {}, []
     pairs = _PairCounter()
     kept = dropped = 0
-    for row in rows:
-        if holdout:
-            ts = float(row[t]) if t is not None and row[t] != "" else None
+    for n, row in enumerate(rows, 1):
+        if held_pairs is not None:
+            if (row[u], row[i]) in held_pairs:
+                dropped += 1
+                continue
+        elif holdout:
+            ts = _timestamp(row[t], review_path, n)
             if (row[u], row[i], ts) in holdout or (row[u], row[i], None) in holdout:
                 dropped += 1
                 continue
@@ -340,6 +356,57 @@ def review_keyword_counts(review_path, holdout=None, stop_words=ENGLISH_STOP_WOR
     return counts
 
 
+def check_review_columns(path, columns, text_column="review"):
+    """A review source needs ``item_id`` and its text column: else a :class:`ConfigError` naming the fix."""
+    for needed in ("item_id", text_column):
+        if needed not in columns:
+            raise ConfigError(f"{path} has no {needed} column (columns: {', '.join(columns)}); {REVIEW_HELP}")
+
+
+def _timestamp(text, path, n):
+    if text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{path}, review {n}: timestamp {text!r} is not a number (seconds, as in the .inter "
+                          "file); fix the row, or leave timestamps out to match reviews by user and item") from None
+
+
+@dataclass(frozen=True)
+class ReviewSource:
+    """Where an item's review text is: ``path`` and its ``text_column``; ``per_user``: the rows name their
+    user, so each user's evaluation-time reviews can be left out."""
+
+    path: str
+    text_column: str
+    per_user: bool
+
+    @property
+    def kind(self):
+        if self.text_column in ITEM_REVIEW_COLUMNS and self.path.endswith(".item"):
+            return f"the {self.text_column!r} column of {self.path}"
+        return f"{self.path} ({'a user per review' if self.per_user else 'item-level text, no user_id column'})"
+
+
+def review_source(dataset, data_path):
+    """The dataset's :class:`ReviewSource` (module docstring: the ``.review`` file, else a review column
+    of ``.item``), or None when it has no review text."""
+    root = os.path.join(data_path, dataset)
+    review_path = os.path.join(root, f"{dataset}.review")
+    if os.path.isfile(review_path):
+        columns, _, _ = iter_atomic(review_path)
+        check_review_columns(review_path, columns)
+        return ReviewSource(review_path, "review", "user_id" in columns)
+    item_path = os.path.join(root, f"{dataset}.item")
+    if os.path.isfile(item_path):
+        columns, _, _ = iter_atomic(item_path)
+        for column in ITEM_REVIEW_COLUMNS:
+            if column in columns:
+                return ReviewSource(item_path, column, False)
+    return None
+
+
 def top_keywords(counts, top_k=5):
     """The ``top_k`` most frequent entries of a Counter; ties alphabetical."""
     return [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]]
@@ -350,13 +417,16 @@ def file_sha256(path):
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def keyword_cache_key(review_path, inter_path, top_k, reviews, stop_words):
+def keyword_cache_key(review_path, inter_path, top_k, reviews, stop_words, text_column="review"):
     """What the keywords depend on: the bytes of the review file (and of the interaction file when
-    evaluation reviews are left out), the stop words, ``top_k``, the review rule and the format."""
-    blob = json.dumps({"format": KEYWORD_CACHE_FORMAT, "review_sha256": file_sha256(review_path),
-                       "inter_sha256": file_sha256(inter_path) if inter_path else None,
-                       "stop_words": sorted(stop_words), "top_k": int(top_k), "reviews": reviews},
-                      sort_keys=True)
+    evaluation reviews are left out), the stop words, ``top_k``, the review rule and the format (and the
+    text column, when it is not a ``.review`` file's ``review``)."""
+    key = {"format": KEYWORD_CACHE_FORMAT, "review_sha256": file_sha256(review_path),
+           "inter_sha256": file_sha256(inter_path) if inter_path else None,
+           "stop_words": sorted(stop_words), "top_k": int(top_k), "reviews": reviews}
+    if text_column != "review":
+        key["text_column"] = text_column
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -374,7 +444,8 @@ def _read_keyword_cache(path):
 
 def item_keywords(dataset, data_path, top_k=5, reviews="exclude_eval", stop_words=ENGLISH_STOP_WORDS,
                   cache_dir=None):
-    """``{item: [keyword, ...]}`` for the items that have reviews ({} when there is no .review file).
+    """``{item: [keyword, ...]}`` for the items that have reviews ({} when the dataset has no review text;
+    where it is found: :func:`review_source`).
 
     With ``cache_dir`` the result is kept in ``<cache_dir>/<key>.json``, ``key`` covering the file
     contents and the settings (:func:`keyword_cache_key`): another run on the same dataset (another
@@ -382,20 +453,33 @@ def item_keywords(dataset, data_path, top_k=5, reviews="exclude_eval", stop_word
     if reviews not in ("exclude_eval", "all"):
         raise ConfigError(f"fve_keyword_reviews must be 'exclude_eval' or 'all', got {reviews!r}")
     root = os.path.join(data_path, dataset)
-    review_path = os.path.join(root, f"{dataset}.review")
-    if not os.path.isfile(review_path):
-        logger.warning("no review file %s: every initial prompt uses initial_prompt_no_keywords", review_path)
+    source = review_source(dataset, data_path)
+    if source is None:
+        logger.warning("no review file %s and no review column (%s) in %s: every initial prompt uses "
+                       "initial_prompt_no_keywords (review shapes: docs/own-data.md, 'Reviews')",
+                       os.path.join(root, f"{dataset}.review"), " or ".join(ITEM_REVIEW_COLUMNS),
+                       os.path.join(root, f"{dataset}.item"))
         return {}
+    review_path = source.path
+    if not source.per_user:
+        if reviews == "exclude_eval":
+            logger.warning("review keywords from %s: item-level review text cannot leave out each user's "
+                           "evaluation-time reviews (it names no user), so every review is used; "
+                           "fve_keyword_reviews: all says you accept that, a 4-column .review (user_id item_id "
+                           "timestamp review) lets them be left out (docs/own-data.md, 'Reviews')", source.kind)
+        else:
+            logger.info("review keywords from %s: every review is used (fve_keyword_reviews: all)", source.kind)
+        reviews = "all"
     inter_path = None
     if reviews == "exclude_eval":
         inter_path = os.path.join(root, f"{dataset}.inter")
         if not os.path.isfile(inter_path):
-            raise FileNotFoundError(f"fve_keyword_reviews: exclude_eval needs {inter_path} to find the "
-                                    "evaluation interactions (or set fve_keyword_reviews: all)")
+            raise ConfigError(f"fve_keyword_reviews: exclude_eval needs {inter_path} to find the "
+                              "evaluation interactions (or set fve_keyword_reviews: all)")
     cache_path = None
     if cache_dir:
         cache_path = os.path.join(cache_dir, keyword_cache_key(review_path, inter_path, top_k, reviews,
-                                                               stop_words) + ".json")
+                                                               stop_words, source.text_column) + ".json")
         if os.path.isfile(cache_path):
             keywords = _read_keyword_cache(cache_path)
             if keywords is not None:
@@ -403,7 +487,7 @@ def item_keywords(dataset, data_path, top_k=5, reviews="exclude_eval", stop_word
                             cache_path)
                 return keywords
     holdout = evaluation_holdout(inter_path) if inter_path else None
-    keywords = review_keyword_counts(review_path, holdout, stop_words).top(top_k)
+    keywords = review_keyword_counts(review_path, holdout, stop_words, source.text_column).top(top_k)
     if cache_path:
         write_json_atomic(cache_path, {"format": KEYWORD_CACHE_FORMAT, "review_file": os.path.abspath(review_path),
                                        "top_k": int(top_k), "reviews": reviews, "keywords": keywords}, indent=None)
@@ -550,11 +634,17 @@ def main(argv=None):
     p.add_argument("--dataset", required=True)
     p.add_argument("--data_path", default="dataset_atomic")
     p.add_argument("--out", help="output file (default <data_path>/<dataset>/fve/prompts_initial.jsonl)")
-    p.add_argument("--templates", help=f"templates file (default {os.path.relpath(DEFAULT_TEMPLATES)})")
-    p.add_argument("--top_k", type=int, default=5)
-    p.add_argument("--reviews", choices=["exclude_eval", "all"], default="exclude_eval")
-    p.add_argument("--stopwords", help="stop-word file, one per line (default: the built-in English list)")
-    p.add_argument("--keyword_cache", help="folder of the content-keyed keyword cache (default: none)")
+    # the options are the config keys of the loop (fve.yaml); the short names of earlier versions still work
+    p.add_argument("--fve_templates", "--templates", dest="templates",
+                   help=f"templates file (default {os.path.relpath(DEFAULT_TEMPLATES)})")
+    p.add_argument("--fve_keywords_topk", "--top_k", dest="top_k", type=int, default=5)
+    p.add_argument("--fve_keyword_reviews", "--reviews", dest="reviews", choices=["exclude_eval", "all"],
+                   default="exclude_eval", help="exclude_eval: leave out each user's evaluation-time reviews "
+                   "where the reviews name their user (default); all: every review")
+    p.add_argument("--fve_stopwords", "--stopwords", dest="stopwords",
+                   help="stop-word file, one per line (default: the built-in English list)")
+    p.add_argument("--fve_keyword_cache_dir", "--keyword_cache", dest="keyword_cache",
+                   help="folder of the content-keyed keyword cache (default: none)")
     a = p.parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -566,5 +656,16 @@ def main(argv=None):
     return out
 
 
+def cli(argv=None):
+    """``python -m recbole_reveal.fve.prompts``: :func:`main`, with a user error as one ``error:`` line and
+    exit status 2."""
+    try:
+        main(argv)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

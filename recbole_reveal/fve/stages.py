@@ -240,6 +240,9 @@ class Critic(Stage):
         critic, counts = run_critic(ctx.generator, requests, load_templates(s["fve_templates"]),
                                     answers_dir=self.answers_dir(ctx))
         share = acceptance(counts)
+        logger.info("FVE cycle %d critic: %d accepted, %d kept the old prompt (%d answers rejected, %d items "
+                    "without a usable image)", x, counts["accepted"], counts["fallback"], share["answered"] -
+                    counts["accepted"], counts["fallback: no usable image"])
         check_acceptance(share, counts, x, s["fve_acceptance_warning"], s["fve_min_acceptance"], self.answers_dir(ctx))
         write_critic_log(ctx.critic_path(x), critic)
         write_prompts(ctx.prompts_path(x + 1), apply_rewrites(records, critic, cycle=x + 1))

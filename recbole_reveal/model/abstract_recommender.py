@@ -12,10 +12,13 @@ REVEAL needs two things from a backbone, and nothing else:
     these parameters' gradients.
 """
 
+import difflib
 from contextlib import contextmanager
 
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
+
+from recbole_reveal.errors import ModelContractError
 
 MODALITIES = ("text", "vision")
 
@@ -51,15 +54,30 @@ class MultimodalSequentialRecommender(SequentialRecommender):
         unknown = set(modalities) - set(MODALITIES)
         if unknown:
             raise ValueError(f"unknown modalities {sorted(unknown)}; expected a subset of {MODALITIES}")
-        previous = self._zeroed
+        previous, previous_masked = self._zeroed, self.__dict__.get("_masked")
         self._zeroed = previous | frozenset(modalities)
+        self.__dict__["_masked"] = masked = set()
         try:
             yield self
         finally:
             self._zeroed = previous
+            self.__dict__["_masked"] = previous_masked if previous_masked is None else previous_masked | masked
+        skipped = [m for m in modalities if m not in masked]
+        if masked and skipped:      # the block ran the model, which never masked a zeroed modality
+            raise ModelContractError(
+                f"{type(self).__name__} never passed {', '.join(map(repr, skipped))} through mask_modality while "
+                f"it was zeroed (it did pass {', '.join(map(repr, sorted(masked)))}): call "
+                f"self.mask_modality({skipped[0]!r}, projected) right after that modality's projection "
+                "(docs/design.md, 'The backbone contract')")
 
     def mask_modality(self, modality, projected):
         """Return ``projected`` or, while ``modality`` is zeroed, zeros of the same shape."""
+        if modality not in MODALITIES:
+            raise ModelContractError(f"{type(self).__name__} calls mask_modality({modality!r}, ...): the modality "
+                                     f"must be one of {', '.join(MODALITIES)}")
+        masked = self.__dict__.get("_masked")
+        if masked is not None:
+            masked.add(modality)
         if modality in self._zeroed:
             return torch.zeros_like(projected)
         return projected
@@ -68,13 +86,19 @@ class MultimodalSequentialRecommender(SequentialRecommender):
     def vision_parameters(self):
         """``(name, parameter)`` pairs of every parameter of the declared ``vision_modules``."""
         if not self.vision_modules:
-            raise NotImplementedError(f"{type(self).__name__} declares no vision_modules")
+            raise ModelContractError(f"{type(self).__name__} declares no vision_modules: list the sub-modules of "
+                                     "the visual modality (e.g. vision_modules = ('vision_projection',)) in the "
+                                     "class, for AVL to scale their gradients")
         modules = dict(self.named_modules())
         params = []
         for name in self.vision_modules:
             if name not in modules:
-                raise AttributeError(
+                children = [n for n, m in modules.items() if n and "." not in n and any(True for _ in m.parameters())]
+                close = difflib.get_close_matches(name, list(modules), n=1)
+                raise ModelContractError(
                     f"{type(self).__name__}.vision_modules names '{name}', which is not a sub-module"
+                    + (f" (did you mean '{close[0]}'?)" if close else "")
+                    + f"; its sub-modules with parameters: {', '.join(children) or 'none'}"
                 )
             params.extend(
                 (f"{name}.{p_name}", p) for p_name, p in modules[name].named_parameters()
