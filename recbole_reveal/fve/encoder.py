@@ -1,4 +1,5 @@
-"""FVE's vision encoding (paper eq. 1): a prompt-conditioned item embedding from a frozen VLM.
+"""FVE's vision encoding (paper eq. 1): a prompt-conditioned item embedding from a frozen VLM (any family
+of :mod:`recbole_reveal.fve.families`: Qwen2.5-VL, Qwen3-VL, Gemma-3, InternVL3).
 
 For each item: the chat template renders one user turn holding the prompt and the image, the
 language model runs on it, the hidden states of one layer (``fve_layer``, default the last) are
@@ -139,14 +140,6 @@ class FVEEncoder:
         self.missing_image = missing_image
         self.padding_side = padding_side
         self.vision_cache = vision_cache if vision_cache is not None else VisionFeatureCache()
-        if vlm.model_type == "qwen3_vl":
-            from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
-
-            self._vision_output_cls = BaseModelOutputWithDeepstackFeatures
-        else:
-            from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-            self._vision_output_cls = BaseModelOutputWithPooling
 
     # ------------------------------------------------------------------ identity
     def settings(self):
@@ -272,11 +265,9 @@ class FVEEncoder:
             job.error = image
             return
         try:
-            out = self.turn.pixel_inputs(image)
+            job.pixels = self.turn.pixels(image)
         except (ValueError, OSError) as e:
             job.error = f"image processor rejected it: {e}"
-            return
-        job.pixels = (out["pixel_values"], tuple(int(g) for g in out["image_grid_thw"][0]))
 
     @torch.inference_mode()
     def _vision(self, jobs):
@@ -288,14 +279,11 @@ class FVEEncoder:
             if job.vision is None and job.vision_key not in todo:
                 todo[job.vision_key] = job
         if todo:
-            pixels = torch.cat([j.pixels[0] for j in todo.values()]).to(self.vlm.device)
-            grid = torch.tensor([j.pixels[1] for j in todo.values()], dtype=torch.long, device=self.vlm.device)
-            out = self.vlm.model.model.get_image_features(pixels, grid, return_dict=True)
-            deepstack = getattr(out, "deepstack_features", None) or []
+            outputs = self.vlm.family.vision_features(self.vlm, [j.pixels[0] for j in todo.values()],
+                                                      [j.pixels[1] for j in todo.values()])
             fresh = {}
-            for k, (key, job) in enumerate(todo.items()):
-                fresh[key] = VisionFeatures(out.pooler_output[k].cpu(), [level[k].cpu() for level in deepstack],
-                                            job.pixels[1])
+            for (key, job), (pooler, deepstack) in zip(todo.items(), outputs):
+                fresh[key] = VisionFeatures(pooler.cpu(), [level.cpu() for level in deepstack], job.pixels[1])
                 self.vision_cache.put(key, fresh[key])
             for job in jobs:
                 if job.vision is None:
@@ -376,17 +364,10 @@ class FVEEncoder:
             ids[r, off:off + len(job.ids)] = torch.tensor(job.ids)
             mask[r, off:off + len(job.ids)] = 1
             offsets.append(off)
-        feats = [j.vision for j in batch]
-        fields = {"pooler_output": tuple(f.pooler.to(device) for f in feats)}
-        if self.vlm.model_type == "qwen3_vl":
-            fields["deepstack_features"] = [tuple(f.deepstack[level].to(device) for f in feats)
-                                            for level in range(len(feats[0].deepstack))]
         ids, mask = ids.to(device), mask.to(device)
-        out = self.vlm.model.model(
-            input_ids=ids, attention_mask=mask, mm_token_type_ids=(ids == self.turn.image_id).long(),
-            image_grid_thw=torch.tensor([f.grid for f in feats], dtype=torch.long, device=device),
-            mm_encoder_outputs={"image": self._vision_output_cls(**fields)},
-            output_hidden_states=self.layer != self.vlm.num_layers, use_cache=False)
+        inputs = self.vlm.family.language_inputs(self.vlm, ids, mask, self.turn.image_id, [j.vision for j in batch])
+        out = self.vlm.model.model(input_ids=ids, attention_mask=mask, **inputs,
+                                   output_hidden_states=self.layer != self.vlm.num_layers, use_cache=False)
         hidden = out.last_hidden_state if self.layer == self.vlm.num_layers else out.hidden_states[self.layer]
         pooled = torch.stack([hidden[r, torch.tensor(job.positions, device=device) + off].float().mean(0)
                               for r, (job, off) in enumerate(zip(batch, offsets))])

@@ -60,7 +60,8 @@ class EndpointGenerator:
         self.api_key = api_key
         self.concurrency, self.timeout, self.retries, self.backoff = int(concurrency), float(timeout), int(retries), backoff
         self.max_new_tokens, self.seed, self.guided_json = int(max_new_tokens), seed, bool(guided_json)
-        self.min_pixels, self.max_pixels, self.factor = int(min_pixels), int(max_pixels), int(factor)
+        self.min_pixels, self.max_pixels = int(min_pixels), int(max_pixels)
+        self.factor = None if factor is None else int(factor)
         self.model = model or self.served_model()
 
     @classmethod
@@ -154,7 +155,10 @@ class EndpointGenerator:
         from PIL import Image
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-        height, width = smart_resize(image.height, image.width, self.factor, self.min_pixels, self.max_pixels)
+        if self.factor is None:          # Gemma-3 / InternVL: the server's processor resizes to its fixed tiles
+            height, width = image.height, image.width
+        else:
+            height, width = smart_resize(image.height, image.width, self.factor, self.min_pixels, self.max_pixels)
         if (width, height) != image.size:
             image = image.resize((width, height), Image.BICUBIC)
         buf = io.BytesIO()
@@ -186,7 +190,13 @@ class EndpointGenerator:
 
 
 def _resize_factor(vlm_path):
-    """patch size x merge size of the checkpoint's image processor (28 for Qwen2.5-VL, 32 for Qwen3-VL)."""
+    """patch size x merge size of the checkpoint's image processor (28 for Qwen2.5-VL, 32 for Qwen3-VL); None
+    for a family with fixed-size inputs (Gemma-3, InternVL), whose server-side processor does its own resizing."""
+    config = os.path.join(vlm_path or "", "config.json")
+    if os.path.isfile(config):
+        with open(config, encoding="utf-8") as f:
+            if not str(json.load(f).get("model_type", "qwen")).startswith("qwen"):
+                return None
     path = os.path.join(vlm_path or "", "preprocessor_config.json")
     if not os.path.isfile(path):
         return 28
