@@ -66,11 +66,12 @@ class EncodeResult:
     missing: dict = field(default_factory=dict)      # token -> reason (fallback row written)
     seconds: float = 0.0
     vision: dict = field(default_factory=dict)       # vision-cache counters of this call
+    work: dict = field(default_factory=dict)         # language-model passes and tokens, vision patches, TFLOP
 
     def summary(self):
         return {"items": len(self.tokens), "encoded": len(self.encoded), "cache_hits": len(self.cached),
                 "missing_images": len(self.missing), "missing_image_items": sorted(self.missing),
-                "seconds": round(self.seconds, 3), "vision_cache": self.vision}
+                "seconds": round(self.seconds, 3), "vision_cache": self.vision, "work": self.work}
 
 
 def _shorten(tokens, limit=20):
@@ -140,6 +141,13 @@ class FVEEncoder:
         self.missing_image = missing_image
         self.padding_side = padding_side
         self.vision_cache = vision_cache if vision_cache is not None else VisionFeatureCache()
+        # parameters behind the FLOP estimate: the language model without its embedding table, and the
+        # rest of the base model (vision tower + projector); 2 FLOP per parameter per token / patch
+        base = vlm.model.model
+        language = sum(p.numel() for p in base.language_model.parameters())
+        self.lm_params = language - base.language_model.get_input_embeddings().weight.numel()
+        self.vision_params = sum(p.numel() for p in base.parameters()) - language
+        self._work = {"lm_passes": 0, "lm_tokens": 0, "vision_passes": 0, "vision_patches": 0}
 
     # ------------------------------------------------------------------ identity
     def settings(self):
@@ -192,7 +200,7 @@ class FVEEncoder:
         mid-way resumes with everything finished so far.
         """
         start = time.perf_counter()
-        vision_before = self.vision_cache.stats()
+        vision_before, work_before = self.vision_cache.stats(), dict(self._work)
         requests = list(requests)
         matrix = np.zeros((len(requests), self.dim), dtype=np.float32)
         result = EncodeResult(tokens=[r.token for r in requests], matrix=matrix)
@@ -245,10 +253,19 @@ class FVEEncoder:
                            _shorten(f"{t} ({r})" for t, r in result.missing.items()))
         after = self.vision_cache.stats()
         result.vision = {k: after[k] - vision_before[k] for k in ("memory_hits", "disk_hits", "misses")}
+        result.work = self.work_since(work_before)
         result.seconds = time.perf_counter() - start
         logger.info("FVE: %d items: %d encoded, %d from cache, %d missing images, %.1f s",
                     len(requests), len(result.encoded), len(result.cached), len(result.missing), result.seconds)
         return result
+
+    def work_since(self, before):
+        """Language-model passes and tokens, vision-tower passes and patches since ``before`` (a copy of
+        ``self._work``), with the FLOP estimate: 2 x parameters x tokens (patches), attention not counted."""
+        work = {k: self._work[k] - before.get(k, 0) for k in self._work}
+        flops = 2 * (self.lm_params * work["lm_tokens"] + self.vision_params * work["vision_patches"])
+        work["tflop"] = round(flops / 1e12, 6)
+        return work
 
     # ------------------------------------------------------------------ internals
     def _fallback(self, token):
@@ -281,6 +298,9 @@ class FVEEncoder:
         if todo:
             outputs = self.vlm.family.vision_features(self.vlm, [j.pixels[0] for j in todo.values()],
                                                       [j.pixels[1] for j in todo.values()])
+            self._work["vision_passes"] += len(todo)
+            self._work["vision_patches"] += sum(self.vlm.family.vision_patches(self.vlm, j.pixels[1])
+                                                for j in todo.values())
             fresh = {}
             for (key, job), (pooler, deepstack) in zip(todo.items(), outputs):
                 fresh[key] = VisionFeatures(pooler.cpu(), [level.cpu() for level in deepstack], job.pixels[1])
@@ -338,6 +358,8 @@ class FVEEncoder:
                 for b in range(0, len(ready), self.batch_size):
                     batch = ready[b:b + self.batch_size]
                     self._vision([j for j in batch if j.vision is None])
+                    self._work["lm_passes"] += len(batch)
+                    self._work["lm_tokens"] += sum(len(j.ids) for j in batch)
                     for job, vec in zip(batch, self._language(batch)):
                         job.vector, job.vision = vec, None
                         if on_done:

@@ -106,6 +106,10 @@ class Family:
     def n_image_tokens(self, vlm, layout):
         raise NotImplementedError
 
+    def vision_patches(self, vlm, layout):
+        """Patches the vision tower runs on for one image (its cost per parameter, for the FLOP estimate)."""
+        raise NotImplementedError
+
     def expansion(self, vlm, n_tokens):
         """The text that replaces :attr:`placeholder` for an image of ``n_tokens`` tokens, as the
         family's processor writes it."""
@@ -159,6 +163,10 @@ class QwenVLFamily(Family):
     def n_image_tokens(self, vlm, layout):
         t, h, w = layout
         return t * h * w // int(vlm.image_processor.merge_size) ** 2
+
+    def vision_patches(self, vlm, layout):
+        t, h, w = layout
+        return t * h * w
 
     def vision_features(self, vlm, pixels, layouts):
         import torch
@@ -214,6 +222,10 @@ class Gemma3Family(Family):
     def n_image_tokens(self, vlm, layout):
         return int(vlm.model.config.mm_tokens_per_image)
 
+    def vision_patches(self, vlm, layout):
+        vision = vlm.model.config.vision_config
+        return (int(vision.image_size) // int(vision.patch_size)) ** 2
+
     def expansion(self, vlm, n_tokens):
         tok = vlm.tokenizer
         # Gemma3Processor.full_image_sequence for n_tokens soft tokens
@@ -264,6 +276,9 @@ class InternVLFamily(Family):
 
     def n_image_tokens(self, vlm, layout):
         return layout[0] * tokens_per_tile(vlm.model.config.to_dict())
+
+    def vision_patches(self, vlm, layout):
+        return layout[0] * int(round(tokens_per_tile(vlm.model.config.to_dict()) / vlm.model.config.downsample_ratio ** 2))
 
     def expansion(self, vlm, n_tokens):
         tok = vlm.tokenizer
