@@ -218,6 +218,22 @@ def test_avl_scales_only_the_image_adaptor_gradients_by_exactly_k(missrec_config
 
 
 # -- ranking and training -------------------------------------------------------------------------------
+@pytest.mark.parametrize("pooling, pooled", [
+    # history 0: interests 5 and 3 (+ one padding slot), history 1: interest 2 (+ two padding slots)
+    ("sum", [[1.0 + 2.0, 0.0], [4.0, 0.0]]),
+    ("mean", [[(1.0 + 2.0) / 2, 0.0], [4.0, 0.0]]),
+    # every slot, padding included (outputs 8 and 16 here), times the share of valid slots
+    ("reference", [[(1.0 + 2.0 + 8.0) * 2 / 3, 0.0], [(4.0 + 16.0 + 16.0) / 3, 0.0]]),
+])
+def test_interest_penalty_pooling(missrec, pooling, pooled):
+    model = missrec[0]
+    model.interest_penalty_pooling = pooling
+    ids = torch.tensor([[5, 3, 0], [2, 0, 0]])
+    memory = torch.tensor([[[1.0, 0.0], [2.0, 0.0], [8.0, 0.0]], [[4.0, 0.0], [16.0, 0.0], [16.0, 0.0]]])
+    expected = (torch.tensor(pooled) ** 2).sum() / 2
+    torch.testing.assert_close(model.interest_penalty(memory, ids, ids == 0), expected)
+
+
 def test_scores_fuse_modalities_dynamically_then_mix_with_the_id(missrec):
     model = missrec[0]
     with torch.no_grad():
@@ -267,6 +283,7 @@ def test_reveal_run_with_avl_finishes_and_reports_masked_results(missrec_config,
     ("n_layers", 3, "n_layers"),
     ("interest_ratio", 1.5, "interest_ratio"),
     ("train_neg_sample_args", {"distribution": "uniform", "sample_num": 1}, "train_neg_sample_args"),
+    ("interest_penalty_pooling", "max", "interest_penalty_pooling"),
 ])
 def test_bad_config_is_a_clear_error(missrec_config, key, value, message):
     with pytest.raises(ConfigError, match=message):

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 STREAMS = ("id", "text", "vision")
+# how the contrastive losses treat other batch rows with the same target item
+SAME_TARGET_NEGATIVES = ("drop", "zero_logit")
 
 
 class AlignExperts(nn.Module):
@@ -63,7 +65,8 @@ class AlignMoE(nn.Module):
 class ScalingExperts(nn.Module):
     """One stream's temporal experts: ``n_experts`` learned vectors that rescale the embedding
     element-wise. The reference kept them in a plain Python list (never registered, never trained,
-    created on ``cuda``); here they are a registered parameter ``weight [n_experts, h]``."""
+    created on ``cuda``): they kept their random N(0, 0.1) values. Here they are a registered parameter
+    ``weight [n_experts, h]``, trained unless frozen (``temporal_experts_trainable: False``)."""
 
     def __init__(self, hidden_size, n_experts, std):
         super().__init__()
@@ -78,9 +81,11 @@ class ScalingExperts(nn.Module):
 def interval_buckets(times, valid, scale, n_buckets):
     """Bucket of the time since the previous interaction: ``floor(scale * log2(dt + 1))``.
 
-    ``times`` [B, L] are in the model's time unit; the first position of a sequence, padding and
-    positions after padding get bucket 0, as the reference's first position does. Buckets beyond
-    the table (gaps longer than any seen when the model was built) share the last bucket.
+    ``times`` [B, L] are in the model's time unit (seconds at ``time_unit: 1``, as the reference); the
+    first position of a sequence gets bucket 0, as in the reference, and so do padding and positions
+    after it (the reference takes log2 of the negative gap to the padding's timestamp 0 there, which
+    only the padding's own outputs see). Buckets beyond the table (gaps longer than any seen when the
+    model was built) share the last bucket.
     """
     gaps = torch.zeros_like(times)
     gaps[:, 1:] = (times[:, 1:] - times[:, :-1]).clamp(min=0)
@@ -117,12 +122,16 @@ class TemporalMoE(nn.Module):
         self.vision_experts = ScalingExperts(hidden_size, n_experts, expert_std)
 
     def time_embedding(self, times, valid):
-        """``[B, L, 2h]`` from ``times`` [B, L] (time units since the data's first interaction)."""
+        """``[B, L, 2h]`` from ``times`` [B, L] (timestamps in time units; 0 at padding)."""
         intervals = self.interval_embedding(
             interval_buckets(times, valid, self.interval_scale, self.n_buckets)
         )
         absolute = torch.cos(self.absolute_proj(times.unsqueeze(-1)) * self.inv_freq)
         return torch.cat([intervals, absolute], dim=-1)
+
+    def requires_grad_experts(self, trainable):
+        for experts in (self.id_experts, self.text_experts, self.vision_experts):
+            experts.weight.requires_grad_(trainable)
 
     def forward(self, id_emb, text_emb, vision_emb, time_embedding):
         route = torch.softmax(self.gate(time_embedding), dim=-1)
@@ -133,16 +142,18 @@ class TemporalMoE(nn.Module):
         )
 
 
-def in_batch_info_nce(queries, keys, targets, temperature):
-    """InfoNCE of each query against the batch's keys, its own key (same row) the positive.
+def in_batch_info_nce(queries, keys, targets, temperature, same_target="drop"):
+    """InfoNCE of each query against the batch's keys, its own key (same row) the positive; queries and
+    keys are L2-normalised per vector (as the reference, after UniSRec).
 
-    Other rows with the same target item are false negatives and are left out of the denominator
-    (the reference and UniSRec set their logits to 0, i.e. count each as exp(0) = 1).
+    Other rows with the same target item are false negatives. ``same_target="drop"`` leaves them out of
+    the denominator; ``"zero_logit"`` sets their logits to 0, as the reference and UniSRec do, so each
+    still adds exp(0) = 1 to the denominator.
     """
     queries = nn.functional.normalize(queries, dim=-1)
     keys = nn.functional.normalize(keys, dim=-1)
     logits = torch.matmul(queries, keys.transpose(0, 1)) / temperature
-    same_target = targets.unsqueeze(1) == targets.unsqueeze(0)
-    same_target.fill_diagonal_(False)
-    logits = logits.masked_fill(same_target, float("-inf"))
+    same_target_rows = targets.unsqueeze(1) == targets.unsqueeze(0)
+    same_target_rows.fill_diagonal_(False)
+    logits = logits.masked_fill(same_target_rows, float("-inf") if same_target == "drop" else 0.0)
     return nn.functional.cross_entropy(logits, torch.arange(len(queries), device=queries.device))

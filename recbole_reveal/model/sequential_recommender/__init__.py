@@ -1,6 +1,6 @@
+from recbole_reveal.model.sequential_recommender.stosa import STOSA
 from recbole_reveal.model.sequential_recommender.m3srec import M3SRec
 from recbole_reveal.model.sequential_recommender.m3srec_reveal import M3SRec_REVEAL
-from recbole_reveal.model.sequential_recommender.stosa import STOSA
 from recbole_reveal.model.sequential_recommender.hm4sr import HM4SR
 from recbole_reveal.model.sequential_recommender.hm4sr_reveal import HM4SR_REVEAL
 from recbole_reveal.model.sequential_recommender.missrec import MISSRec

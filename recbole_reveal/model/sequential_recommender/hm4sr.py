@@ -9,12 +9,14 @@ Reference:
 Reference code:
     https://github.com/SStarCCat/HM4SR (RecBole 1.2.0)
 
-Differences from the reference code (see docs/models/hm4sr.md): the temporal experts are registered
-parameters and train (the reference kept them in a Python list); nothing is pinned to ``cuda``;
-timestamps come from RecBole's ``<TIME_FIELD>_list`` and the category multi-hot from the dataset's
-category field instead of side files; the ID contrastive loss normalises each sequence vector
-(the reference normalises over the batch) and leaves same-target rows out of the denominator;
-the placeholder positions are drawn from torch's seeded generator.
+Differences from the reference code (docs/models/hm4sr.md): the temporal experts are registered
+parameters and train (the reference kept them in a Python list, so they stay at their random
+initialisation; ``temporal_experts_trainable: False`` restores that); nothing is pinned to ``cuda``;
+the contrastive losses leave same-target rows out of the denominator (the reference sets their logits
+to 0, so each still adds exp(0) = 1; ``same_target_negatives: zero_logit`` restores it); timestamps
+come from RecBole's ``<TIME_FIELD>_list`` and the category multi-hot from the dataset's category field
+instead of side files; the placeholder positions are drawn from torch's seeded generator.
+``reference_mode: True`` sets both switches to the reference behaviour.
 """
 
 from logging import getLogger
@@ -26,7 +28,14 @@ from torch import nn
 
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
-from recbole_reveal.model.hm4sr_layers import AlignMoE, TemporalMoE, in_batch_info_nce, n_interval_buckets
+from recbole_reveal.model.hm4sr_layers import (
+    SAME_TARGET_NEGATIVES,
+    AlignMoE,
+    TemporalMoE,
+    in_batch_info_nce,
+    n_interval_buckets,
+)
+from recbole_reveal.model.reference_mode import reference_switch
 
 
 class HM4SR(MultimodalSequentialRecommender):
@@ -77,6 +86,12 @@ class HM4SR(MultimodalSequentialRecommender):
         self.placeholder_temperature = config["placeholder_temperature"]
         self.placeholder_ratio = config["placeholder_ratio"]
         self.time_unit = float(config["time_unit"])
+        self.same_target_negatives = reference_switch(
+            config, "same_target_negatives", "drop", "zero_logit", SAME_TARGET_NEGATIVES
+        )
+        temporal_experts_trainable = reference_switch(
+            config, "temporal_experts_trainable", True, False, (True, False)
+        )
         if (config["train_neg_sample_args"] or {}).get("distribution", "none") != "none":
             raise ConfigError(
                 "HM4SR trains with cross-entropy over all items: set train_neg_sample_args: ~ "
@@ -85,7 +100,7 @@ class HM4SR(MultimodalSequentialRecommender):
         if not self.time_unit > 0:
             raise ConfigError(f"config key 'time_unit' must be a positive number of seconds, got {self.time_unit}")
         self.TIME_SEQ = self._time_list_field(config, dataset)
-        self.time_origin, longest_gap = self._time_span(dataset)
+        longest_gap = self._longest_gap(dataset)
 
         text = self.item_feature_table(dataset, "text")
         vision = self.item_feature_table(dataset, "vision")
@@ -116,6 +131,7 @@ class HM4SR(MultimodalSequentialRecommender):
         self.align_moe = AlignMoE(h, config["align_experts"], config["align_stream_weights"])
         self.text_placeholder = nn.Linear(2 * h, h)
         self.vision_placeholder = nn.Linear(2 * h, h)
+        self.temporal_moe.requires_grad_experts(temporal_experts_trainable)
         self.register_buffer("item_categories", categories, persistent=False)
         self.category_head = nn.Linear(3 * h, categories.shape[1]) if categories.shape[1] else None
 
@@ -158,14 +174,13 @@ class HM4SR(MultimodalSequentialRecommender):
             )
         return list_field
 
-    def _time_span(self, dataset):
-        """(earliest timestamp, longest possible gap in ``time_unit``) over the training data."""
+    def _longest_gap(self, dataset):
+        """The longest possible gap between two training interactions, in ``time_unit``."""
         histories = dataset.inter_feat[self.TIME_SEQ].double()
         observed = histories[dataset.inter_feat[self.ITEM_SEQ] > 0]
         targets = dataset.inter_feat[dataset.time_field].double()
         all_times = torch.cat([observed, targets])
-        earliest, latest = all_times.min().item(), all_times.max().item()
-        return earliest, (latest - earliest) / self.time_unit
+        return (all_times.max().item() - all_times.min().item()) / self.time_unit
 
     def _category_multi_hot(self, config, dataset):
         """``[n_items, n_categories]`` 0/1 matrix from the item field ``category_field`` (a token_seq or
@@ -196,11 +211,12 @@ class HM4SR(MultimodalSequentialRecommender):
         multi_hot.scatter_(1, tokens.long(), 1.0)
         return multi_hot[:, 1:]
 
-    def _times(self, interaction, item_seq):
-        """History timestamps in ``time_unit`` since the training data's first interaction (0 at padding)."""
+    def _times(self, time_seq, item_seq):
+        """History timestamps in ``time_unit`` (the raw timestamps at ``time_unit: 1``, as the reference
+        reads them), 0 at padding; and the mask of real positions."""
         valid = item_seq > 0
-        times = (interaction[self.TIME_SEQ].double() - self.time_origin) / self.time_unit
-        return torch.where(valid, times, torch.zeros_like(times)).float(), valid
+        times = time_seq.to(self.position_embedding.weight.dtype) / self.time_unit
+        return torch.where(valid, times, torch.zeros_like(times)), valid
 
     # -- representations --------------------------------------------------------------------------
     def item_tables(self):
@@ -221,8 +237,9 @@ class HM4SR(MultimodalSequentialRecommender):
         hidden = encoder(self.dropout(norm(stream)), attention_mask, output_all_encoded_layers=True)[-1]
         return self.gather_indexes(hidden, item_seq_len - 1)
 
-    def encode(self, tables, item_seq, item_seq_len, times, valid):
+    def encode(self, tables, item_seq, item_seq_len, time_seq):
         """Returns (the three streams after both MoEs, their sequence vectors, the time embedding)."""
+        times, valid = self._times(time_seq, item_seq)
         positions = self.position_embedding(torch.arange(item_seq.size(1), device=item_seq.device))
         id_emb, text_emb, vision_emb = (e + positions for e in self.lookup(tables, item_seq))
         id_emb, text_emb, vision_emb = self.align_moe(id_emb, text_emb, vision_emb)
@@ -238,10 +255,12 @@ class HM4SR(MultimodalSequentialRecommender):
         )
         return streams, vectors, time_embedding
 
-    def forward(self, interaction, tables):
-        item_seq = interaction[self.ITEM_SEQ]
-        times, valid = self._times(interaction, item_seq)
-        return self.encode(tables, item_seq, interaction[self.ITEM_SEQ_LEN], times, valid)
+    def forward(self, item_seq, item_seq_len, time_seq, tables=None):
+        """The ID, text and image sequence vectors ``[B, h]`` of the histories; ``time_seq`` holds their
+        timestamps (``interaction[<TIME_FIELD>_list]``), ``tables`` the :meth:`item_tables` when the
+        caller has them."""
+        tables = self.item_tables() if tables is None else tables
+        return self.encode(tables, item_seq, item_seq_len, time_seq)[1]
 
     @staticmethod
     def score_all(vectors, tables):
@@ -254,11 +273,12 @@ class HM4SR(MultimodalSequentialRecommender):
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         pos_items = interaction[self.POS_ITEM_ID]
         tables = self.item_tables()
-        streams, vectors, time_embedding = self.forward(interaction, tables)
+        streams, vectors, time_embedding = self.encode(tables, item_seq, item_seq_len, interaction[self.TIME_SEQ])
         loss = self.loss_fct(self.score_all(vectors, tables), pos_items)
         if self.id_cl_weight:
             loss = loss + self.id_cl_weight * in_batch_info_nce(
-                vectors[0], self.item_embedding(pos_items), pos_items, self.temperature
+                vectors[0], self.item_embedding(pos_items), pos_items, self.temperature,
+                self.same_target_negatives,
             )
         if self.category_head is not None:
             loss = loss + self.category_weight * self.category_loss(tables, item_seq)
@@ -295,17 +315,23 @@ class HM4SR(MultimodalSequentialRecommender):
         ):
             augmented = torch.where(chosen, placeholder(time_embedding), stream)
             augmented_vector = self._encode_stream(augmented, norm, encoder, attention_mask, item_seq_len)
-            losses.append(in_batch_info_nce(vector, augmented_vector, pos_items, self.placeholder_temperature))
+            losses.append(in_batch_info_nce(
+                vector, augmented_vector, pos_items, self.placeholder_temperature, self.same_target_negatives
+            ))
         return sum(losses) / len(losses)
 
     # -- inference ------------------------------------------------------------------------------
+    def _sequence_vectors(self, interaction, tables):
+        return self.forward(
+            interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], interaction[self.TIME_SEQ], tables
+        )
+
     def predict(self, interaction):
         tables = self.item_tables()
-        _, vectors, _ = self.forward(interaction, tables)
+        vectors = self._sequence_vectors(interaction, tables)
         candidates = self.lookup(tables, interaction[self.ITEM_ID])
         return sum((v * c).sum(dim=-1) for v, c in zip(vectors, candidates))
 
     def full_sort_predict(self, interaction):
         tables = self.item_tables()
-        _, vectors, _ = self.forward(interaction, tables)
-        return self.score_all(vectors, tables)
+        return self.score_all(self._sequence_vectors(interaction, tables), tables)

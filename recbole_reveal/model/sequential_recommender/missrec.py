@@ -13,8 +13,10 @@ This is the reference's fine-tuning stage trained from scratch with item IDs ("t
 fine-tuning without a pre-trained checkpoint), the setting of the REVEAL paper's table; pre-training
 and transfer are not implemented. Differences from the reference code (see docs/models/missrec.md):
 a seeded full-batch torch k-means instead of torchpq's mini-batch k-means (CPU and GPU); the interest
-regulariser pools the interest memory over the valid interest tokens only; sequences of interest
-tokens are de-duplicated without re-packing (the encoder is order-free).
+regulariser sums the interest memory over the valid interest tokens (the reference weights every slot,
+padding included, by the batch-dependent fraction of valid slots; ``interest_penalty_pooling:
+reference`` / ``reference_mode: True`` restores it); sequences of interest tokens are de-duplicated
+without re-packing (the encoder is order-free).
 """
 
 import math
@@ -28,6 +30,9 @@ from torch import nn
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
 from recbole_reveal.model.kmeans import kmeans
+from recbole_reveal.model.reference_mode import reference_switch
+
+PENALTY_POOLINGS = ("sum", "mean", "reference")
 
 
 class MISSRec(MultimodalSequentialRecommender):
@@ -44,7 +49,8 @@ class MISSRec(MultimodalSequentialRecommender):
     the ID logit as ``(id + 2 * multimodal) / 3``, and divided by ``temperature``.
 
     Loss: cross-entropy over all items, plus ``gamma`` times the squared norm of the pooled interest
-    memory (the reference's "interest orthogonal regularization", which spreads the interests apart).
+    memory (the reference's "interest orthogonal regularization", which spreads the interests apart),
+    summed over the batch and divided by ``hidden_size``.
     """
 
     input_type = InputType.POINTWISE
@@ -68,6 +74,9 @@ class MISSRec(MultimodalSequentialRecommender):
         self.use_item_id = config["use_item_id"]
         self.interest_kmeans_iters = config["interest_kmeans_iters"]
         self.cluster_seed = config["seed"]
+        self.interest_penalty_pooling = reference_switch(
+            config, "interest_penalty_pooling", "sum", "reference", PENALTY_POOLINGS
+        )
         self._check_config(config)
 
         text = self.item_feature_table(dataset, "text")
@@ -188,13 +197,18 @@ class MISSRec(MultimodalSequentialRecommender):
             self.mask_modality("text", self.text_interest_ids[item_seq]),
             self.mask_modality("vision", self.vision_interest_ids[item_seq]),
         ], dim=1)
+        has_padding = (ids == 0).any(1)
         ids, _ = ids.sort(dim=1)
         duplicate = torch.zeros_like(ids, dtype=torch.bool)
         duplicate[:, 1:] = ids[:, 1:] == ids[:, :-1]
         ids = ids.masked_fill(duplicate, 0)
         # valid ids first, then cut the all-padding tail (the encoder does not depend on token order)
         ids, _ = ids.sort(dim=1, descending=True)
-        width = max(int((ids > 0).sum(1).max()), 1)
+        n_slots = (ids > 0).sum(1)
+        if self.interest_penalty_pooling == "reference":
+            # the reference's width: its per-history unique() keeps one 0 when a history has padding
+            n_slots = n_slots + has_padding.long()
+        width = max(int(n_slots.max()), 1)
         ids = ids[:, :width]
         return ids, self.interest_embeddings[ids]
 
@@ -232,12 +246,24 @@ class MISSRec(MultimodalSequentialRecommender):
             items, memory, tgt_key_padding_mask=item_seq == 0, memory_key_padding_mask=interest_padding
         )
         seq_output = F.normalize(self.gather_indexes(output, item_seq_len - 1), dim=1)
-        return seq_output, self.interest_penalty(memory, interest_padding)
+        return seq_output, self.interest_penalty(memory, interest_ids, interest_padding)
 
-    def interest_penalty(self, memory, interest_padding):
-        """Squared norm of each history's mean interest memory, summed over the batch, per dimension."""
-        valid = (~interest_padding).unsqueeze(-1).to(memory.dtype)
-        pooled = (memory * valid).sum(1) / valid.sum(1)
+    def interest_penalty(self, memory, interest_ids, interest_padding):
+        """``sum_batch ||pooled memory||^2 / h``, the memory ``[B, T, h]`` pooled per history by
+        ``interest_penalty_pooling``: ``sum`` over its interests; ``mean`` over them (about n_interests^2
+        times smaller); ``reference``: every slot, padding slots included, weighted by the fraction of
+        valid slots in the batch-wide width T, as the reference code does (about ``sum`` when padding
+        slots' outputs resemble the valid ones')."""
+        if self.interest_penalty_pooling == "reference":
+            share = (interest_ids > 0).to(memory.dtype).mean(1, keepdim=True)
+            pooled = memory.sum(1) * share
+        else:
+            # "mean" keeps the zero token a fully zeroed history attends to; "sum" has nothing to add then
+            valid = (~interest_padding if self.interest_penalty_pooling == "mean" else interest_ids > 0)
+            valid = valid.unsqueeze(-1).to(memory.dtype)
+            pooled = (memory * valid).sum(1)
+            if self.interest_penalty_pooling == "mean":
+                pooled = pooled / valid.sum(1)
         return (pooled * pooled).sum() / pooled.size(1)
 
     def fused_logits(self, text_logits, vision_logits, id_logits):

@@ -1,4 +1,7 @@
-"""Layers shared by the plugin's models: Gaussian (STOSA-style) attention and mixture-of-experts fusion."""
+"""STOSA's layers (Fan et al., WWW 2022): Gaussian item embeddings compared by the 2-Wasserstein distance.
+
+Used by STOSA and M3SRec (through :class:`~recbole_reveal.model.gaussian_recommender.GaussianSequentialRecommender`).
+"""
 
 import math
 
@@ -36,11 +39,12 @@ def wasserstein_distance_matmul(mean1, cov1, mean2, cov2):
 
 
 class WassersteinSelfAttention(nn.Module):
-    """Multi-head self-attention over Gaussian embeddings (STOSA, Fan et al. WWW 2022).
+    """Multi-head self-attention over Gaussian embeddings.
 
     Scores are negative Wasserstein distances between query and key Gaussians; the mean output is the
     attention-weighted mean of the values, the covariance output weights value covariances by the
-    squared attention probabilities (a linear combination of independent Gaussians).
+    squared attention probabilities (a linear combination of independent Gaussians). One LayerNorm
+    serves both streams, as in STOSA.
     """
 
     def __init__(self, hidden_size, n_heads, attn_dropout_prob, hidden_dropout_prob, layer_norm_eps):
@@ -55,8 +59,7 @@ class WassersteinSelfAttention(nn.Module):
         self.cov_dense = nn.Linear(hidden_size, hidden_size)
         self.attn_dropout = nn.Dropout(attn_dropout_prob)
         self.out_dropout = nn.Dropout(hidden_dropout_prob)
-        self.mean_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.cov_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
     def _heads(self, x):
         batch, length, _ = x.shape
@@ -69,8 +72,8 @@ class WassersteinSelfAttention(nn.Module):
         probs = self.attn_dropout(torch.softmax(scores + attention_mask, dim=-1))
         mean_ctx = (probs @ mv).transpose(1, 2).reshape(mean.shape)
         cov_ctx = ((probs**2) @ cv).transpose(1, 2).reshape(cov.shape)
-        mean_out = self.mean_norm(self.out_dropout(self.mean_dense(mean_ctx)) + mean)
-        cov_out = self.cov_norm(self.out_dropout(self.cov_dense(cov_ctx)) + cov)
+        mean_out = self.norm(self.out_dropout(self.mean_dense(mean_ctx)) + mean)
+        cov_out = self.norm(self.out_dropout(self.cov_dense(cov_ctx)) + cov)
         return mean_out, cov_out
 
 
@@ -92,13 +95,15 @@ class FeedForward(nn.Module):
 class WassersteinTransformerEncoder(nn.Module):
     """Stack of Wasserstein self-attention + feed-forward layers on (mean, covariance) streams.
 
-    Unlike the STOSA reference code (whose layer loop assigns the new mean to a misspelt variable, so
-    the mean stream skips every layer), each layer here feeds both streams to the next.
+    ``mean_skips_layers``: the reference code's layer loop assigns each layer's new mean to a misspelt
+    variable, so every layer reads the encoder's input mean and the mean stream leaves the encoder
+    unchanged (only the covariance is encoded). False (the fix) feeds both streams to the next layer.
     """
 
     def __init__(self, n_layers, hidden_size, n_heads, inner_size, attn_dropout_prob,
-                 hidden_dropout_prob, layer_norm_eps):
+                 hidden_dropout_prob, layer_norm_eps, mean_skips_layers=False):
         super().__init__()
+        self.mean_skips_layers = mean_skips_layers
         self.attention = nn.ModuleList(
             WassersteinSelfAttention(hidden_size, n_heads, attn_dropout_prob, hidden_dropout_prob, layer_norm_eps)
             for _ in range(n_layers)
@@ -112,65 +117,8 @@ class WassersteinTransformerEncoder(nn.Module):
 
     def forward(self, mean, cov, attention_mask):
         for attention, mean_ffn, cov_ffn in zip(self.attention, self.mean_ffn, self.cov_ffn):
-            mean, cov = attention(mean, cov, attention_mask)
-            mean, cov = mean_ffn(mean), elu_plus_one(cov_ffn(cov))
+            new_mean, cov = attention(mean, cov, attention_mask)
+            cov = elu_plus_one(cov_ffn(cov))
+            if not self.mean_skips_layers:
+                mean = mean_ffn(new_mean)
         return mean, cov
-
-
-class Experts(nn.Module):
-    """``n`` parallel linear experts evaluated in one einsum: ``[..., d_in] -> [..., n, d_out]``."""
-
-    def __init__(self, n_experts, d_in, d_out):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_experts, d_in, d_out))
-        self.bias = nn.Parameter(torch.zeros(n_experts, d_out))
-        nn.init.normal_(self.weight, std=0.02)
-
-    def forward(self, x):
-        return torch.einsum("...i,eio->...eo", x, self.weight) + self.bias
-
-
-class GatedExperts(nn.Module):
-    """A group of experts mixed by a softmax gate computed by a low-rank MLP on the same input."""
-
-    def __init__(self, n_experts, d_in, d_out, gate_low_rank):
-        super().__init__()
-        self.experts = Experts(n_experts, d_in, d_out)
-        self.gate = nn.Sequential(nn.Linear(d_in, gate_low_rank), nn.Linear(gate_low_rank, n_experts))
-
-    def forward(self, x):
-        weights = torch.softmax(self.gate(x), dim=-1).unsqueeze(-1)  # [..., n, 1]
-        return (self.experts(x) * weights).sum(-2)
-
-
-class MultimodalMoEFusion(nn.Module):
-    """M3SRec's mixture-of-experts fusion of ID, vision and text embeddings, applied per position.
-
-    Shared experts read the concatenation [id, vision, text]; each modality has its own gated experts
-    fed with ``modality + shared``; a softmax over four streams (id, vision, text, shared), computed by
-    one linear layer over their concatenation, mixes the expert outputs, and the mix is added to the
-    sum of the three inputs. Every position (and every candidate item) gets its own gates: the
-    reference code computed them at position 0 and broadcast them to the whole sequence.
-    """
-
-    streams = ("id", "vision", "text")
-
-    def __init__(self, hidden_size, n_shared_experts, n_specific_experts, gate_low_rank):
-        super().__init__()
-        self.shared = GatedExperts(n_shared_experts, 3 * hidden_size, hidden_size, gate_low_rank)
-        self.id_experts = GatedExperts(n_specific_experts, hidden_size, hidden_size, gate_low_rank)
-        self.vision_experts = GatedExperts(n_specific_experts, hidden_size, hidden_size, gate_low_rank)
-        self.text_experts = GatedExperts(n_specific_experts, hidden_size, hidden_size, gate_low_rank)
-        self.stream_mix = nn.Linear(4 * hidden_size, 4)
-
-    def forward(self, id_emb, vision_emb, text_emb):
-        shared = self.shared(torch.cat([id_emb, vision_emb, text_emb], dim=-1))
-        outputs = [
-            self.id_experts(id_emb + shared),
-            self.vision_experts(vision_emb + shared),
-            self.text_experts(text_emb + shared),
-            shared,
-        ]
-        mix = torch.softmax(self.stream_mix(torch.cat(outputs, dim=-1)), dim=-1).unsqueeze(-1)
-        fused = (torch.stack(outputs, dim=-2) * mix).sum(-2)
-        return id_emb + vision_emb + text_emb + fused
