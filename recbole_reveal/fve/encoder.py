@@ -208,13 +208,16 @@ class FVEEncoder:
         encoded, cached, missing = set(), set(), {}      # row indices; row -> reason
         hits, jobs = {}, {}                              # embedding key -> first row / _Job
         rows_of = {}                                     # embedding key -> [rows]
+        images = {}                                      # path -> (sha256, reason): one read per image file
         for i, req in enumerate(requests):
             self.turn.check_prompt(req.prompt, f"item {req.token}")
-            data, reason = read_image_bytes(req.image_path)
-            if data is None:
+            if req.image_path not in images:
+                data, reason = read_image_bytes(req.image_path)
+                images[req.image_path] = (None if data is None else sha256_bytes(data), reason)
+            image_sha, reason = images[req.image_path]
+            if image_sha is None:
                 missing[i] = reason
                 continue
-            image_sha = sha256_bytes(data)
             key, fields = embedding_key(image_sha, req.prompt, self.vlm.model_id, settings)
             if key in rows_of:                           # a duplicate of an earlier request
                 rows_of[key].append(i)

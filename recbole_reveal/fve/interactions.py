@@ -75,7 +75,13 @@ class Interaction:
     user: str
     item: str
     timestamp: float      # None when the file has no timestamp
-    history: bool         # False for each user's last interaction (never a history position)
+    role: str             # "test": the user's last; "valid": the one before (history of the test prediction
+                          # only); "train": every earlier one
+
+    @property
+    def history(self):
+        """Whether the interaction is a history position of some prediction (all but the user's last)."""
+        return self.role != "test"
 
 
 def read_interactions(inter_path, field=DEFAULT_FIELD):
@@ -107,13 +113,16 @@ def read_interactions(inter_path, field=DEFAULT_FIELD):
         dupes = sorted({tok for tok, c in Counter(tokens).items() if c > 1})
         if dupes:
             raise ValueError(f"{inter_path}: column {field} must name each interaction once; repeated: {dupes[:5]}")
-    last = {}
+    order = {}
     for n, (user, ts) in enumerate(zip(users, stamps)):
-        key = (ts if ts is not None else 0.0, n)
-        if user not in last or key > last[user][0]:
-            last[user] = (key, n)
-    final = {n for _, n in last.values()}
-    return [Interaction(tok, user, item, ts, n not in final)
+        order.setdefault(user, []).append((ts if ts is not None else 0.0, n))
+    role = {}
+    for events in order.values():
+        events.sort()
+        role[events[-1][1]] = "test"
+        if len(events) > 1:
+            role[events[-2][1]] = "valid"
+    return [Interaction(tok, user, item, ts, role.get(n, "train"))
             for n, (tok, user, item, ts) in enumerate(zip(tokens, users, items, stamps))]
 
 
