@@ -375,3 +375,19 @@ def test_a_backbone_without_the_contract_keeps_working_and_is_named_in_the_log(f
     assert out["table"][0]["valid"]
     assert "ItemOnly_REVEAL never called history_vision_features" in caplog.text
     shutil.rmtree(fdir)
+
+
+def test_the_history_table_can_stay_in_host_memory(full_run):
+    """``fve_history_table_device: cpu`` gathers a batch's rows on the host: the same scores."""
+    cfg, _ = full_run
+    scores = {}
+    for where in ("model", "cpu"):
+        train_cfg = dict(cfg, vision_feature="fve/cycle_0", vision_interaction_feature="fve/interactions_cycle_0",
+                         vision_feature_dim=64, fve_history_table_device=where)
+        _, (_, _, test_data), net, _ = prepare_run("M3SRec_REVEAL", NAME, config_dict=train_cfg)
+        close_run_logs()
+        net.eval()
+        with torch.no_grad():
+            scores[where] = net.full_sort_predict(next(iter(test_data))[0])
+        assert net._history_on_cpu == (where == "cpu")
+    assert torch.equal(scores["model"], scores["cpu"])

@@ -23,6 +23,7 @@ from recbole.utils import FeatureSource, FeatureType  # noqa: E402
 
 from recbole_reveal.data.atomic import iter_atomic  # noqa: E402
 from recbole_reveal.data.feature_store import align_to_item_ids, feature_paths, load_item_features  # noqa: E402
+from recbole_reveal.data.interaction_tokens import derive_tokens  # noqa: E402
 from recbole_reveal.errors import ConfigError, FeatureFileError  # noqa: E402
 
 
@@ -101,10 +102,8 @@ class MultimodalSequentialDataset(ItemFeaturesMixin, SequentialDataset):
 
     def _add_interaction_field(self, inter_path):
         """Make sure ``inter_feat`` has the interaction token field: the file's column, or tokens derived
-        from each row exactly as FVE derives them (``recbole_reveal.fve.interactions.derive_tokens``)."""
-        from recbole_reveal.fve.interactions import DEFAULT_FIELD, derive_tokens
-
-        field = self.config["fve_interaction_field"] or DEFAULT_FIELD
+        from each row exactly as FVE derives them (``recbole_reveal.data.interaction_tokens``)."""
+        field = self.config["fve_interaction_field"] or "interaction_id"
         self.interaction_field = field
         if field in self.inter_feat.columns:
             return

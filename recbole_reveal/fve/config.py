@@ -17,6 +17,7 @@ _CHOICES = {
     "fve_missing_image": ("zero", "random"),
     "fve_keyword_reviews": ("exclude_eval", "all"),
     "fve_prompt_scope": ("interaction", "item"),
+    "fve_history_table_device": ("model", "cpu"),
     "fve_dtype": ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"),
 }
 _POSITIVE_INT = ("fve_batch_size", "fve_keywords_topk", "fve_min_pixels", "fve_cycles")

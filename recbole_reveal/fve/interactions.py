@@ -24,12 +24,12 @@ Light: no torch, no RecBole.
 
 import json
 import logging
-import math
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from recbole_reveal.data.atomic import iter_atomic
+from recbole_reveal.data.interaction_tokens import derive_tokens, format_timestamp
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.prompts import (
     ENGLISH_STOP_WORDS, item_fields, render, template_fields, tokenize_review, top_keywords,
@@ -45,28 +45,6 @@ DEFAULT_CLAUSE = "Users often mention: {keywords}."
 def feature_set(x):
     """The interaction-level feature set of cycle ``x``."""
     return f"fve/interactions_cycle_{x}"
-
-
-def format_timestamp(value):
-    """A timestamp as it appears in a derived token: integral values without a decimal point, others in
-    Python's shortest round-trip form, missing ones empty (the same whether read as text or as float)."""
-    if value is None or value == "":
-        return ""
-    value = float(value)
-    if math.isnan(value):
-        return ""
-    return str(int(value)) if value.is_integer() else repr(value)
-
-
-def derive_tokens(users, items, timestamps):
-    """One token per row, ``<user>:<item>:<timestamp>``, with ``#k`` on the k-th repeat (k >= 2), in row
-    order: deterministic, unique, and readable."""
-    tokens, seen = [], Counter()
-    for user, item, ts in zip(users, items, timestamps):
-        token = " ".join(f"{user}:{item}:{format_timestamp(ts)}".split())
-        seen[token] += 1
-        tokens.append(token if seen[token] == 1 else f"{token}#{seen[token]}")
-    return tokens
 
 
 @dataclass(frozen=True)

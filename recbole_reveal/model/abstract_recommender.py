@@ -57,6 +57,7 @@ class MultimodalSequentialRecommender(SequentialRecommender):
         self.INTERACTION_SEQ = None
         self._history_tables = None
         self.reads_history_vision = False     # set by the first history_vision_features call
+        self._history_on_cpu = config["fve_history_table_device"] == "cpu"
         if "vision" in interaction:
             self.INTERACTION_SEQ = dataset.interaction_field + config["LIST_SUFFIX"]
             # plain tensors, not buffers: not saved in checkpoints, not broadcast by DDP (one row per
@@ -116,8 +117,12 @@ class MultimodalSequentialRecommender(SequentialRecommender):
         if interaction_seq is None or self._history_tables is None:
             return item_vision
         interactions, items = self._history_tables
-        if interactions.device != item_vision.device:
-            interactions, items = interactions.to(item_vision.device), items.to(item_vision.device)
+        device = item_vision.device
+        if self._history_on_cpu:           # gather the rows on the host, move only them
+            offset = interactions[interaction_seq.cpu()] - items[item_seq.cpu()]
+            return item_vision + offset.to(device, item_vision.dtype)
+        if interactions.device != device:
+            interactions, items = interactions.to(device), items.to(device)
             self._history_tables = (interactions, items)
         offset = interactions[interaction_seq] - items[item_seq]
         return item_vision + offset.to(item_vision.dtype)
