@@ -25,7 +25,8 @@ def _model(shape):
     )
 
     if shape in FAMILY_SHAPES:
-        cls = Gemma3ForConditionalGeneration if FAMILY_SHAPES[shape][0] == "gemma3" else InternVLForConditionalGeneration
+        gemma = FAMILY_SHAPES[shape][0] == "gemma3"
+        cls = Gemma3ForConditionalGeneration if gemma else InternVLForConditionalGeneration
         config = family_shape_config(shape)
     else:
         cls, config = Qwen2_5_VLForConditionalGeneration, real_shape_config(shape.split("-")[-1])
@@ -49,7 +50,8 @@ def weight_bytes(model):
 
 def main():
     shapes = ["qwen2.5-vl-3b", "qwen2.5-vl-7b"] + list(FAMILY_SHAPES)
-    print(f"{'checkpoint':16s} {'params':>8s} {'bf16 GiB':>9s} {'NF4 GiB':>8s}  on a 24 GB card (weights + {HEADROOM_GIB:.0f} GiB)")
+    print(f"{'checkpoint':16s} {'params':>8s} {'bf16 GiB':>9s} {'NF4 GiB':>8s}  "
+          f"on a 24 GB card (weights + {HEADROOM_GIB:.0f} GiB)")
     for shape in shapes:
         total, bf16, nf4 = weight_bytes(_model(shape))
         fits = ("bf16" if bf16 / GIB + HEADROOM_GIB <= CARD_GIB else

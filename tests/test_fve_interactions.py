@@ -127,7 +127,8 @@ def test_keywords_come_from_the_interactions_own_review_and_never_a_test_review(
 def test_prompt_instantiation_follows_the_item_prompt():
     templates = load_templates()
     item = ItemMeta("i1", "Vertex backpack", ("Bags", "Backpacks"), "Vertex", "images/i1.png")
-    initial = "An item image of a Backpacks. Item name: Vertex backpack. Users often mention: x. Focus on the overall appearance of the item."
+    initial = ("An item image of a Backpacks. Item name: Vertex backpack. Users often mention: x. "
+               "Focus on the overall appearance of the item.")
     # before any rewrite: the interaction's keywords fill the template (the paper's template verbatim)
     assert instantiate(item, initial, initial, ["blue", "zipper"], templates) == (
         "An item image of a Backpacks. Item name: Vertex backpack. Users often mention: blue, zipper. "
@@ -371,7 +372,8 @@ def test_a_backbone_without_the_contract_keeps_working_and_is_named_in_the_log(f
     fdir = feature_dir(cfg["data_path"], tmp_path / "features")
     with caplog.at_level(logging.WARNING, logger="recbole_reveal.fve"):
         out = run_fve(f"{model_file}:ItemOnly_REVEAL", NAME,
-                      config_dict=dict(cfg, feature_dir=fdir, fve_cycles=1, fve_cache_dir=cfg["feature_dir"] + "/fve/cache"))
+                      config_dict=dict(cfg, feature_dir=fdir, fve_cycles=1,
+                                       fve_cache_dir=os.path.join(cfg["feature_dir"], "fve", "cache")))
     assert out["table"][0]["valid"]
     assert "ItemOnly_REVEAL never called history_vision_features" in caplog.text
     shutil.rmtree(fdir)

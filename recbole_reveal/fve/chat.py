@@ -1,8 +1,9 @@
 """The chat turn FVE encodes: which order the prompt and the image take in the user turn, the token ids
 of the rendered turn with the image expanded to its image tokens, the positions that are pooled, and the
 image preprocessing under the pixel budget, for every VLM family (:mod:`recbole_reveal.fve.families`:
-the family says what the template writes for an image and what that expands to). :class:`~recbole_reveal.fve.encoder.FVEEncoder` runs these
-turns through the model in batches; the attention heatmaps build the same turns.
+the family says what the template writes for an image and what that expands to).
+:class:`~recbole_reveal.fve.encoder.FVEEncoder` runs these turns through the model in batches; the attention
+heatmaps build the same turns.
 
 ``fve_pooling`` (see docs/fve.md, "The prompt-order issue") picks the layout:
 
@@ -90,7 +91,8 @@ class ChatTurn:
         pooled positions."""
         ids = self.vlm.tokenizer(self.text(prompt, n_image_tokens), add_special_tokens=False)["input_ids"]
         if ids.count(self.image_id) != n_image_tokens:
-            raise ValueError(f"the rendered turn holds {ids.count(self.image_id)} image tokens, expected {n_image_tokens}")
+            raise ValueError(f"the rendered turn holds {ids.count(self.image_id)} image tokens, "
+                             f"expected {n_image_tokens}")
         if self.positions == "image":
             pos = [k for k, t in enumerate(ids) if t == self.image_id]
         elif self.positions == "prompt":

@@ -29,6 +29,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from recbole_reveal.errors import ConfigError, RevealUserError
+from recbole_reveal.fve.families import family_of
 from recbole_reveal.fve.generation import Answer, user_turn
 from recbole_reveal.fve.images import decode_image
 
@@ -73,12 +74,16 @@ class EndpointGenerator:
             if not key:
                 raise ConfigError(f"fve_generation_api_key_env names the environment variable {env}, which is "
                                   "not set: export it with the server's API key, or set the key to ~")
-        return cls(settings["fve_generation_endpoint"], settings["fve_generation_model"], key,
-                   settings["fve_generation_concurrency"], settings["fve_generation_timeout"],
-                   settings["fve_generation_retries"], settings["fve_rewrite_max_new_tokens"],
-                   settings["fve_rewrite_seed"], settings["fve_min_pixels"],
-                   settings["fve_max_pixels"] or 200704, _resize_factor(settings["vlm_path"]),
-                   settings["fve_generation_guided_json"])
+        generator = cls(settings["fve_generation_endpoint"], settings["fve_generation_model"], key,
+                        settings["fve_generation_concurrency"], settings["fve_generation_timeout"],
+                        settings["fve_generation_retries"], settings["fve_rewrite_max_new_tokens"],
+                        settings["fve_rewrite_seed"], settings["fve_min_pixels"],
+                        settings["fve_max_pixels"] or 200704, _resize_factor(settings["vlm_path"]),
+                        settings["fve_generation_guided_json"])
+        family = family_of(settings["vlm_path"])
+        # the encoder refuses these in a prompt: the critic's parser rejects an answer holding them
+        generator.reserved_tokens = tuple(family.control_tokens()) if family else ()
+        return generator
 
     def identity(self):
         return {"backend": "endpoint", "model": self.model, "max_new_tokens": self.max_new_tokens, "seed": self.seed,

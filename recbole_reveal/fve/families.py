@@ -131,12 +131,15 @@ class Family:
         return {"position_ids": positions_from_mask(mask),
                 "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=pooler)}}
 
+    def control_tokens(self):
+        """The chat template's control tokens and the image tokens (known without loading the tokenizer)."""
+        return sorted(set(self.chat_tokens) | {self.placeholder, self.image_token, self.image_end, self.turn_end})
+
     def reserved_tokens(self, tokenizer):
         """Token strings a prompt may not contain: the tokenizer's special and special-added tokens and
-        the chat template's control tokens."""
+        the :meth:`control_tokens`."""
         added = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
-        return sorted(set(tokenizer.all_special_tokens) | set(added) | set(self.chat_tokens)
-                      | {self.placeholder, self.image_token, self.image_end, self.turn_end})
+        return sorted(set(tokenizer.all_special_tokens) | set(added) | set(self.control_tokens()))
 
 
 @dataclass(frozen=True)
@@ -278,7 +281,8 @@ class InternVLFamily(Family):
         return layout[0] * tokens_per_tile(vlm.model.config.to_dict())
 
     def vision_patches(self, vlm, layout):
-        return layout[0] * int(round(tokens_per_tile(vlm.model.config.to_dict()) / vlm.model.config.downsample_ratio ** 2))
+        per_tile = tokens_per_tile(vlm.model.config.to_dict()) / vlm.model.config.downsample_ratio ** 2
+        return layout[0] * int(round(per_tile))
 
     def expansion(self, vlm, n_tokens):
         tok = vlm.tokenizer
@@ -294,6 +298,18 @@ class InternVLFamily(Family):
             feats.append((tiles[start:start + n].reshape(-1, tiles.shape[-1]), []))
             start += n
         return feats
+
+
+def family_of(path):
+    """The :class:`Family` of the VLM folder ``path`` (its config.json's ``model_type``), or None."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(str(path), "config.json"), encoding="utf-8") as f:
+            return FAMILIES.get(json.load(f).get("model_type"))
+    except (OSError, ValueError):
+        return None
 
 
 def tokens_per_tile(config):

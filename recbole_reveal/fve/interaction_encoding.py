@@ -9,6 +9,9 @@ even through padding, a feature that training or validation reads. The calls alt
 ``CHUNK_ITEMS`` items (their item requests, then their interactions'), so the vision-tower outputs of a
 chunk are still in the in-memory vision cache when its interactions need them: the vision tower runs once
 per image (``fve_vision_cache_mb`` must hold a chunk: 256 images are ~460 MB at the 7B shape and 448x448).
+With several processes (``fve_num_processes``) the calls are the parts of one launch: each worker encodes
+its shard of every part as a call of its own; an item's interactions are spread over the workers, each
+computing that image's vision output once.
 
 Rows: the item set ``fve/cycle_<x>`` has one row per item (the item's prompt, as in item scope); the
 interaction set ``fve/interactions_cycle_<x>`` has one row per interaction of the ``.inter`` file: history
@@ -37,20 +40,53 @@ def cycle_requests(ctx, records, initial_records, keywords):
     return items, of_item, prompts
 
 
-def encode_cycle(encode, items, of_item, chunk=CHUNK_ITEMS):
-    """``(item result, history-interaction result, description)``: ``encode(requests, kind)`` (returning an
-    EncodeResult and the encoder's description; ``kind`` = ``items`` / ``interactions``) called on the item
-    requests and then the interaction requests of each chunk of ``chunk`` items."""
-    item_parts, inter_parts, description = [], [], None
+def plan(items, of_item, chunk=CHUNK_ITEMS):
+    """The encoder calls of a cycle, in order: ``[(kind, requests)]`` with ``kind`` ``items`` / ``train`` /
+    ``valid``, chunk by chunk (a chunk's items, then their train interactions, then their validation
+    interactions)."""
+    calls = []
     for lo in range(0, len(items), chunk):
         part = items[lo:lo + chunk]
-        result, description = encode(part, "items")
-        item_parts.append(result)
+        calls.append(("items", part))
         for role in ("train", "valid"):
             inter = [req for item in part for req in of_item.get(item.token, {}).get(role, [])]
             if inter:
-                inter_parts.append(encode(inter, "interactions")[0])
+                calls.append((role, inter))
+    return calls
+
+
+def encode_cycle(encode, items, of_item, chunk=CHUNK_ITEMS):
+    """``(item result, history-interaction result, description)``: ``encode(requests)`` (an EncodeResult
+    and the encoder's description) called once per call of :func:`plan`."""
+    item_parts, inter_parts, description = [], [], None
+    for kind, requests in plan(items, of_item, chunk):
+        result, description = encode(requests)
+        (item_parts if kind == "items" else inter_parts).append(result)
     return merge(item_parts), merge(inter_parts), description
+
+
+def encode_cycle_parallel(encode_parts, items, of_item, chunk=CHUNK_ITEMS):
+    """As :func:`encode_cycle` with one data-parallel launch: ``encode_parts(requests, parts)`` encodes the
+    concatenated calls, each worker running every part of its shard as a call of its own."""
+    calls = plan(items, of_item, chunk)
+    result, description = encode_parts([r for _, reqs in calls for r in reqs], [len(reqs) for _, reqs in calls])
+    item_parts, inter_parts, lo = [], [], 0
+    for kind, requests in calls:
+        (item_parts if kind == "items" else inter_parts).append(_slice(result, lo, lo + len(requests)))
+        lo += len(requests)
+    item_result, inter_result = merge(item_parts), merge(inter_parts)
+    item_result.vision, item_result.work = result.vision, result.work     # the launch's counters, once
+    inter_result.vision, inter_result.work = {}, {}
+    return item_result, inter_result, description
+
+
+def _slice(result, lo, hi):
+    tokens = result.tokens[lo:hi]
+    names = set(tokens)
+    return EncodeResult(tokens=tokens, matrix=result.matrix[lo:hi],
+                        encoded=[t for t in result.encoded if t in names],
+                        cached=[t for t in result.cached if t in names],
+                        missing={t: why for t, why in result.missing.items() if t in names})
 
 
 def merge(results):

@@ -7,8 +7,8 @@ embedding, per user-item interaction.
   same tokens when it loads the file, so RecBole carries them through its sequence augmentation as
   ``<field>_list`` beside ``item_id_list``.
 * **Which interactions get an embedding.** Every interaction that can be a *history* position of some
-  prediction: all but each user's last (the test target of the leave-one-out split, timestamp order, ties
-  in file order, as RecBole sorts). The test interaction's review is never read; its feature row is the
+  prediction: all but each user's last (the test target of the leave-one-out split, in RecBole's order: a
+  stable sort on float32 timestamps, so timestamps closer than float32 resolves keep their file order). The test interaction's review is never read; its feature row is the
   item-level embedding, which nothing reads at a history position.
 * **Its keywords.** The top-``fve_keywords_topk`` keyword candidates (the same tokenisation and stop words
   as item prompts) of the reviews of that interaction: the ``.review`` rows with its user, item and
@@ -25,6 +25,7 @@ Light: no torch, no RecBole.
 import json
 import logging
 import os
+import struct
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -93,7 +94,8 @@ def read_interactions(inter_path, field=DEFAULT_FIELD):
             raise ValueError(f"{inter_path}: column {field} must name each interaction once; repeated: {dupes[:5]}")
     order = {}
     for n, (user, ts) in enumerate(zip(users, stamps)):
-        order.setdefault(user, []).append((ts if ts is not None else 0.0, n))
+        # RecBole orders a user's interactions by a stable sort on its float32 timestamps: the same here
+        order.setdefault(user, []).append((_float32(ts if ts is not None else 0.0), n))
     role = {}
     for events in order.values():
         events.sort()
@@ -102,6 +104,10 @@ def read_interactions(inter_path, field=DEFAULT_FIELD):
             role[events[-2][1]] = "valid"
     return [Interaction(tok, user, item, ts, role.get(n, "train"))
             for n, (tok, user, item, ts) in enumerate(zip(tokens, users, items, stamps))]
+
+
+def _float32(value):
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def interaction_keywords(review_path, interactions, top_k=5, stop_words=ENGLISH_STOP_WORDS):

@@ -22,7 +22,7 @@ from recbole_reveal.fve.critic import (
 from recbole_reveal.fve.encoder import item_requests, save_encoding
 from recbole_reveal.fve.feedback import Rankings, compute_rankings, item_statistics, select_items
 from recbole_reveal.fve.interaction_encoding import (
-    cycle_requests, encode_cycle, interaction_rows, merge, prompt_changes,
+    cycle_requests, encode_cycle, encode_cycle_parallel, interaction_rows, merge, prompt_changes,
 )
 from recbole_reveal.fve.interactions import feature_set as interaction_feature_set
 from recbole_reveal.fve.interactions import interaction_keywords, read_keywords, write_keywords
@@ -103,22 +103,22 @@ class Encode(Stage):
         changed = len(records) if x == 0 else _prompt_changes(read_prompts(ctx.prompts_path(x - 1)), records)
         processes = resolve_num_processes(ctx.settings["fve_num_processes"], ctx.settings["fve_device"])
         metadata = {"cycle": x, "prompts": ctx.prompts_path(x), "processes": processes}
-        if processes > 1:
-            def encode(requests, kind="items"):
-                work = os.path.join(ctx.cycle_dir(x), "encode_workers" + ("" if kind == "items" else f"_{kind}"))
-                return encode_data_parallel(requests, jsonable(ctx.settings), ctx.cache_dir, work, processes)
-        else:
-            cache = EmbeddingCache(ctx.cache_dir)
+        workers = os.path.join(ctx.cycle_dir(x), "encode_workers")
+        cache = EmbeddingCache(ctx.cache_dir) if processes == 1 else None
 
-            def encode(requests, kind="items"):
-                return ctx.encoder.encode_items(requests, cache=cache), ctx.encoder.describe()
+        def encode(requests, parts=None):
+            if processes > 1:
+                return encode_data_parallel(requests, jsonable(ctx.settings), ctx.cache_dir, workers, processes, parts)
+            return ctx.encoder.encode_items(requests, cache=cache), ctx.encoder.describe()
+
         out = {"processes": processes, "feature_set": self.feature_set()}
         if ctx.interaction_scope:
             keywords, initial = read_keywords(ctx.keywords_path), read_prompts(ctx.prompts_path(0))
             items, of_item, prompts = cycle_requests(ctx, records, initial, keywords)
-            # several processes: one worker pool per call, so all items, then all interactions
-            chunk = {"chunk": len(items)} if processes > 1 else {}
-            result, history, description = encode_cycle(encode, items, of_item, **chunk)
+            if processes > 1:       # one launch: every worker runs each part of its shard as a call of its own
+                result, history, description = encode_cycle_parallel(encode, items, of_item)
+            else:
+                result, history, description = encode_cycle(encode, items, of_item)
             interactions = interaction_rows(history, result, ctx)
             save_encoding(interactions, description, ctx.feature_dir, interaction_feature_set(x),
                           dict(metadata, scope="interaction", keywords=ctx.keywords_path))
