@@ -31,7 +31,8 @@ class MMGRU4Rec(MultimodalSequentialRecommender):
 
     REVEAL contract: each projected modality passes through :meth:`mask_modality`, and the vision
     parameters are the image projection (``vision_modules``). The frozen feature tables are rebuilt
-    from each FVE cycle's features (``vision_feature_tables``).
+    from each FVE cycle's features (``vision_feature_tables``). History positions read their
+    interaction's visual features through :meth:`history_vision_features` (FVE's interaction scope).
     """
 
     input_type = InputType.POINTWISE
@@ -61,32 +62,37 @@ class MMGRU4Rec(MultimodalSequentialRecommender):
         self.text_table = nn.Embedding.from_pretrained(text.clone(), freeze=True, padding_idx=0)
         self.vision_table = nn.Embedding.from_pretrained(vision.clone(), freeze=True, padding_idx=0)
 
-    def item_representation(self, items):
-        """``[..., hidden]`` representations of the item ids ``items``, modalities masked as asked."""
+    def item_representation(self, items, interaction_seq=None):
+        """``[..., hidden]`` representations of the item ids ``items``, modalities masked as asked;
+        ``interaction_seq``: the interactions of history positions ``items``, or None."""
         text = self.mask_modality("text", self.text_projection(self.text_table(items)))
-        vision = self.mask_modality("vision", self.vision_projection(self.vision_table(items)))
+        vision = self.history_vision_features(items, interaction_seq, self.vision_table(items))
+        vision = self.mask_modality("vision", self.vision_projection(vision))
         return self.item_embedding(items) + text + vision
 
     def all_item_representations(self):
         return self.item_representation(torch.arange(self.n_items, device=self.item_embedding.weight.device))
 
-    def forward(self, item_seq, item_seq_len):
-        inputs = self.dropout(self.item_representation(item_seq))
+    def forward(self, item_seq, item_seq_len, interaction_seq=None):
+        inputs = self.dropout(self.item_representation(item_seq, interaction_seq))
         output, _ = self.gru(inputs)
         return self.gather_indexes(output, item_seq_len - 1)
 
     def calculate_loss(self, interaction):
-        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN],
+                                  self.interaction_seq(interaction))
         logits = seq_output @ self.all_item_representations().t()
         return self.loss_fct(logits, interaction[self.POS_ITEM_ID])
 
     def predict(self, interaction):
-        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN],
+                                  self.interaction_seq(interaction))
         items = self.item_representation(interaction[self.ITEM_ID])
         return (seq_output * items).sum(dim=-1)
 
     def full_sort_predict(self, interaction):
-        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN],
+                                  self.interaction_seq(interaction))
         return seq_output @ self.all_item_representations().t()
 
 

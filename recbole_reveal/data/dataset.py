@@ -3,6 +3,11 @@
 :class:`MultimodalSequentialDataset` serves the sequential multimodal models (M3SRec, ...);
 :class:`MultimodalDataset` serves general (non-sequential) ones such as VBPR. Both read the features
 through :class:`ItemFeaturesMixin`, so they select, check and align feature sets the same way.
+
+The sequential hook also reads an *interaction-level* visual feature set when ``vision_interaction_feature``
+names one (FVE's interaction scope): one row per interaction token of the field ``fve_interaction_field``,
+which it derives from each ``.inter`` row when the file has no such column, so that RecBole carries it
+through its sequence augmentation as ``<field>_list`` beside ``item_id_list``.
 """
 
 import os
@@ -11,12 +16,16 @@ from recbole_reveal import compat
 
 compat.apply()
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from recbole.data.dataset import Dataset, SequentialDataset  # noqa: E402
+from recbole.utils import FeatureSource, FeatureType  # noqa: E402
 
+from recbole_reveal.data.atomic import iter_atomic  # noqa: E402
 from recbole_reveal.data.feature_store import (  # noqa: E402
     align_to_item_ids, feature_paths, format_tokens, load_item_features,
 )
+from recbole_reveal.data.interaction_tokens import derive_tokens  # noqa: E402
 from recbole_reveal.errors import ConfigError, FeatureFileError  # noqa: E402
 
 
@@ -76,7 +85,63 @@ class ItemFeaturesMixin:
 
 class MultimodalSequentialDataset(ItemFeaturesMixin, SequentialDataset):
     """A :class:`SequentialDataset` plus ``item_features = {"text": T, "vision": V}`` (both always
-    loaded; see :class:`ItemFeaturesMixin`)."""
+    loaded; see :class:`ItemFeaturesMixin`) and, when ``vision_interaction_feature`` names a feature set,
+    ``interaction_features = {"vision": I}``: ``[n_interactions + 1, dim]`` indexed by RecBole's internal
+    id of the interaction field ``interaction_field`` (row 0 = padding), read at history positions by
+    backbones through ``MultimodalSequentialRecommender.history_vision_features``."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.interaction_features = self.load_interaction_features()
+
+    def _interaction_feature_name(self):
+        return self.config["vision_interaction_feature"]
+
+    def _load_inter_feat(self, token, dataset_path):
+        super()._load_inter_feat(token, dataset_path)
+        if self._interaction_feature_name():
+            self._add_interaction_field(os.path.join(dataset_path, f"{token}.inter"))
+
+    def _add_interaction_field(self, inter_path):
+        """Make sure ``inter_feat`` has the interaction token field: the file's column, or tokens derived
+        from each row exactly as FVE derives them (``recbole_reveal.data.interaction_tokens``)."""
+        field = self.config["fve_interaction_field"] or "interaction_id"
+        self.interaction_field = field
+        if field in self.inter_feat.columns:
+            return
+        columns, _, _ = iter_atomic(inter_path)
+        if field in columns:
+            raise ConfigError(f"{inter_path} has the interaction field {field!r} but load_col does not load it: "
+                              f"add it to load_col (inter: [..., {field}])")
+        feat = self.inter_feat
+        times = feat[self.time_field] if self.time_field in feat.columns else [None] * len(feat)
+        feat[field] = derive_tokens(feat[self.uid_field].tolist(), feat[self.iid_field].tolist(), list(times))
+        self.set_field_property(field, FeatureType.TOKEN, FeatureSource.INTERACTION, 1)
+
+    def load_interaction_features(self):
+        name = self._interaction_feature_name()
+        if not name:
+            return {}
+        field = self.interaction_field
+        tokens, matrix = load_item_features(self.feature_dir, name, expected_dim=self.config["vision_feature_dim"])
+        source = feature_paths(self.feature_dir, name)[0]
+        item_dim = self.item_features["vision"].shape[1]
+        if matrix.shape[1] != item_dim:
+            raise FeatureFileError(f"{source}: interaction features have dimension {matrix.shape[1]}, the item-level "
+                                   f"visual features ({self.feature_file('vision')}) {item_dim}; both must come from "
+                                   "the same VLM")
+        id2token = self.field2id_token[field]
+        row_of = {t: i for i, t in enumerate(tokens)}
+        missing = [t for t in id2token[1:] if t not in row_of]
+        if missing:
+            raise FeatureFileError(f"{source}: {len(missing)} of the dataset's {len(id2token) - 1} interactions "
+                                   f"({field}) have no row (e.g. {missing[:5]}); rerun the FVE encode stage for "
+                                   "this dataset")
+        aligned = np.zeros((len(id2token), matrix.shape[1]), dtype=np.float32)
+        aligned[1:] = matrix[np.fromiter((row_of[t] for t in id2token[1:]), dtype=np.int64, count=len(id2token) - 1)]
+        self.logger.info(f"interaction-level vision features: {source} ({matrix.shape[0]} rows, dim "
+                         f"{matrix.shape[1]}, {len(id2token) - 1} dataset interactions, field {field})")
+        return {"vision": torch.from_numpy(aligned)}
 
 
 class MultimodalDataset(ItemFeaturesMixin, Dataset):

@@ -103,6 +103,9 @@ def patch_attention(vlm, image, prompt, pooling=DEFAULT_POOLING, layer=-1, min_p
     folder's ``preprocessor_config.json``).
     """
     _check_eager(vlm)
+    if not vlm.model_type.startswith("qwen"):
+        raise ConfigError(f"attention heatmaps map image tokens onto Qwen-VL's patch grid; {vlm.model_type} is not "
+                          "supported (use a Qwen2.5-VL / Qwen3-VL folder)")
     turn = ChatTurn(vlm, pooling=pooling, min_pixels=min_pixels, max_pixels=max_pixels)
     turn.check_prompt(prompt, "heatmap prompt")
     n_layers = vlm.num_layers

@@ -16,6 +16,8 @@ _CHOICES = {
     "fve_pooling": ("image_after_prompt", "text_after_image", "last_token", "reference_image_first"),
     "fve_missing_image": ("zero", "random"),
     "fve_keyword_reviews": ("exclude_eval", "all"),
+    "fve_prompt_scope": ("interaction", "item"),
+    "fve_history_table_device": ("model", "cpu"),
     "fve_dtype": ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"),
     "fve_vlm_offload": ("auto", "cpu", "free", "keep"),
 }
@@ -54,6 +56,9 @@ def fve_settings(config=None):
         low = 0 if key in _NON_NEGATIVE_INT else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{key} must be an integer >= {low}; got {value!r}")
+    field = settings["fve_interaction_field"]
+    if not isinstance(field, str) or not field or field != field.strip() or any(c.isspace() for c in field):
+        raise ConfigError(f"fve_interaction_field must name a column of the .inter file; got {field!r}")
     for key in ("fve_run_dir", "fve_stop_after", "fve_keyword_cache_dir"):
         if settings[key] is not None and (not isinstance(settings[key], str) or not settings[key]):
             raise ConfigError(f"{key} must be a non-empty string or ~; got {settings[key]!r}")

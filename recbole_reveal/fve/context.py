@@ -13,7 +13,8 @@ from recbole_reveal.fve.config import build_fve_encoder, fve_settings
 from recbole_reveal.fve.critic import critic_settings
 from recbole_reveal.fve.feedback import feedback_settings
 from recbole_reveal.fve.generation import build_generator, generation_settings
-from recbole_reveal.fve.prompts import read_items
+from recbole_reveal.fve.interactions import read_interactions
+from recbole_reveal.fve.prompts import load_templates, read_items
 from recbole_reveal.fve.vlm import ATTN_IMPLEMENTATIONS, QUANTIZATIONS
 from recbole_reveal.training import prepare_run
 
@@ -45,6 +46,8 @@ class FVEContext:
     _encoder: object = None
     trained: dict = field(default_factory=dict)    # cycle -> (trainer, valid_data) trained by this call
     _generator: object = None
+    _interactions: list = None
+    _templates: dict = None
 
     @classmethod
     def build(cls, model, dataset, config_file_list=None, config_dict=None, cmd_args=()):
@@ -88,12 +91,39 @@ class FVEContext:
     def cycle_dir(self, x):
         return os.path.join(self.run_dir, f"cycle_{x}")
 
+    @property
+    def interaction_scope(self):
+        """``fve_prompt_scope: interaction``: one prompt and embedding per interaction at history positions."""
+        return self.settings["fve_prompt_scope"] == "interaction"
+
+    @property
+    def keywords_path(self):
+        """Interaction scope: each history interaction's review keywords (written by ``init``)."""
+        return os.path.join(self.fve_dir, "interaction_keywords.jsonl")
+
+    @property
+    def inter_path(self):
+        return os.path.join(self.dataset_dir, f"{self.config['dataset']}.inter")
+
     # ---- shared resources, loaded on first use -----------------------------------------------
     @property
     def items(self):
         if self._items is None:
             self._items = read_items(os.path.join(self.dataset_dir, f"{self.config['dataset']}.item"))
         return self._items
+
+    @property
+    def interactions(self):
+        """The ``.inter`` rows as :class:`~recbole_reveal.fve.interactions.Interaction` (token, history flag)."""
+        if self._interactions is None:
+            self._interactions = read_interactions(self.inter_path, self.settings["fve_interaction_field"])
+        return self._interactions
+
+    @property
+    def templates(self):
+        if self._templates is None:
+            self._templates = load_templates(self.settings["fve_templates"])
+        return self._templates
 
     @property
     def encoder(self):

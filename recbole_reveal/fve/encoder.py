@@ -1,4 +1,5 @@
-"""FVE's vision encoding (paper eq. 1): a prompt-conditioned item embedding from a frozen VLM.
+"""FVE's vision encoding (paper eq. 1): a prompt-conditioned item embedding from a frozen VLM (any family
+of :mod:`recbole_reveal.fve.families`: Qwen2.5-VL, Qwen3-VL, Gemma-3, InternVL3).
 
 For each item: the chat template renders one user turn holding the prompt and the image, the
 language model runs on it, the hidden states of one layer (``fve_layer``, default the last) are
@@ -67,11 +68,12 @@ class EncodeResult:
     missing: dict = field(default_factory=dict)      # token -> reason (fallback row written)
     seconds: float = 0.0
     vision: dict = field(default_factory=dict)       # vision-cache counters of this call
+    work: dict = field(default_factory=dict)         # language-model passes and tokens, vision patches, TFLOP
 
     def summary(self):
         return {"items": len(self.tokens), "encoded": len(self.encoded), "cache_hits": len(self.cached),
                 "missing_images": len(self.missing), "missing_image_items": sorted(self.missing),
-                "seconds": round(self.seconds, 3), "vision_cache": self.vision}
+                "seconds": round(self.seconds, 3), "vision_cache": self.vision, "work": self.work}
 
 
 def _shorten(tokens, limit=20):
@@ -141,14 +143,13 @@ class FVEEncoder:
         self.missing_image = missing_image
         self.padding_side = padding_side
         self.vision_cache = vision_cache if vision_cache is not None else VisionFeatureCache()
-        if vlm.model_type == "qwen3_vl":
-            from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
-
-            self._vision_output_cls = BaseModelOutputWithDeepstackFeatures
-        else:
-            from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-            self._vision_output_cls = BaseModelOutputWithPooling
+        # parameters behind the FLOP estimate: the language model without its embedding table, and the
+        # rest of the base model (vision tower + projector); 2 FLOP per parameter per token / patch
+        base = vlm.model.model
+        language = sum(p.numel() for p in base.language_model.parameters())
+        self.lm_params = language - base.language_model.get_input_embeddings().weight.numel()
+        self.vision_params = sum(p.numel() for p in base.parameters()) - language
+        self._work = {"lm_passes": 0, "lm_tokens": 0, "vision_passes": 0, "vision_patches": 0}
 
     # ------------------------------------------------------------------ identity
     def settings(self):
@@ -201,7 +202,7 @@ class FVEEncoder:
         mid-way resumes with everything finished so far.
         """
         start = time.perf_counter()
-        vision_before = self.vision_cache.stats()
+        vision_before, work_before = self.vision_cache.stats(), dict(self._work)
         requests = list(requests)
         matrix = np.zeros((len(requests), self.dim), dtype=np.float32)
         result = EncodeResult(tokens=[r.token for r in requests], matrix=matrix)
@@ -209,10 +210,11 @@ class FVEEncoder:
         encoded, cached, missing = set(), set(), {}      # row indices; row -> reason
         hits, jobs = {}, {}                              # embedding key -> first row / _Job
         rows_of = {}                                     # embedding key -> [rows]
-        digests = image_digests([r.image_path for r in requests], self.preprocess_workers)
+        paths = list(dict.fromkeys(r.image_path for r in requests))     # one read per image file
+        digests = dict(zip(paths, image_digests(paths, self.preprocess_workers)))   # path -> (sha256, reason)
         for i, req in enumerate(requests):
             self.turn.check_prompt(req.prompt, f"item {req.token}")
-            image_sha, reason = digests[i]
+            image_sha, reason = digests[req.image_path]
             if image_sha is None:
                 missing[i] = reason
                 continue
@@ -258,10 +260,19 @@ class FVEEncoder:
                            _shorten(f"{t} ({r})" for t, r in result.missing.items()))
         after = self.vision_cache.stats()
         result.vision = {k: after[k] - vision_before[k] for k in ("memory_hits", "disk_hits", "misses")}
+        result.work = self.work_since(work_before)
         result.seconds = time.perf_counter() - start
         logger.info("FVE: %d items: %d encoded, %d from cache, %d missing images, %.1f s",
                     len(requests), len(result.encoded), len(result.cached), len(result.missing), result.seconds)
         return result
+
+    def work_since(self, before):
+        """Language-model passes and tokens, vision-tower passes and patches since ``before`` (a copy of
+        ``self._work``), with the FLOP estimate: 2 x parameters x tokens (patches), attention not counted."""
+        work = {k: self._work[k] - before.get(k, 0) for k in self._work}
+        flops = 2 * (self.lm_params * work["lm_tokens"] + self.vision_params * work["vision_patches"])
+        work["tflop"] = round(flops / 1e12, 6)
+        return work
 
     # ------------------------------------------------------------------ internals
     def _fallback(self, token):
@@ -278,11 +289,9 @@ class FVEEncoder:
             job.error = image
             return
         try:
-            out = self.turn.pixel_inputs(image)
+            job.pixels = self.turn.pixels(image)
         except (ValueError, OSError) as e:
             job.error = f"image processor rejected it: {e}"
-            return
-        job.pixels = (out["pixel_values"], tuple(int(g) for g in out["image_grid_thw"][0]))
 
     @torch.inference_mode()
     def _vision(self, jobs):
@@ -294,14 +303,14 @@ class FVEEncoder:
             if job.vision is None and job.vision_key not in todo:
                 todo[job.vision_key] = job
         if todo:
-            pixels = torch.cat([j.pixels[0] for j in todo.values()]).to(self.vlm.device)
-            grid = torch.tensor([j.pixels[1] for j in todo.values()], dtype=torch.long, device=self.vlm.device)
-            out = self.vlm.model.model.get_image_features(pixels, grid, return_dict=True)
-            deepstack = getattr(out, "deepstack_features", None) or []
+            outputs = self.vlm.family.vision_features(self.vlm, [j.pixels[0] for j in todo.values()],
+                                                      [j.pixels[1] for j in todo.values()])
+            self._work["vision_passes"] += len(todo)
+            self._work["vision_patches"] += sum(self.vlm.family.vision_patches(self.vlm, j.pixels[1])
+                                                for j in todo.values())
             fresh = {}
-            for k, (key, job) in enumerate(todo.items()):
-                fresh[key] = VisionFeatures(out.pooler_output[k].cpu(), [level[k].cpu() for level in deepstack],
-                                            job.pixels[1])
+            for (key, job), (pooler, deepstack) in zip(todo.items(), outputs):
+                fresh[key] = VisionFeatures(pooler.cpu(), [level.cpu() for level in deepstack], job.pixels[1])
                 self.vision_cache.put(key, fresh[key])
             for job in jobs:
                 if job.vision is None:
@@ -356,6 +365,8 @@ class FVEEncoder:
                 for b in range(0, len(ready), self.batch_size):
                     batch = ready[b:b + self.batch_size]
                     self._vision([j for j in batch if j.vision is None])
+                    self._work["lm_passes"] += len(batch)
+                    self._work["lm_tokens"] += sum(len(j.ids) for j in batch)
                     for job, vec in zip(batch, self._language(batch)):
                         job.vector, job.vision = vec, None
                         if on_done:
@@ -382,17 +393,10 @@ class FVEEncoder:
             ids[r, off:off + len(job.ids)] = torch.tensor(job.ids)
             mask[r, off:off + len(job.ids)] = 1
             offsets.append(off)
-        feats = [j.vision for j in batch]
-        fields = {"pooler_output": tuple(f.pooler.to(device) for f in feats)}
-        if self.vlm.model_type == "qwen3_vl":
-            fields["deepstack_features"] = [tuple(f.deepstack[level].to(device) for f in feats)
-                                            for level in range(len(feats[0].deepstack))]
         ids, mask = ids.to(device), mask.to(device)
-        out = self.vlm.model.model(
-            input_ids=ids, attention_mask=mask, mm_token_type_ids=(ids == self.turn.image_id).long(),
-            image_grid_thw=torch.tensor([f.grid for f in feats], dtype=torch.long, device=device),
-            mm_encoder_outputs={"image": self._vision_output_cls(**fields)},
-            output_hidden_states=self.layer != self.vlm.num_layers, use_cache=False)
+        inputs = self.vlm.family.language_inputs(self.vlm, ids, mask, self.turn.image_id, [j.vision for j in batch])
+        out = self.vlm.model.model(input_ids=ids, attention_mask=mask, **inputs,
+                                   output_hidden_states=self.layer != self.vlm.num_layers, use_cache=False)
         hidden = out.last_hidden_state if self.layer == self.vlm.num_layers else out.hidden_states[self.layer]
         pooled = torch.stack([hidden[r, torch.tensor(job.positions, device=device) + off].float().mean(0)
                               for r, (job, off) in enumerate(zip(batch, offsets))])

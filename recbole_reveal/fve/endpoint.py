@@ -29,6 +29,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from recbole_reveal.errors import ConfigError, RevealUserError
+from recbole_reveal.fve.families import family_of
 from recbole_reveal.fve.generation import Answer, user_turn
 from recbole_reveal.fve.images import decode_image
 
@@ -60,7 +61,8 @@ class EndpointGenerator:
         self.api_key = api_key
         self.concurrency, self.timeout, self.retries, self.backoff = int(concurrency), float(timeout), int(retries), backoff
         self.max_new_tokens, self.seed, self.guided_json = int(max_new_tokens), seed, bool(guided_json)
-        self.min_pixels, self.max_pixels, self.factor = int(min_pixels), int(max_pixels), int(factor)
+        self.min_pixels, self.max_pixels = int(min_pixels), int(max_pixels)
+        self.factor = None if factor is None else int(factor)
         self.model = model or self.served_model()
 
     @classmethod
@@ -72,12 +74,16 @@ class EndpointGenerator:
             if not key:
                 raise ConfigError(f"fve_generation_api_key_env names the environment variable {env}, which is "
                                   "not set: export it with the server's API key, or set the key to ~")
-        return cls(settings["fve_generation_endpoint"], settings["fve_generation_model"], key,
-                   settings["fve_generation_concurrency"], settings["fve_generation_timeout"],
-                   settings["fve_generation_retries"], settings["fve_rewrite_max_new_tokens"],
-                   settings["fve_rewrite_seed"], settings["fve_min_pixels"],
-                   settings["fve_max_pixels"] or 200704, _resize_factor(settings["vlm_path"]),
-                   settings["fve_generation_guided_json"])
+        generator = cls(settings["fve_generation_endpoint"], settings["fve_generation_model"], key,
+                        settings["fve_generation_concurrency"], settings["fve_generation_timeout"],
+                        settings["fve_generation_retries"], settings["fve_rewrite_max_new_tokens"],
+                        settings["fve_rewrite_seed"], settings["fve_min_pixels"],
+                        settings["fve_max_pixels"] or 200704, _resize_factor(settings["vlm_path"]),
+                        settings["fve_generation_guided_json"])
+        family = family_of(settings["vlm_path"])
+        # the encoder refuses these in a prompt: the critic's parser rejects an answer holding them
+        generator.reserved_tokens = tuple(family.control_tokens()) if family else ()
+        return generator
 
     def identity(self):
         return {"backend": "endpoint", "model": self.model, "max_new_tokens": self.max_new_tokens, "seed": self.seed,
@@ -154,7 +160,10 @@ class EndpointGenerator:
         from PIL import Image
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-        height, width = smart_resize(image.height, image.width, self.factor, self.min_pixels, self.max_pixels)
+        if self.factor is None:          # Gemma-3 / InternVL: the server's processor resizes to its fixed tiles
+            height, width = image.height, image.width
+        else:
+            height, width = smart_resize(image.height, image.width, self.factor, self.min_pixels, self.max_pixels)
         if (width, height) != image.size:
             image = image.resize((width, height), Image.BICUBIC)
         buf = io.BytesIO()
@@ -186,7 +195,13 @@ class EndpointGenerator:
 
 
 def _resize_factor(vlm_path):
-    """patch size x merge size of the checkpoint's image processor (28 for Qwen2.5-VL, 32 for Qwen3-VL)."""
+    """patch size x merge size of the checkpoint's image processor (28 for Qwen2.5-VL, 32 for Qwen3-VL); None
+    for a family with fixed-size inputs (Gemma-3, InternVL), whose server-side processor does its own resizing."""
+    config = os.path.join(vlm_path or "", "config.json")
+    if os.path.isfile(config):
+        with open(config, encoding="utf-8") as f:
+            if not str(json.load(f).get("model_type", "qwen")).startswith("qwen"):
+                return None
     path = os.path.join(vlm_path or "", "preprocessor_config.json")
     if not os.path.isfile(path):
         return 28

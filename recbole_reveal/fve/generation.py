@@ -218,10 +218,11 @@ class TransformersGenerator:
 
     def __init__(self, vlm, max_new_tokens=192, batch_size=4, seed=0, min_pixels=None, max_pixels=None):
         self.vlm, self.max_new_tokens, self.batch_size, self.seed = vlm, int(max_new_tokens), int(batch_size), seed
-        self.reserved_tokens = tuple(vlm.tokenizer.all_special_tokens)
+        self.reserved_tokens = tuple(vlm.family.reserved_tokens(vlm.tokenizer))
         ip = vlm.image_processor
-        self.size = {"shortest_edge": int(min_pixels or ip.size["shortest_edge"]),
-                     "longest_edge": int(max_pixels or ip.size["longest_edge"])}
+        low, high = vlm.family.default_budget(ip)
+        self.size = {"shortest_edge": int(min_pixels or low), "longest_edge": int(max_pixels or high)}
+        self.images_kwargs = vlm.family.images_kwargs(ip, self.size["shortest_edge"], self.size["longest_edge"])
 
     @classmethod
     def from_settings(cls, settings, vlm):
@@ -271,8 +272,10 @@ class TransformersGenerator:
             tok.padding_side = "left"
             chats = [vlm.processor.apply_chat_template(user_turn(t, {"type": "image"}), tokenize=False,
                                                        add_generation_prompt=True) for t in texts]
-            batch = vlm.processor(text=chats, images=images, padding=True, return_tensors="pt",
-                                  images_kwargs={"size": self.size}).to(vlm.device)
+            # the chat template writes <bos> itself where the family has one (Gemma): the tokenizer adds none
+            batch = vlm.processor(text=chats, images=[[image] for image in images], padding=True,
+                                  return_tensors="pt", add_special_tokens=False,
+                                  images_kwargs=self.images_kwargs).to(vlm.device)
             torch.manual_seed(self.seed)
             gen = vlm.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
                                      temperature=None, top_p=None, top_k=None, eos_token_id=stop, pad_token_id=pad)
@@ -289,6 +292,6 @@ def _stop_ids(vlm):
     tok = vlm.tokenizer
     ids = vlm.model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
-    ids.add(vlm.token_id("<|im_end|>"))
+    ids.add(vlm.token_id(vlm.family.turn_end))
     pad = tok.pad_token_id if tok.pad_token_id is not None else vlm.token_id("<|endoftext|>")
     return sorted(ids), pad

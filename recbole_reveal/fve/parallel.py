@@ -27,6 +27,7 @@ import torch
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.files import atomic_open
 from recbole_reveal.fve.encoder import EncodeResult, ItemRequest
+from recbole_reveal.fve.families import family_of
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +55,19 @@ def _shard_paths(work_dir, rank):
     return os.path.join(work_dir, f"shard_{rank}.npz"), os.path.join(work_dir, f"shard_{rank}.json")
 
 
-def encode_data_parallel(requests, settings, cache_dir, work_dir, num_processes):
+def encode_data_parallel(requests, settings, cache_dir, work_dir, num_processes, parts=None):
     """Encode ``requests`` with ``num_processes`` worker processes; returns ``(EncodeResult, description)``
-    where ``description`` is the encoder's provenance (``FVEEncoder.describe()``) as the workers report it."""
+    where ``description`` is the encoder's provenance (``FVEEncoder.describe()``) as the workers report it.
+    ``parts``: lengths of consecutive parts of ``requests`` that each worker encodes in separate calls (so
+    no embedding depends on the requests of another part through batch composition); default one part."""
     requests = list(requests)
+    parts = list(parts) if parts is not None else [len(requests)]
+    if sum(parts) != len(requests):
+        raise ValueError(f"parts {parts} do not add up to the {len(requests)} requests")
     logger.info("FVE: encoding %d items with %d processes (%s)", len(requests), num_processes, settings["fve_device"])
     start = time.perf_counter()
     launch_workers(work_dir, {"kind": "encode", "requests": [asdict(r) for r in requests], "settings": settings,
-                              "cache_dir": cache_dir}, num_processes)
+                              "cache_dir": cache_dir, "parts": parts}, num_processes)
     result, description = merge_shards(requests, work_dir, num_processes)
     result.seconds = time.perf_counter() - start
     return result, description
@@ -117,6 +123,7 @@ class ParallelGenerator:
         device = resolve_device("cpu" if str(settings["fve_device"]).startswith("cpu") else "cuda:0")
         self.batch_size = resolve_batch_size(settings, device)
         self.max_new_tokens = settings["fve_rewrite_max_new_tokens"]
+        self.reserved_tokens = tuple(family_of(settings["vlm_path"]).control_tokens())
         ip_size = _preprocessor_size(settings["vlm_path"])
         self._identity = {"backend": "transformers", "model_id": vlm_model_id(settings["vlm_path"]),
                           "dtype": str(resolve_dtype(settings["fve_dtype"], device)),
@@ -141,17 +148,16 @@ class ParallelGenerator:
 
 
 def _preprocessor_size(vlm_path):
-    with open(os.path.join(vlm_path, "preprocessor_config.json"), encoding="utf-8") as f:
-        cfg = json.load(f)
-    size = cfg.get("size") or {}
-    return size.get("shortest_edge", cfg.get("min_pixels")), size.get("longest_edge", cfg.get("max_pixels"))
+    """The folder's default pixel budget, as its family reads it (what the workers' generator uses)."""
+    family = family_of(vlm_path)
+    return family.default_budget(family.image_processor(vlm_path))
 
 
 def merge_shards(requests, work_dir, num_processes):
     """One :class:`EncodeResult` in request order from the workers' shard files."""
     tokens = [r.token for r in requests]
     matrix, description = None, None
-    encoded, cached, missing, vision = set(), set(), {}, {}
+    encoded, cached, missing, vision, work = set(), set(), {}, {}, {}
     for rank in range(num_processes):
         npz, meta_path = _shard_paths(work_dir, rank)
         if not (os.path.exists(npz) and os.path.exists(meta_path)):
@@ -174,12 +180,15 @@ def merge_shards(requests, work_dir, num_processes):
         missing.update(meta["missing"])
         for k, v in meta["vision"].items():
             vision[k] = vision.get(k, 0) + v
+        for k, v in meta.get("work", {}).items():
+            work[k] = work.get(k, 0) + v
     order = {t: i for i, t in enumerate(tokens)}
     result = EncodeResult(tokens=tokens, matrix=matrix)
     result.encoded = sorted(encoded, key=order.get)
     result.cached = sorted(cached, key=order.get)
     result.missing = {t: missing[t] for t in sorted(missing, key=order.get)}
     result.vision = vision
+    result.work = {k: round(v, 6) for k, v in work.items()}
     return result, description
 
 
@@ -212,14 +221,23 @@ def _encode_worker(job, settings, work_dir, rank, world):
     from recbole_reveal.fve.cache import EmbeddingCache
     from recbole_reveal.fve.config import build_fve_encoder
 
-    requests = [ItemRequest(**r) for r in job["requests"]][rank::world]
+    from recbole_reveal.fve.interaction_encoding import merge
+
+    everything = [ItemRequest(**r) for r in job["requests"]]
     encoder = build_fve_encoder(settings)
-    result = encoder.encode_items(requests, cache=EmbeddingCache(job["cache_dir"]))
+    cache = EmbeddingCache(job["cache_dir"])
+    results, lo = [], 0
+    for size in job.get("parts") or [len(everything)]:
+        # this rank's requests inside the part, in the order of the whole list (the shard is [rank::world])
+        first = lo + (rank - lo) % world
+        results.append(encoder.encode_items(everything[first:lo + size:world], cache=cache))
+        lo += size
+    result = merge(results)
     npz, meta_path = _shard_paths(work_dir, rank)
     _atomic_save(npz, lambda f: np.savez(f, tokens=np.array(result.tokens, dtype=str),
                                          matrix=result.matrix.astype(np.float32)))
     meta = {"encoded": result.encoded, "cached": result.cached, "missing": result.missing,
-            "vision": result.vision, "seconds": result.seconds, "device": settings["fve_device"],
+            "vision": result.vision, "work": result.work, "seconds": result.seconds, "device": settings["fve_device"],
             "description": encoder.describe()}
     _atomic_save(meta_path, lambda f: f.write(json.dumps(meta).encode()))
 

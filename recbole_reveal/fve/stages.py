@@ -11,6 +11,7 @@ import os
 
 import torch
 
+from recbole_reveal.data.atomic import iter_atomic
 from recbole_reveal.data.dataset import check_items_covered
 from recbole_reveal.data.feature_store import feature_paths
 from recbole_reveal.errors import ConfigError
@@ -21,6 +22,11 @@ from recbole_reveal.fve.critic import (
 )
 from recbole_reveal.fve.encoder import item_requests, save_encoding
 from recbole_reveal.fve.feedback import Rankings, compute_rankings, item_statistics, select_items
+from recbole_reveal.fve.interaction_encoding import (
+    cycle_requests, encode_cycle, encode_cycle_parallel, interaction_rows, merge, prompt_changes,
+)
+from recbole_reveal.fve.interactions import feature_set as interaction_feature_set
+from recbole_reveal.fve.interactions import interaction_keywords, read_keywords, write_keywords
 from recbole_reveal.fve.parallel import encode_data_parallel, resolve_num_processes
 from recbole_reveal.fve.prompts import (
     build_initial_prompts, keyword_cache_dir, load_stop_words, load_templates, read_prompts, write_prompts,
@@ -55,17 +61,27 @@ class Init(Stage):
     kind, cost = "init", "fve_init"
 
     def artefacts(self, ctx):
-        return [ctx.prompts_path(0)]
+        return [ctx.prompts_path(0)] + ([ctx.keywords_path] if ctx.interaction_scope else [])
 
     def run(self, ctx, run):
         s = ctx.settings
+        stop_words = load_stop_words(s["fve_stopwords"])
         records = build_initial_prompts(ctx.config["dataset"], os.path.dirname(os.path.normpath(ctx.dataset_dir)),
                                         templates=load_templates(s["fve_templates"]), top_k=s["fve_keywords_topk"],
-                                        reviews=s["fve_keyword_reviews"],
-                                        stop_words=load_stop_words(s["fve_stopwords"]),
+                                        reviews=s["fve_keyword_reviews"], stop_words=stop_words,
                                         keyword_cache=keyword_cache_dir(s, ctx.fve_dir))
         write_prompts(ctx.prompts_path(0), records)
-        return {"items": len(records), "prompts": ctx.prompts_path(0)}
+        out = {"items": len(records), "prompts": ctx.prompts_path(0)}
+        if ctx.interaction_scope:
+            review_path = os.path.join(ctx.dataset_dir, f"{ctx.config['dataset']}.review")
+            keywords, reviews = interaction_keywords(review_path, ctx.interactions, s["fve_keywords_topk"], stop_words)
+            write_keywords(ctx.keywords_path, keywords)
+            history = sum(it.history for it in ctx.interactions)
+            logger.info("FVE interaction scope: %d interactions, %d can be history positions, %d of them with "
+                        "review keywords (reviews: %s)", len(ctx.interactions), history, len(keywords), reviews)
+            out.update(interactions=len(ctx.interactions), history_interactions=history,
+                       with_keywords=len(keywords), reviews=reviews)
+        return out
 
 
 class Encode(Stage):
@@ -78,7 +94,10 @@ class Encode(Stage):
         return f"fve/cycle_{self.x}"
 
     def artefacts(self, ctx):
-        return list(feature_paths(ctx.feature_dir, self.feature_set()))
+        paths = list(feature_paths(ctx.feature_dir, self.feature_set()))
+        if ctx.interaction_scope:
+            paths += list(feature_paths(ctx.feature_dir, interaction_feature_set(self.x)))
+        return paths
 
     def run(self, ctx, run):
         x = self.x
@@ -86,23 +105,56 @@ class Encode(Stage):
         # every item of the dataset needs a row: said before the VLM encodes anything
         check_items_covered(ctx.config, [r["item_id"] for r in records], ctx.prompts_path(x))
         changed = len(records) if x == 0 else _prompt_changes(read_prompts(ctx.prompts_path(x - 1)), records)
-        requests = item_requests(ctx.items, records, ctx.dataset_dir)
         processes = resolve_num_processes(ctx.settings["fve_num_processes"], ctx.settings["fve_device"])
-        if processes > 1:
-            result, description = encode_data_parallel(
-                requests, jsonable(ctx.settings), ctx.cache_dir, os.path.join(ctx.cycle_dir(x), "encode_workers"),
-                processes)
+        metadata = {"cycle": x, "prompts": ctx.prompts_path(x), "processes": processes}
+        workers = os.path.join(ctx.cycle_dir(x), "encode_workers")
+        cache = EmbeddingCache(ctx.cache_dir) if processes == 1 else None
+
+        def encode(requests, parts=None):
+            if processes > 1:
+                return encode_data_parallel(requests, jsonable(ctx.settings), ctx.cache_dir, workers, processes, parts)
+            return ctx.encoder.encode_items(requests, cache=cache), ctx.encoder.describe()
+
+        out = {"processes": processes, "feature_set": self.feature_set()}
+        if ctx.interaction_scope:
+            keywords, initial = read_keywords(ctx.keywords_path), read_prompts(ctx.prompts_path(0))
+            items, of_item, prompts = cycle_requests(ctx, records, initial, keywords)
+            if processes > 1:       # one launch: every worker runs each part of its shard as a call of its own
+                result, history, description = encode_cycle_parallel(encode, items, of_item)
+            else:
+                result, history, description = encode_cycle(encode, items, of_item)
+            interactions = interaction_rows(history, result, ctx)
+            save_encoding(interactions, description, ctx.feature_dir, interaction_feature_set(x),
+                          dict(metadata, scope="interaction", keywords=ctx.keywords_path))
+            previous = {} if x == 0 else cycle_requests(ctx, read_prompts(ctx.prompts_path(x - 1)), initial,
+                                                        keywords)[2]
+            inter = interactions.summary()
+            out.update(interaction_feature_set=interaction_feature_set(x), interactions=len(prompts),
+                       interaction_prompts_changed=prompt_changes(previous, prompts),
+                       interactions_reencoded=inter["encoded"], interaction_cache_hits=inter["cache_hits"])
+            total = merge([result, history])
         else:
-            result = ctx.encoder.encode_items(requests, cache=EmbeddingCache(ctx.cache_dir))
-            description = ctx.encoder.describe()
-        save_encoding(result, description, ctx.feature_dir, self.feature_set(),
-                      {"cycle": x, "prompts": ctx.prompts_path(x), "processes": processes})
+            result, description = encode(item_requests(ctx.items, records, ctx.dataset_dir))
+            total = result
+        out["dim"] = int(description["dim"])
+        save_encoding(result, description, ctx.feature_dir, self.feature_set(), metadata)
         summary = result.summary()
-        logger.info("FVE cycle %d: %d prompts changed, %d items encoded, %d cache hits, %d missing images",
-                    x, changed, summary["encoded"], summary["cache_hits"], summary["missing_images"])
-        return {"prompts_changed": changed, "items_reencoded": summary["encoded"],
-                "cache_hits": summary["cache_hits"], "missing_images": summary["missing_images"],
-                "dim": int(description["dim"]), "processes": processes, "feature_set": self.feature_set()}
+        work = total.work or {}
+        out.update(prompts_changed=changed, items_reencoded=summary["encoded"], cache_hits=summary["cache_hits"],
+                   missing_images=summary["missing_images"], work=work, vision_cache=total.vision)
+        logger.info("FVE cycle %d: %d prompts changed, %d items encoded, %d cache hits, %d missing images%s; "
+                    "%s language-model passes, %s vision-tower passes, %s TFLOP", x, changed, summary["encoded"],
+                    summary["cache_hits"], summary["missing_images"],
+                    "" if not ctx.interaction_scope else
+                    f"; interactions: {out['interaction_prompts_changed']} prompts changed, "
+                    f"{out['interactions_reencoded']} encoded, {out['interaction_cache_hits']} cache hits",
+                    work.get("lm_passes", "?"), work.get("vision_passes", "?"), work.get("tflop", "?"))
+        return out
+
+
+def read_header(path):
+    """The column names of an atomic file."""
+    return iter_atomic(path)[0]
 
 
 def _prompt_changes(prev, cur):
@@ -124,10 +176,19 @@ class Train(Stage):
         return [self.model_path(ctx)]
 
     def overrides(self, ctx, run):
-        """The cycle's features, their width (the VLM's hidden size) and a checkpoint folder of its own."""
-        return {"vision_feature": f"fve/cycle_{self.x}",
-                "vision_feature_dim": run.record(f"cycle_{self.x}/encode")["dim"],
-                "checkpoint_dir": os.path.join(ctx.cycle_dir(self.x), "checkpoints")}
+        """The cycle's features, their width (the VLM's hidden size) and a checkpoint folder of its own;
+        in interaction scope also the interaction-level set and its field (loaded when the file has it)."""
+        out = {"vision_feature": f"fve/cycle_{self.x}",
+               "vision_feature_dim": run.record(f"cycle_{self.x}/encode")["dim"],
+               "checkpoint_dir": os.path.join(ctx.cycle_dir(self.x), "checkpoints")}
+        if ctx.interaction_scope:
+            field = ctx.settings["fve_interaction_field"]
+            out.update(vision_interaction_feature=interaction_feature_set(self.x), fve_interaction_field=field)
+            columns = read_header(ctx.inter_path)
+            load_col = dict(ctx.config["load_col"] or {})
+            if field in columns and load_col.get("inter") is not None and field not in load_col["inter"]:
+                out["load_col"] = dict(load_col, inter=list(load_col["inter"]) + [field])
+        return out
 
     def run(self, ctx, run):
         x = self.x
@@ -142,6 +203,11 @@ class Train(Stage):
                                                                show_progress=config["show_progress"])
         finally:
             close_run_logs()
+        if ctx.interaction_scope and not getattr(trainer.model, "reads_history_vision", False):
+            logger.warning("FVE cycle %d: %s never called history_vision_features, so it trained on item-level "
+                           "visual features only; the interaction-level features were encoded for nothing "
+                           "(add the call where the model builds its history's visual input, docs/design.md, or "
+                           "set fve_prompt_scope: item)", x, type(trainer.model).__name__)
         valid_data = loaders[1]
         with atomic_open(self.model_path(ctx), "wb") as f:     # a file object: same weights, same bytes
             torch.save(trainer.model.state_dict(), f)

@@ -1,12 +1,13 @@
-"""Load a local Qwen2.5-VL / Qwen3-VL folder for FVE, without torchvision.
+"""Load a local VLM folder for FVE (Qwen2.5-VL, Qwen3-VL, Gemma-3, InternVL3: the families of
+:mod:`recbole_reveal.fve.families`), without torchvision.
 
 * :func:`load_vlm` checks the folder (:func:`check_vlm_folder`: a clear error naming the missing
   files and the download command), loads the model with ``local_files_only=True`` (bf16 on GPU,
   fp32 on CPU) and builds the processor with :func:`build_processor`.
 * The processor is assembled from its parts: the fast tokenizer, the PIL image processor and the
-  folder's chat template, with no video processor. ``AutoProcessor`` cannot be used: it insists on
-  the video processor, which imports torchvision, and torchvision does not import beside torch
-  2.13. FVE only ever feeds still images.
+  folder's chat template, with no video processor. ``AutoProcessor`` cannot be used: for Qwen-VL and
+  InternVL it insists on the video processor, which imports torchvision, and torchvision does not
+  import beside torch 2.13 (nor do the non-PIL image processors). FVE only ever feeds still images.
 * Tiny random, scripted and real-shape random models for tests and benchmarks live in
   :mod:`recbole_reveal.testing.vlms` (their old names here still resolve, on first use).
 """
@@ -20,23 +21,14 @@ from dataclasses import dataclass, field
 import torch
 
 from recbole_reveal.errors import ConfigError, RevealUserError
+from recbole_reveal.fve.families import (  # noqa: F401 (QWEN_SPECIAL_TOKENS, image_only_processor_class: re-exported)
+    FAMILIES, NEAR_MISSES, QWEN_SPECIAL_TOKENS, image_only_processor_class,
+)
 
 logger = logging.getLogger(__name__)
 
 # model_type in config.json -> (model class, processor class, a checkpoint to download)
-SUPPORTED_MODELS = {
-    "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", "Qwen/Qwen2.5-VL-7B-Instruct"),
-    "qwen3_vl": ("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", "Qwen/Qwen3-VL-8B-Instruct"),
-}
-
-# The 22 special tokens of the Qwen2/2.5 vocabulary, in id order (151643 ... 151664 in the real one).
-QWEN_SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
-    "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
-    "<|repo_name|>", "<|file_sep|>",
-]
+SUPPORTED_MODELS = {t: (f.model_class, f.processor_class, f.checkpoints[0]) for t, f in FAMILIES.items()}
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "auto")
 QUANTIZATIONS = ("4bit", "8bit")
@@ -61,6 +53,11 @@ class LoadedVLM:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     quantization: str = None     # None, "4bit" (NF4) or "8bit": bitsandbytes weights
+
+    @property
+    def family(self):
+        """The :class:`~recbole_reveal.fve.families.Family` of this model (chat layout, image tokens)."""
+        return FAMILIES[self.model_type]
 
     @property
     def tokenizer(self):
@@ -97,8 +94,9 @@ def _download_hint(path, model_type=None):
     repo = SUPPORTED_MODELS.get(model_type, SUPPORTED_MODELS["qwen2_5_vl"])[2]
     return (f"Download the whole model repository on a machine with internet, e.g. "
             f"`hf download {repo} --local-dir {path}` (or `huggingface-cli download {repo} "
-            f"--local-dir {path}`), copy it here and set vlm_path to that folder. Any Qwen2.5-VL or "
-            f"Qwen3-VL checkpoint works ({', '.join(v[2] for v in SUPPORTED_MODELS.values())}, ...).")
+            f"--local-dir {path}`), copy it here and set vlm_path to that folder. Any Qwen2.5-VL, "
+            f"Qwen3-VL, Gemma-3 (4B and up) or InternVL3 (-hf) checkpoint works "
+            f"({', '.join(v[2] for v in SUPPORTED_MODELS.values())}, ...).")
 
 
 def _chat_template_of(path):
@@ -137,7 +135,7 @@ def check_vlm_folder(path):
     image-processor config, chat template) and the command to download the checkpoint.
     """
     if not path:
-        raise VLMUnavailable("no VLM given: set vlm_path to a local Qwen2.5-VL or Qwen3-VL folder. "
+        raise VLMUnavailable("no VLM given: set vlm_path to a local Qwen2.5-VL, Qwen3-VL, Gemma-3 or InternVL3 folder. "
                              + _download_hint("/models/Qwen2.5-VL-7B-Instruct"))
     path = str(path)
     if not os.path.isdir(path):
@@ -149,7 +147,8 @@ def check_vlm_folder(path):
         config = json.load(f)
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_MODELS:
-        raise VLMUnavailable(f"{cfg_path}: model_type {model_type!r} is not supported for FVE "
+        why = f": {NEAR_MISSES[model_type]}" if model_type in NEAR_MISSES else ""
+        raise VLMUnavailable(f"{cfg_path}: model_type {model_type!r} is not supported for FVE{why} "
                              f"(supported: {', '.join(SUPPORTED_MODELS)}). " + _download_hint(path))
     missing = []
     weights = _weight_files(path)
@@ -202,36 +201,15 @@ def _transformers_class(name):
     return getattr(transformers, name)
 
 
-def image_only_processor_class(processor_cls):
-    """``processor_cls`` (Qwen2_5_VLProcessor, Qwen3VLProcessor) without its video processor.
-
-    ProcessorMixin takes its sub-processors from the parameter names of ``__init__`` and checks
-    each against its base class; the video base class is unimportable without torchvision. A
-    subclass whose ``__init__`` names only the image processor and the tokenizer passes the checks,
-    keeps every text/image method of the real processor, and sets ``video_processor = None``.
-    """
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        processor_cls.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-        self.video_processor = None
-
-    return type(processor_cls.__name__ + "ImageOnly", (processor_cls,), {"__init__": __init__})
-
-
 def build_processor(path, model_type=None):
     """The folder's processor (tokenizer + PIL image processor + chat template), no torchvision."""
     from transformers import AutoTokenizer
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     path = str(path)
-    if model_type is None:
-        model_type = check_vlm_folder(path)["model_type"]
+    config = check_vlm_folder(path)
+    family = FAMILIES[model_type or config["model_type"]]
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    # Qwen2.5-VL and Qwen3-VL share this image processor class; the folder's preprocessor_config.json
-    # sets patch size (14 / 16), merge size, mean/std and the default pixel budget.
-    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
-    cls = image_only_processor_class(_transformers_class(SUPPORTED_MODELS[model_type][1]))
-    return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=_chat_template_of(path))
+    return family.processor(tokenizer, family.image_processor(path), _chat_template_of(path), config)
 
 
 def resolve_device(device="auto"):
@@ -328,6 +306,9 @@ def load_vlm(path, device="auto", dtype="auto", attn_implementation=None, quanti
         model = model.to(device)
     model = model.eval().requires_grad_(False)
     processor = build_processor(path, model_type)
+    if not FAMILIES[model_type].pixel_budget:
+        logger.info("%s sees every image at its fixed input size: fve_min_pixels / fve_max_pixels do not apply",
+                    model_type)
     vlm = LoadedVLM(model=model, processor=processor, model_type=model_type, model_id=vlm_model_id(path),
                     path=os.path.abspath(path), device=device, dtype=dtype, quantization=quantization)
     logger.info("loaded VLM %s (%s, id %s) on %s in %s%s, attention %s", path, model_type, vlm.model_id, device,

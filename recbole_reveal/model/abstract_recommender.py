@@ -10,6 +10,15 @@ REVEAL needs two things from a backbone, and nothing else:
     parameters belong to the visual modality (image feature tables, image projections,
     image-specific experts and gates; not shared experts or final mixing layers). AVL scales exactly
     these parameters' gradients.
+
+FVE's interaction scope adds one optional part:
+
+(c) *history-side visual features*: where the backbone builds the visual input of its **history**
+    positions, it passes it through :meth:`MultimodalSequentialRecommender.history_vision_features`
+    together with the history's interaction ids (:meth:`interaction_seq`). With an interaction-level
+    feature set loaded, each position then carries its own interaction's embedding; candidates and
+    targets keep the item-level input. A backbone that does not call it keeps working on item-level
+    features everywhere.
 """
 
 import difflib
@@ -46,6 +55,17 @@ class MultimodalSequentialRecommender(SequentialRecommender):
                 f"config key 'zeroed_modalities' lists {sorted(unknown)}; expected a subset of {MODALITIES}"
             )
         self._zeroed = frozenset(always)
+        # (c) interaction-level visual features at history positions (FVE interaction scope)
+        interaction = getattr(dataset, "interaction_features", None) or {}
+        self.INTERACTION_SEQ = None
+        self._history_tables = None
+        self.reads_history_vision = False     # set by the first history_vision_features call
+        self._history_on_cpu = config["fve_history_table_device"] == "cpu"
+        if "vision" in interaction:
+            self.INTERACTION_SEQ = dataset.interaction_field + config["LIST_SUFFIX"]
+            # plain tensors, not buffers: not saved in checkpoints, not broadcast by DDP (one row per
+            # interaction can be gigabytes); moved to the model's device on first use
+            self._history_tables = (interaction["vision"], dataset.item_features["vision"])
 
     # -- (a) modality masking -------------------------------------------------------------
     @contextmanager
@@ -104,6 +124,32 @@ class MultimodalSequentialRecommender(SequentialRecommender):
                 (f"{name}.{p_name}", p) for p_name, p in modules[name].named_parameters()
             )
         return params
+
+    # -- (c) history-side visual features ----------------------------------------------------------
+    def interaction_seq(self, interaction):
+        """The history's interaction ids ``[B, L]`` (aligned with ``item_seq``), or None without an
+        interaction-level feature set."""
+        return interaction[self.INTERACTION_SEQ] if self.INTERACTION_SEQ is not None else None
+
+    def history_vision_features(self, item_seq, interaction_seq, item_vision):
+        """The visual input of history positions: ``item_vision`` (the backbone's own item-level input at
+        ``item_seq``, ``[..., dim]``, e.g. its feature table's rows) shifted by each interaction's offset
+        ``I[interaction] - V[item]`` from the item-level features ``V``. With a frozen table this is exactly
+        the interaction's embedding; with a trained table, the trained row plus the personal offset.
+        Padding positions (id 0) get no offset; without interaction features ``item_vision`` is returned."""
+        self.reads_history_vision = True
+        if interaction_seq is None or self._history_tables is None:
+            return item_vision
+        interactions, items = self._history_tables
+        device = item_vision.device
+        if self._history_on_cpu:           # gather the rows on the host, move only them
+            offset = interactions[interaction_seq.cpu()] - items[item_seq.cpu()]
+            return item_vision + offset.to(device, item_vision.dtype)
+        if interactions.device != device:
+            interactions, items = interactions.to(device), items.to(device)
+            self._history_tables = (interactions, items)
+        offset = interactions[interaction_seq] - items[item_seq]
+        return item_vision + offset.to(item_vision.dtype)
 
     # -- features -------------------------------------------------------------------------------
     @staticmethod

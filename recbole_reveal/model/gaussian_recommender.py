@@ -97,18 +97,25 @@ class GaussianSequentialRecommender(SequentialRecommender):
         return torch.where(mask < 0, torch.tensor(-(2.0**32) + 1, device=mask.device), mask)
 
     # -- item embeddings (what STOSA and M3SRec differ in) ----------------------------------------
-    def sequence_gaussians(self, item_seq):
-        """(mean, pre-activation covariance) item embeddings of a left-aligned history ``[B, L]``."""
+    def sequence_gaussians(self, item_seq, interaction_seq=None):
+        """(mean, pre-activation covariance) item embeddings of a left-aligned history ``[B, L]``
+        (``interaction_seq``: its interaction ids, aligned the same way, or None)."""
         return self.item_mean_embedding(item_seq), self.item_cov_embedding(item_seq)
+
+    def interaction_seq(self, interaction):
+        """The history's interaction ids, for models with interaction-level features (none here)."""
+        return None
 
     def candidate_gaussians(self, items):
         """(mean, covariance) of candidate ``items`` (any shape of ids)."""
         return self.item_mean_embedding(items), elu_plus_one(self.item_cov_embedding(items))
 
     # -- the shared model --------------------------------------------------------------------------
-    def forward(self, item_seq, item_seq_len):
+    def forward(self, item_seq, item_seq_len, interaction_seq=None):
+        if interaction_seq is not None:
+            interaction_seq = self.left_align(interaction_seq, item_seq_len)
         item_seq = self.left_align(item_seq, item_seq_len)
-        mean, cov = self.sequence_gaussians(item_seq)
+        mean, cov = self.sequence_gaussians(item_seq, interaction_seq)
         positions = torch.arange(item_seq.size(1), device=item_seq.device)
         mean = F.elu(self.dropout(self.embedding_norm(mean + self.position_mean_embedding(positions))))
         cov = self.dropout(self.embedding_norm(cov + self.position_cov_embedding(positions)))
@@ -118,7 +125,7 @@ class GaussianSequentialRecommender(SequentialRecommender):
         return mean[:, -1], cov[:, -1]
 
     def calculate_loss(self, interaction):
-        seq_mean, seq_cov = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        seq_mean, seq_cov = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], self.interaction_seq(interaction))
         pos_mean, pos_cov = self.candidate_gaussians(interaction[self.POS_ITEM_ID])
         neg_mean, neg_cov = self.candidate_gaussians(interaction[self.NEG_ITEM_ID])
         pos_dist = wasserstein_distance(seq_mean, seq_cov, pos_mean, pos_cov)
@@ -130,12 +137,12 @@ class GaussianSequentialRecommender(SequentialRecommender):
         return bpr + self.pvn_weight * pvn
 
     def predict(self, interaction):
-        seq_mean, seq_cov = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        seq_mean, seq_cov = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], self.interaction_seq(interaction))
         item_mean, item_cov = self.candidate_gaussians(interaction[self.ITEM_ID])
         return -wasserstein_distance(seq_mean, seq_cov, item_mean, item_cov)
 
     def full_sort_predict(self, interaction):
-        seq_mean, seq_cov = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        seq_mean, seq_cov = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], self.interaction_seq(interaction))
         all_items = torch.arange(self.n_items, device=seq_mean.device)
         item_mean, item_cov = self.candidate_gaussians(all_items)
         return -wasserstein_distance_matmul(seq_mean, seq_cov, item_mean, item_cov)

@@ -36,6 +36,42 @@ QWEN2_5_VL_CHAT_TEMPLATE = (
 QWEN3_VL_CHAT_TEMPLATE = QWEN2_5_VL_CHAT_TEMPLATE.replace(
     "{% if loop.first and message['role'] != 'system' %}"
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}", "")
+# The chat template google/gemma-3-*-it ship: <bos>, a system turn folded into the first user turn,
+# "model" for the assistant role, text trimmed, an image written as <start_of_image>.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}\n{%- if messages[0]['role'] == 'system' -%}\n"
+    "    {%- if messages[0]['content'] is string -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}\n"
+    "    {%- endif -%}\n    {%- set loop_messages = messages[1:] -%}\n{%- else -%}\n"
+    "    {%- set first_user_prefix = \"\" -%}\n    {%- set loop_messages = messages -%}\n{%- endif -%}\n"
+    "{%- for message in loop_messages -%}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+    "        {{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}\n"
+    "    {%- endif -%}\n    {%- if (message['role'] == 'assistant') -%}\n        {%- set role = \"model\" -%}\n"
+    "    {%- else -%}\n        {%- set role = message['role'] -%}\n    {%- endif -%}\n"
+    "    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}\n"
+    "    {%- if message['content'] is string -%}\n        {{ message['content'] | trim }}\n"
+    "    {%- elif message['content'] is iterable -%}\n        {%- for item in message['content'] -%}\n"
+    "            {%- if item['type'] == 'image' -%}\n                {{ '<start_of_image>' }}\n"
+    "            {%- elif item['type'] == 'text' -%}\n                {{ item['text'] | trim }}\n"
+    "            {%- endif -%}\n        {%- endfor -%}\n    {%- else -%}\n"
+    "        {{ raise_exception(\"Invalid content type\") }}\n    {%- endif -%}\n"
+    "    {{ '<end_of_turn>\n' }}\n{%- endfor -%}\n{%- if add_generation_prompt -%}\n"
+    "    {{'<start_of_turn>model\n'}}\n{%- endif -%}\n")
+# The chat template of transformers' InternVL checkpoints (OpenGVLab/InternVL3-*-hf): ChatML without a
+# default system turn, an image written as <IMG_CONTEXT> and a newline.
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}"
+    "{% elif content['type'] == 'video' %}{{ '<video>\n' }}{% elif content['type'] == 'text' %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}{% endif %}{{'<|im_end|>\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}")
+INTERNVL_NAMED_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>",
+                         "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
+INTERNVL_EXTRA_TOKENS = ("<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>")
 
 # Published config.json values of the two checkpoints the paper's Table 6 compares.
 REAL_SHAPES = {
@@ -66,13 +102,15 @@ _TOKENIZER_CORPUS = (
 )
 
 
-def build_scratch_tokenizer(vocab_size=600):
+def build_scratch_tokenizer(vocab_size=600, named_tokens=None, extra_tokens=()):
     """A byte-level BPE ``Qwen2Tokenizer`` trained on a fixed corpus, with Qwen's special tokens.
 
     Same pre-tokenisation (Qwen's split regex + byte level) and the same special-token strings as the
     real tokenizer; ids differ (the model config is built from this tokenizer's ids). Deterministic.
+    ``named_tokens`` (e.g. InternVL's ``{"context_image_token": "<IMG_CONTEXT>", ...}``) become tokenizer
+    attributes as in the released tokenizer_config.json; they and ``extra_tokens`` are added as special.
     """
-    from recbole_reveal.fve.vlm import QWEN_SPECIAL_TOKENS
+    from recbole_reveal.fve.families import QWEN_SPECIAL_TOKENS
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -87,13 +125,17 @@ def build_scratch_tokenizer(vocab_size=600):
     bpe.train_from_iterator([_TOKENIZER_CORPUS] * 4, trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    tokenizer = Qwen2Tokenizer(vocab=model["vocab"], merges=merges)
+    tokenizer = Qwen2Tokenizer(vocab=model["vocab"], merges=merges, **(
+        {"extra_special_tokens": dict(named_tokens)} if named_tokens else {}))
     tokenizer.add_tokens(QWEN_SPECIAL_TOKENS, special_tokens=True)
+    extra = list(dict.fromkeys([*(named_tokens or {}).values(), *extra_tokens]))
+    if extra:
+        tokenizer.add_tokens(extra, special_tokens=True)
     return tokenizer
 
 
 def _special_ids(tokenizer):
-    from recbole_reveal.fve.vlm import QWEN_SPECIAL_TOKENS
+    from recbole_reveal.fve.families import QWEN_SPECIAL_TOKENS
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     return dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
@@ -216,6 +258,139 @@ def build_tiny_qwen3_vl(folder, seed=0):
                                                min_pixels=64 * 64, max_pixels=32 * 32 * 1024,
                                                image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     return _save_folder(folder, model, tokenizer, image_processor, QWEN3_VL_CHAT_TEMPLATE)
+
+
+GEMMA3_TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=24,
+                        max_position_embeddings=4096, layer_types=["sliding_attention", "full_attention"])
+# 64 x 64 images, 8 x 8 patches, pooled to 4 x 4 = 16 soft tokens (the real model: 896 / 14 -> 16 x 16 = 256)
+GEMMA3_TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                          image_size=64, patch_size=8, vision_use_head=False)
+GEMMA3_TINY_TOKENS = 16
+
+
+def build_scratch_gemma_tokenizer(vocab_size=700):
+    """A ``GemmaTokenizer`` (BPE with byte fallback, "▁" for spaces, <bos> added by default as the released
+    tokenizer.json does) trained on the fixed corpus, with Gemma-3's special tokens and its named
+    image tokens (``boi_token``, ``eoi_token``, ``image_token``). Deterministic."""
+    from tokenizers import Tokenizer, models, normalizers, processors, trainers
+    from transformers import GemmaTokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + [f"<0x{b:02X}>" for b in range(256)]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    bpe.normalizer = normalizers.Replace(" ", "▁")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, special_tokens=specials)
+    bpe.train_from_iterator([_TOKENIZER_CORPUS] * 4, trainer)
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    named = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    tokenizer = GemmaTokenizer(vocab=model["vocab"], merges=merges, extra_special_tokens=named)
+    tokenizer.add_tokens(["<start_of_turn>", "<end_of_turn>", *named.values()], special_tokens=True)
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", tokenizer.bos_token_id)])
+    return tokenizer
+
+
+def build_tiny_gemma3(folder, seed=0):
+    """Write a tiny randomly initialised Gemma-3 (``Gemma3ForConditionalGeneration``: text hidden 64, a
+    sliding-window and a global layer; SigLIP vision tower with 64 x 64 images pooled to 16 soft tokens)
+    with its tokenizer, PIL image-processor config and the released chat template, as a local folder;
+    returns ``folder``."""
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    tokenizer = build_scratch_gemma_tokenizer()
+    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    text = dict(GEMMA3_TINY_TEXT, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=[tokenizer.eos_token_id, end_of_turn])
+    config = Gemma3Config(text_config=text, vision_config=GEMMA3_TINY_VISION, mm_tokens_per_image=GEMMA3_TINY_TOKENS,
+                          image_token_id=tokenizer.image_token_id, boi_token_id=tokenizer.boi_token_id,
+                          eoi_token_id=tokenizer.eoi_token_id)
+    torch.manual_seed(seed)
+    model = Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():   # transformers initialises the projector to zeros (the image would not reach the LM)
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.5)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, end_of_turn]
+    size = GEMMA3_TINY_VISION["image_size"]
+    image_processor = Gemma3ImageProcessorPil(size={"height": size, "width": size}, image_mean=[0.5] * 3,
+                                              image_std=[0.5] * 3)
+    return _save_folder(folder, model, tokenizer, image_processor, GEMMA3_CHAT_TEMPLATE)
+
+
+INTERNVL_TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True)
+# 32 x 32 tiles, 4 x 4 patches -> 8 x 8, pixel shuffle 0.5 -> 16 tokens per tile (the real model: 448 / 14 -> 256)
+INTERNVL_TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            image_size=[32, 32], patch_size=[4, 4], use_absolute_position_embeddings=True)
+
+
+def build_tiny_internvl(folder, seed=0, max_patches=4):
+    """Write a tiny randomly initialised InternVL in transformers' native layout (``InternVLForConditionalGeneration``,
+    the ``-hf`` checkpoints: InternViT tower, pixel shuffle, Qwen2 language model; 32 x 32 tiles of 16 tokens,
+    up to ``max_patches`` tiles) with its tokenizer, PIL image-processor config and chat template; returns
+    ``folder``."""
+    import torch
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    tokenizer = build_scratch_tokenizer(named_tokens=INTERNVL_NAMED_TOKENS, extra_tokens=INTERNVL_EXTRA_TOKENS)
+    im_end, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    text = dict(INTERNVL_TINY_TEXT, model_type="qwen2", vocab_size=len(tokenizer), bos_token_id=pad,
+                eos_token_id=im_end, pad_token_id=pad)
+    config = InternVLConfig(text_config=text, vision_config=INTERNVL_TINY_VISION,
+                            image_token_id=tokenizer.context_image_token_id, downsample_ratio=0.5)
+    torch.manual_seed(seed)
+    model = InternVLForConditionalGeneration(config).eval()
+    size = INTERNVL_TINY_VISION["image_size"][0]
+    image_processor = GotOcr2ImageProcessorPil(size={"height": size, "width": size}, crop_to_patches=False,
+                                               min_patches=1, max_patches=max_patches,
+                                               image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    return _save_folder(folder, model, tokenizer, image_processor, INTERNVL_CHAT_TEMPLATE)
+
+
+# Published config.json values of the Gemma-3 and InternVL3 checkpoints of the paper's Table 6 (text part,
+# vision part), for parameter counts on the meta device and memory estimates.
+FAMILY_SHAPES = {
+    "gemma-3-4b": ("gemma3", dict(hidden_size=2560, intermediate_size=10240, num_hidden_layers=34,
+                                  num_attention_heads=8, num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256, vocab_size=262208,
+                                  sliding_window=1024),
+                   dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                        image_size=896, patch_size=14, vision_use_head=False)),
+    "gemma-3-12b": ("gemma3", dict(hidden_size=3840, intermediate_size=15360, num_hidden_layers=48,
+                                   num_attention_heads=16, num_key_value_heads=8, head_dim=256, query_pre_attn_scalar=256, vocab_size=262208,
+                                   sliding_window=1024),
+                    dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                         image_size=896, patch_size=14, vision_use_head=False)),
+    "internvl3-8b": ("internvl", dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944,
+                                      num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, vocab_size=151674,
+                                      tie_word_embeddings=False),
+                     dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                          image_size=[448, 448], patch_size=[14, 14], attention_bias=True, use_qk_norm=False,
+                          use_absolute_position_embeddings=True)),
+    "internvl3-14b": ("internvl", dict(model_type="qwen2", hidden_size=5120, intermediate_size=13824,
+                                       num_hidden_layers=48, num_attention_heads=40, num_key_value_heads=8, vocab_size=151674,
+                                       tie_word_embeddings=False),
+                      dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                           image_size=[448, 448], patch_size=[14, 14], attention_bias=True, use_qk_norm=False,
+                           use_absolute_position_embeddings=True)),
+}
+
+
+def family_shape_config(shape):
+    """The transformers config of a released Gemma-3 / InternVL3 checkpoint (``FAMILY_SHAPES``), e.g. to count
+    its parameters on the meta device."""
+    if shape not in FAMILY_SHAPES:
+        raise ValueError(f"shape must be one of {sorted(FAMILY_SHAPES)}, got {shape!r}")
+    family, text, vision = FAMILY_SHAPES[shape]
+    if family == "gemma3":
+        from transformers import Gemma3Config
+
+        return Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=256)
+    from transformers import InternVLConfig
+
+    return InternVLConfig(text_config=text, vision_config=vision, downsample_ratio=0.5,
+                          tie_word_embeddings=text.get("tie_word_embeddings", True))
 
 
 def random_qwen2_5_vl(shape, device="cuda", dtype="auto", seed=0, attn_implementation=None):

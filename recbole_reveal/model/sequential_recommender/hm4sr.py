@@ -237,11 +237,16 @@ class HM4SR(MultimodalSequentialRecommender):
         hidden = encoder(self.dropout(norm(stream)), attention_mask, output_all_encoded_layers=True)[-1]
         return self.gather_indexes(hidden, item_seq_len - 1)
 
-    def encode(self, tables, item_seq, item_seq_len, time_seq):
-        """Returns (the three streams after both MoEs, their sequence vectors, the time embedding)."""
+    def encode(self, tables, item_seq, item_seq_len, time_seq, interaction_seq=None):
+        """Returns (the three streams after both MoEs, their sequence vectors, the time embedding);
+        ``interaction_seq``: the histories' interaction ids (interaction-level visual features)."""
         times, valid = self._times(time_seq, item_seq)
         positions = self.position_embedding(torch.arange(item_seq.size(1), device=item_seq.device))
-        id_emb, text_emb, vision_emb = (e + positions for e in self.lookup(tables, item_seq))
+        id_emb, text_emb, vision_emb = self.lookup(tables, item_seq)
+        if interaction_seq is not None:
+            vision = self.history_vision_features(item_seq, interaction_seq, self.vision_table(item_seq))
+            vision_emb = self.mask_modality("vision", self.vision_proj(vision))
+        id_emb, text_emb, vision_emb = (e + positions for e in (id_emb, text_emb, vision_emb))
         id_emb, text_emb, vision_emb = self.align_moe(id_emb, text_emb, vision_emb)
         time_embedding = self.temporal_moe.time_embedding(times, valid)
         streams = self.temporal_moe(id_emb, text_emb, vision_emb, time_embedding)
@@ -255,12 +260,12 @@ class HM4SR(MultimodalSequentialRecommender):
         )
         return streams, vectors, time_embedding
 
-    def forward(self, item_seq, item_seq_len, time_seq, tables=None):
+    def forward(self, item_seq, item_seq_len, time_seq, tables=None, interaction_seq=None):
         """The ID, text and image sequence vectors ``[B, h]`` of the histories; ``time_seq`` holds their
         timestamps (``interaction[<TIME_FIELD>_list]``), ``tables`` the :meth:`item_tables` when the
-        caller has them."""
+        caller has them, ``interaction_seq`` the histories' interaction ids."""
         tables = self.item_tables() if tables is None else tables
-        return self.encode(tables, item_seq, item_seq_len, time_seq)[1]
+        return self.encode(tables, item_seq, item_seq_len, time_seq, interaction_seq)[1]
 
     @staticmethod
     def score_all(vectors, tables):
@@ -273,7 +278,8 @@ class HM4SR(MultimodalSequentialRecommender):
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         pos_items = interaction[self.POS_ITEM_ID]
         tables = self.item_tables()
-        streams, vectors, time_embedding = self.encode(tables, item_seq, item_seq_len, interaction[self.TIME_SEQ])
+        streams, vectors, time_embedding = self.encode(tables, item_seq, item_seq_len, interaction[self.TIME_SEQ],
+                                                       self.interaction_seq(interaction))
         loss = self.loss_fct(self.score_all(vectors, tables), pos_items)
         if self.id_cl_weight:
             loss = loss + self.id_cl_weight * in_batch_info_nce(
@@ -323,7 +329,8 @@ class HM4SR(MultimodalSequentialRecommender):
     # -- inference ------------------------------------------------------------------------------
     def _sequence_vectors(self, interaction, tables):
         return self.forward(
-            interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], interaction[self.TIME_SEQ], tables
+            interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], interaction[self.TIME_SEQ], tables,
+            self.interaction_seq(interaction),
         )
 
     def predict(self, interaction):

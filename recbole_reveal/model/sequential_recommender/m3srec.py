@@ -125,22 +125,41 @@ class M3SRec(MultimodalSequentialRecommender, GaussianSequentialRecommender):
         if isinstance(module, MLPExperts):
             module.reset_parameters(mean=0.01, std=self.initializer_range)
 
-    def fusion_parts(self, items):
+    def fusion_parts(self, items, interaction_seq=None):
         """Per item: ``((id + vision + text, streams) for the mean, the same for the covariance)``, the
-        streams ``[..., 4, h]`` being the fusion's gated expert outputs (see MultimodalMoEFusion)."""
+        streams ``[..., 4, h]`` being the fusion's gated expert outputs (see MultimodalMoEFusion).
+        ``interaction_seq``: the interactions of history positions ``items`` (their interaction-level
+        visual features, FVE's interaction scope), or None for item-level features."""
         text_mean = self.mask_modality("text", self.text_mean_proj(self.text_mean_table(items)))
         text_cov = self.mask_modality("text", self.text_cov_proj(self.text_cov_table(items)))
-        vision_mean = self.mask_modality("vision", self.vision_mean_proj(self.vision_mean_table(items)))
-        vision_cov = self.mask_modality("vision", self.vision_cov_proj(self.vision_cov_table(items)))
+        vision_mean, vision_cov = self.vision_mean_table(items), self.vision_cov_table(items)
+        if interaction_seq is not None:
+            vision_mean = self.history_vision_features(items, interaction_seq, vision_mean)
+            vision_cov = self.history_vision_features(items, interaction_seq, vision_cov)
+        vision_mean = self.mask_modality("vision", self.vision_mean_proj(vision_mean))
+        vision_cov = self.mask_modality("vision", self.vision_cov_proj(vision_cov))
         mean = self.mean_fusion(self.item_mean_embedding(items), vision_mean, text_mean)
         cov = self.cov_fusion(self.item_cov_embedding(items), vision_cov, text_cov)
         return mean, cov
 
-    def sequence_gaussians(self, item_seq):
+    def sequence_gaussians(self, item_seq, interaction_seq=None):
+        if interaction_seq is not None:
+            # interaction-level visual features: every position is its own interaction
+            return self._fused_sequence(*self.fusion_parts(item_seq, interaction_seq))
         # the fusion of an item does not depend on its position: compute it once per distinct item
         # (a batch repeats items far more often than it holds distinct ones) and gather
         unique, inverse = torch.unique(item_seq, return_inverse=True)
-        (mean_sum, mean_streams), (cov_sum, cov_streams) = self.fusion_parts(unique)
+        return self._fused_sequence(*self.fusion_parts(unique), inverse)
+
+    def _fused_sequence(self, mean_parts, cov_parts, inverse=None):
+        """The fused (mean, covariance) of a history from its fusion parts: per position, or per
+        distinct item gathered by ``inverse``."""
+        (mean_sum, mean_streams), (cov_sum, cov_streams) = mean_parts, cov_parts
+        if inverse is None:
+            inverse = torch.arange(mean_sum.shape[0] * mean_sum.shape[1], device=mean_sum.device).view(
+                mean_sum.shape[:2])
+            mean_sum, cov_sum = mean_sum.flatten(0, 1), cov_sum.flatten(0, 1)
+            mean_streams, cov_streams = mean_streams.flatten(0, 1), cov_streams.flatten(0, 1)
         if self.stream_attention is None:
             mean = mean_sum + self.mean_fusion.mix(mean_streams)
             cov = cov_sum + self.cov_fusion.mix(cov_streams)

@@ -213,21 +213,26 @@ class MISSRec(MultimodalSequentialRecommender):
         return ids, self.interest_embeddings[ids]
 
     # -- items ----------------------------------------------------------------------------------
-    def modality_embeddings(self, items=None):
-        """Adaptor outputs ``(text, vision)`` of ``items`` (all items when ``None``), after masking."""
+    def modality_embeddings(self, items=None, interaction_seq=None):
+        """Adaptor outputs ``(text, vision)`` of ``items`` (all items when ``None``), after masking;
+        ``interaction_seq``: the interactions of history positions ``items`` (their interaction-level
+        visual features, FVE's interaction scope)."""
         text = self.text_table.weight if items is None else self.text_table(items)
         vision = self.vision_table.weight if items is None else self.vision_table(items)
+        if interaction_seq is not None:
+            vision = self.history_vision_features(items, interaction_seq, vision)
         text = self.mask_modality("text", self.text_adaptor(text))
         vision = self.mask_modality("vision", self.vision_adaptor(vision))
         return text, vision
 
-    def forward(self, item_seq, item_seq_len, item_modalities=None):
+    def forward(self, item_seq, item_seq_len, item_modalities=None, interaction_seq=None):
         """Sequence vector (L2-normalised) and the interest regulariser for a batch of histories.
 
-        ``item_modalities``: the ``(text, vision)`` embeddings of all items when the caller has them.
+        ``item_modalities``: the ``(text, vision)`` embeddings of all items when the caller has them;
+        ``interaction_seq``: the histories' interaction ids (interaction-level visual features).
         """
-        if item_modalities is None:
-            text, vision = self.modality_embeddings(item_seq)
+        if item_modalities is None or interaction_seq is not None:
+            text, vision = self.modality_embeddings(item_seq, interaction_seq)
         else:
             text, vision = (table[item_seq] for table in item_modalities)
 
@@ -287,13 +292,15 @@ class MISSRec(MultimodalSequentialRecommender):
     def calculate_loss(self, interaction):
         item_modalities = self.modality_embeddings()
         seq_output, penalty = self.forward(
-            interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], item_modalities
+            interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], item_modalities,
+            self.interaction_seq(interaction),
         )
         logits = self._all_item_logits(seq_output, item_modalities)
         return self.loss_fct(logits, interaction[self.POS_ITEM_ID]) + self.gamma * penalty
 
     def predict(self, interaction):
-        seq_output, _ = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        seq_output, _ = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN],
+                                     interaction_seq=self.interaction_seq(interaction))
         items = interaction[self.ITEM_ID]
         text, vision = self.modality_embeddings(items)
 
@@ -306,6 +313,7 @@ class MISSRec(MultimodalSequentialRecommender):
     def full_sort_predict(self, interaction):
         item_modalities = self.modality_embeddings()
         seq_output, _ = self.forward(
-            interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], item_modalities
+            interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], item_modalities,
+            self.interaction_seq(interaction),
         )
         return self._all_item_logits(seq_output, item_modalities)
