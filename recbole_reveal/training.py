@@ -86,10 +86,13 @@ def plain_console_unless_tty():
     """RecBole colours its console log (colorlog, and ``set_color`` inside messages) whether or not the
     console is a terminal: without a TTY (a redirected log, a pipe), or with ``NO_COLOR`` set, the
     console handler writes plain text, as the log file does."""
+    import colorlog
     from recbole.utils.logger import RemoveColorFilter
 
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler) or not isinstance(handler, logging.StreamHandler):
+        # RecBole's console handler only (colorlog): never another library's handler on the root logger
+        if isinstance(handler, logging.FileHandler) or not isinstance(handler, logging.StreamHandler) or \
+                not isinstance(handler.formatter, colorlog.ColoredFormatter):
             continue
         stream = getattr(handler, "stream", None)
         if os.environ.get("NO_COLOR") or not (stream is not None and hasattr(stream, "isatty") and stream.isatty()):

@@ -124,6 +124,20 @@ def test_keywords_come_from_the_interactions_own_review_and_never_a_test_review(
     assert stats == {"used": 2, "test_skipped": 1, "unmatched": 1}
 
 
+def test_item_level_reviews_give_every_interaction_its_items_prompt_and_a_bad_file_is_one_error(tmp_path, caplog):
+    from recbole_reveal.errors import ConfigError
+
+    inter, review = tmp_path / "x.inter", tmp_path / "x.review"
+    inter.write_text("user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\t1\nu1\ti2\t2\n")
+    review.write_text("item_id:token\treview:token\ni1\tblue zipper\n")          # item level: no user
+    with caplog.at_level(logging.WARNING, logger="recbole_reveal.fve.interactions"):
+        assert interaction_keywords(str(review), read_interactions(str(inter)))[0] == {}
+    assert "names no user" in caplog.text and "fve_prompt_scope: item" in caplog.text
+    review.write_text("user_id:token\titem_id:token\ttext:token\nu1\ti1\tblue\n")
+    with pytest.raises(ConfigError, match=r"x\.review has no review column"):
+        interaction_keywords(str(review), read_interactions(str(inter)))
+
+
 def test_prompt_instantiation_follows_the_item_prompt():
     templates = load_templates()
     item = ItemMeta("i1", "Vertex backpack", ("Bags", "Backpacks"), "Vertex", "images/i1.png")
@@ -329,9 +343,7 @@ def test_every_backbone_reads_history_features_and_candidates_stay_item_level(fu
     and do not when only a row never at a history position (a user's last interaction) moves."""
     cfg, _ = full_run
     train_cfg = dict(cfg, vision_feature="fve/cycle_0", vision_interaction_feature="fve/interactions_cycle_0",
-                     vision_feature_dim=64, n_interests=2)
-    if "MISSRec" not in model:
-        train_cfg.pop("n_interests")
+                     vision_feature_dim=64)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     name = os.path.join(root, model) if model.startswith("examples/") else model
     _, (_, _, test_data), net, _ = prepare_run(name, NAME, config_dict=train_cfg)

@@ -124,10 +124,15 @@ def interaction_keywords(review_path, interactions, top_k=5, stop_words=ENGLISH_
         logger.warning("no review file %s: every interaction prompt is its item's prompt", review_path)
         return {}, dict(stats)
     columns, _, rows = iter_atomic(review_path)
-    for needed in ("user_id", "item_id", "review"):
+    for needed in ("item_id", "review"):
         if needed not in columns:
-            raise ValueError(f"{review_path}: no {needed} column (columns: {columns}); interaction scope matches "
-                             "reviews to interactions by user, item and timestamp")
+            raise ConfigError(f"{review_path} has no {needed} column (columns: {', '.join(columns)}); interaction "
+                              "scope reads 'user_id:token item_id:token timestamp:float review:token' rows "
+                              "(docs/own-data.md 'Reviews')")
+    if "user_id" not in columns:            # item-level text: nothing to personalise with
+        logger.warning("%s names no user (item-level reviews): in interaction scope every interaction prompt is "
+                       "its item's prompt (set fve_prompt_scope: item to skip encoding interactions)", review_path)
+        return {}, dict(stats)
     u, i, r = columns.index("user_id"), columns.index("item_id"), columns.index("review")
     t = columns.index("timestamp") if "timestamp" in columns else None
     for row in rows:

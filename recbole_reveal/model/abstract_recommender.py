@@ -59,7 +59,7 @@ class MultimodalSequentialRecommender(SequentialRecommender):
         interaction = getattr(dataset, "interaction_features", None) or {}
         self.INTERACTION_SEQ = None
         self._history_tables = None
-        self.reads_history_vision = False     # set by the first history_vision_features call
+        self.reads_history_vision = False     # set by the first history_vision_features call with interaction ids
         self._history_on_cpu = config["fve_history_table_device"] == "cpu"
         if "vision" in interaction:
             self.INTERACTION_SEQ = dataset.interaction_field + config["LIST_SUFFIX"]
@@ -137,7 +137,8 @@ class MultimodalSequentialRecommender(SequentialRecommender):
         ``I[interaction] - V[item]`` from the item-level features ``V``. With a frozen table this is exactly
         the interaction's embedding; with a trained table, the trained row plus the personal offset.
         Padding positions (id 0) get no offset; without interaction features ``item_vision`` is returned."""
-        self.reads_history_vision = True
+        if interaction_seq is not None:
+            self.reads_history_vision = True    # the model passes its history's interaction ids
         if interaction_seq is None or self._history_tables is None:
             return item_vision
         interactions, items = self._history_tables
