@@ -317,7 +317,9 @@ def _run_worker(local_rank, plan_, target, args, kwargs, result_dir):
         dist = _dist()
         if dist is not None:
             dist.destroy_process_group()
-    if rank == 0 and result_dir is not None:
+    if rank != 0:
+        return None                       # only global rank 0 reports
+    if result_dir is not None:
         _dump(os.path.join(result_dir, "result.pkl"), result)
     return result
 
