@@ -152,6 +152,16 @@ def plan(model, dataset, config_file_list=None, config_dict=None, cmd_args=()):
     return plan_from_config(config)
 
 
+def refuse_distributed(config, what):
+    """A ``ConfigError`` when ``config`` asks for several processes (or this is a torchrun worker) for
+    ``what``, which trains in one process only: said, not silently ignored."""
+    if not config["single_spec"]:
+        return                          # already a worker of a distributed run
+    if _torchrun_plan() is not None or plan_from_config(config, check_port=False) is not None:
+        raise ConfigError(f"{what} runs in one process: nproc={config['nproc']}, world_size={config['world_size']} "
+                          "cannot be honoured there; drop --nproc / --world_size (or launch it without torchrun)")
+
+
 def _int_key(config, key, default):
     value = config[key] if key in config else None
     if value is None:
@@ -177,7 +187,7 @@ def uses_cuda(config):
     return bool(gpu_id.strip()) and use_gpu is not False and torch.cuda.is_available()
 
 
-def plan_from_config(config):
+def plan_from_config(config, check_port=True):
     """The :class:`Plan` that ``config``'s distributed keys ask for, checked; ``None`` for one process."""
     nproc = _int_key(config, "nproc", 1)
     world_size = _int_key(config, "world_size", -1)
@@ -212,7 +222,7 @@ def plan_from_config(config):
     port = _int_key({"port": port}, "port", 0) if port not in (None, "", "auto") else 0
     if port and not 0 < port < 65536:
         raise ConfigError(f"config key 'port' must be a TCP port in 1..65535, got {port}")
-    if offset == 0:                     # this machine hosts rank 0, which listens on the port
+    if offset == 0 and check_port:      # this machine hosts rank 0, which listens on the port
         port = _free_port(ip, port)
     return Plan(nproc=nproc, world_size=world_size, offset=offset, ip=ip, port=port, cuda=cuda,
                 timeout=timeout)

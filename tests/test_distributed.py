@@ -177,3 +177,12 @@ def test_a_user_error_inside_the_workers_is_the_same_one_line_error(tiny_root, t
                         "--avl_mode=sometimes"], capsys)
     assert rc == 2
     assert err.strip().splitlines()[-1] == "error: config key 'avl_mode' must be one of grad, lr; got 'sometimes'"
+
+
+def test_the_fve_loop_says_it_cannot_train_on_several_processes(tiny_root):
+    from recbole_reveal.errors import ConfigError
+    from recbole_reveal.fve.loop import run_fve
+
+    with pytest.raises(ConfigError, match="FVE loop's training stage .* runs in one process: nproc=2"):
+        run_fve("M3SRec_REVEAL", "tiny", config_dict={"data_path": tiny_root, "vlm_path": "/models/any",
+                                                      "nproc": 2})
