@@ -18,7 +18,7 @@ What this module adds (docs/distributed.md):
   together, so every rank gets exactly the metrics one process computes for the same model (RecBole
   averages per-rank rounded metrics, weighted by a sample count that is really a batch count, over
   shards that repeat users); the training shards are reshuffled from the run's ``seed``.
-* :func:`plan` / :meth:`Plan.run` -- ``nproc`` worker processes (torch.multiprocessing spawn, as
+* :func:`plan_from_config` / :meth:`Plan.run` -- ``nproc`` worker processes (torch.multiprocessing spawn, as
   RecBole's ``run_recboles``), each running the same entry function; global rank 0's return value comes
   back; a rank that fails ends the others and its error is raised in the caller. The request is checked
   before anything starts: process count against GPUs or CPU cores, multi-machine keys, a free port.
@@ -138,26 +138,10 @@ class Plan:
         return _spawn(self, target, args, dict(kwargs, config_dict=config_dict))
 
 
-def plan(model, dataset, config_file_list=None, config_dict=None, cmd_args=()):
-    """The distributed :class:`Plan` of a run, or ``None`` for a single process (also inside a worker,
-    whose config already holds ``local_rank``). Raises ``ConfigError`` for a request that cannot run."""
-    if config_dict and "local_rank" in config_dict:
-        return None
-    torchrun = _torchrun_plan()
-    if torchrun is not None:
-        return torchrun
-    from recbole_reveal.config import build_config
-
-    config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
-    return plan_from_config(config)
-
-
 def refuse_distributed(config, what):
     """A ``ConfigError`` when ``config`` asks for several processes (or this is a torchrun worker) for
     ``what``, which trains in one process only: said, not silently ignored."""
-    if not config["single_spec"]:
-        return                          # already a worker of a distributed run
-    if _torchrun_plan() is not None or plan_from_config(config, check_port=False) is not None:
+    if plan_from_config(config, check_port=False) is not None:
         raise ConfigError(f"{what} runs in one process: nproc={config['nproc']}, world_size={config['world_size']} "
                           "cannot be honoured there; drop --nproc / --world_size (or launch it without torchrun)")
 
@@ -188,7 +172,14 @@ def uses_cuda(config):
 
 
 def plan_from_config(config, check_port=True):
-    """The :class:`Plan` that ``config``'s distributed keys ask for, checked; ``None`` for one process."""
+    """The :class:`Plan` of a run: this process as a torchrun worker, or the processes ``config``'s
+    distributed keys ask for (checked: process count, keys, a free port); ``None`` for one process and
+    inside a worker (whose config already runs distributed)."""
+    if not config["single_spec"]:
+        return None
+    torchrun = _torchrun_plan()
+    if torchrun is not None:
+        return torchrun
     nproc = _int_key(config, "nproc", 1)
     world_size = _int_key(config, "world_size", -1)
     if nproc < 1:
@@ -212,13 +203,10 @@ def plan_from_config(config, check_port=True):
     ip = str(config["ip"] if "ip" in config and config["ip"] else "localhost")
     multi_machine = world_size > nproc
     port = config["port"] if "port" in config else None
-    if multi_machine:
-        if port in (None, "", "auto"):
-            raise ConfigError(f"world_size={world_size} > nproc={nproc} (several machines): set --port to a "
-                              "port every machine can reach on the machine with offset 0 (e.g. --port=29500)")
-        if ip in ("localhost", "127.0.0.1", "::1"):
-            raise ConfigError(f"world_size={world_size} > nproc={nproc} (several machines): set --ip to the "
-                              "address of the machine with offset 0, not localhost")
+    if multi_machine and port in (None, "", "auto"):
+        raise ConfigError(f"world_size={world_size} > nproc={nproc} (several machines): set --port to a port "
+                          "every machine can reach on the machine with offset 0 (e.g. --port=29500), and --ip "
+                          "to that machine's address")
     port = _int_key({"port": port}, "port", 0) if port not in (None, "", "auto") else 0
     if port and not 0 < port < 65536:
         raise ConfigError(f"config key 'port' must be a TCP port in 1..65535, got {port}")
@@ -421,11 +409,14 @@ def _init_device(self):
 
     gpu_id = cfg["gpu_id"]
     cfg["gpu_id"] = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (tuple, list)) else str(gpu_id)
+    os.environ["CUDA_VISIBLE_DEVICES"] = cfg["gpu_id"]        # as RecBole does, before CUDA is queried
     cuda = uses_cuda(cfg)
-    if cuda:
-        os.environ["CUDA_VISIBLE_DEVICES"] = cfg["gpu_id"]
     local_rank, offset = int(cfg["local_rank"]), int(cfg.get("offset") or 0)
     rank = local_rank + offset
+    listed = [g for g in cfg["gpu_id"].split(",") if g.strip()]
+    if cuda and local_rank >= min(len(listed), torch.cuda.device_count()):
+        raise ConfigError(f"local rank {local_rank} needs GPU #{local_rank}, but gpu_id='{cfg['gpu_id']}' gives "
+                          f"{min(len(listed), torch.cuda.device_count())}: list one GPU per process on this machine")
     if not dist.is_initialized():
         init_method = cfg.get(_INIT_KEY) or f"tcp://{cfg['ip']}:{cfg['port']}"
         dist.init_process_group(backend="nccl" if cuda else "gloo", init_method=init_method, rank=rank,

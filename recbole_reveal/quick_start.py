@@ -8,6 +8,7 @@ from logging import getLogger
 
 from recbole.utils import set_color
 
+from recbole_reveal import distributed
 from recbole_reveal.config import build_config, fve_requested, property_files  # noqa: F401  (public here)
 from recbole_reveal.cost import CostMeter, cost_path, format_cost, write_cost
 from recbole_reveal.errors import ConfigError
@@ -24,9 +25,9 @@ def run_recbole_reveal(model, dataset, config_file_list=None, config_dict=None, 
     report as JSON beside the checkpoint) and ``config``. This is also the objective RecBole's
     HyperTuning calls (see ``objective_function``).
     """
-    from recbole_reveal import distributed
-
-    launch = distributed.plan(model, dataset, config_file_list, config_dict, cmd_args)
+    launch = None
+    if not (config_dict and "local_rank" in config_dict):      # not yet a worker of a distributed run
+        launch = distributed.plan_from_config(build_config(model, dataset, config_file_list, config_dict, cmd_args))
     if launch is not None:      # nproc / world_size / torchrun: this call runs on every rank
         return launch.run(run_recbole_reveal, model, dataset, config_file_list, config_dict=config_dict,
                           saved=saved, cmd_args=cmd_args)

@@ -186,3 +186,22 @@ def test_the_fve_loop_says_it_cannot_train_on_several_processes(tiny_root):
     with pytest.raises(ConfigError, match="FVE loop's training stage .* runs in one process: nproc=2"):
         run_fve("M3SRec_REVEAL", "tiny", config_dict={"data_path": tiny_root, "vlm_path": "/models/any",
                                                       "nproc": 2})
+
+
+def test_two_machines_by_world_size_and_offset(tiny_root, tmp_path):
+    """RecBole's multi-machine keys, two 'machines' on this host: offset 0 reports, offset 1 exits 0
+    silently, and only rank 0 writes a log file."""
+    _two_cores()
+    import subprocess
+
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, TESTS, os.environ.get("PYTHONPATH", "")]))
+    common = [sys.executable, os.path.join(REPO, "run_recbole_reveal.py"), "--model=M3SRec", "--dataset=tiny",
+              *_tiny_args(tiny_root, tmp_path), "--nproc=1", "--world_size=2", "--ip=127.0.0.1",
+              f"--port={port}", f"--ddp_timeout={TIMEOUT}"]
+    machines = [subprocess.Popen(common + [f"--offset={offset}"], cwd=tmp_path, env=env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for offset in (0, 1)]
+    outputs = [m.communicate(timeout=TIMEOUT) for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert outputs[0][0].startswith("best valid: recall@10: ") and outputs[1][0] == ""
+    assert len(os.listdir(tmp_path / "log" / "M3SRec")) == 1
