@@ -151,6 +151,28 @@ def fit_exponent(xs, ys):
     return float(b), float(a)
 
 
+def fit_affine(xs, ys):
+    """Least-squares ``y = c + m x`` (memory: a fixed part plus a part per interaction or per item)."""
+    if len(xs) < 2:
+        return math.nan, math.nan
+    m, c = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
+    return float(m), float(c)
+
+
+# (key, label, unit, scale, law, x) -- times follow a power law in the interactions; memory is a fixed part
+# plus a part per interaction (the data) or per item (the training state)
+QUANTITIES = (
+    ("setup_s", "data + setup", "min", 60, "power", "interactions"),
+    ("epoch_s", "epoch time", "h", 3600, "power", "interactions"),
+    ("eval_s", "full-sort eval", "s", 1, "power", "interactions"),
+    ("setup_rss_mb", "setup RSS", "GB", 1024, "affine", "interactions"),
+    ("peak_rss_mb", "peak RSS", "GB", 1024, "affine", "interactions"),
+    ("train_state_gb", "train state", "GB", 1, "affine", "n_items"),
+)
+PAPER_COLUMN = {"epoch_s": ("train_h", "h (all epochs, GPU)"), "eval_s": ("inference_s", "s (GPU)"),
+                "peak_rss_mb": ("memory_gb", "GB (GPU)")}
+
+
 def report(rows):
     models = sorted({r["model"] for r in rows}, key=lambda m: (len(m), m))
     print(f"\n{'model':<15}{'interactions':>13}{'items':>8}{'setup s':>9}{'setup RSS MB':>13}{'s/step':>8}"
@@ -159,27 +181,29 @@ def report(rows):
         print(f"{r['model']:<15}{r['interactions']:>13,}{r['n_items']:>8,}{r['setup_s']:>9.1f}{r['setup_rss_mb']:>13.0f}"
               f"{r['step_s']:>8.3f}{r['epoch_s']:>10.0f}{r['eval_s']:>9.1f}{r['peak_rss_mb']:>12.0f}"
               f"{r['train_state_gb']:>15.3f}")
-    print("\ngrowth exponent b (cost ~ interactions^b) and the extrapolation to Yelp "
-          f"({YELP['interactions']:,} interactions, {YELP['items']:,} items)")
-    print(f"{'model':<15}{'quantity':<16}{'b':>6}{'Yelp (extrapolated)':>22}{'paper Table 7 (Yelp)':>24}")
+    print("\ngrowth and the extrapolation to Yelp "
+          f"({YELP['interactions']:,} interactions, {YELP['items']:,} items): times as cost ~ interactions^b, "
+          "memory as a fixed part + a part per interaction (per item for the training state)")
+    print(f"{'model':<15}{'quantity':<16}{'growth':>22}{'Yelp (extrapolated)':>22}{'paper Table 7 (Yelp)':>26}")
     for model in models:
         mine = sorted((r for r in rows if r["model"] == model), key=lambda r: r["interactions"])
-        xs = [r["interactions"] for r in mine]
         paper = PAPER_TABLE7_YELP.get(model, {})
-        for key, label, unit, scale, paper_value in (
-                ("setup_s", "data + setup", "min", 60, ""),
-                ("setup_rss_mb", "setup RSS", "GB", 1024, ""),
-                ("epoch_s", "epoch time", "h", 3600, f"{paper.get('train_h', '-')} h (all epochs, GPU)"),
-                ("eval_s", "full-sort eval", "s", 1, f"{paper.get('inference_s', '-')} s (GPU)"),
-                ("peak_rss_mb", "peak RSS", "GB", 1024, f"{paper.get('memory_gb', '-')} GB (GPU)"),
-                ("train_state_gb", "train state", "GB", 1, "")):
-            b, a = fit_exponent(xs, [r[key] for r in mine])
-            if key == "train_state_gb":     # linear in the item count: fit on items, evaluate at Yelp's
-                b, a = fit_exponent([r["n_items"] for r in mine], [r[key] for r in mine])
-                at_yelp = math.exp(a) * YELP["items"] ** b if math.isfinite(b) else math.nan
+        for key, label, unit, scale, law, x in QUANTITIES:
+            xs, ys = [r[x] for r in mine], [r[key] for r in mine]
+            at = YELP["items"] if x == "n_items" else YELP["interactions"]
+            if law == "power":
+                b, a = fit_exponent(xs, ys)
+                growth, value = f"b = {b:.2f}", math.exp(a) * at ** b
             else:
-                at_yelp = math.exp(a) * YELP["interactions"] ** b if math.isfinite(b) else math.nan
-            print(f"{model:<15}{label:<16}{b:>6.2f}{at_yelp / scale:>19.2f} {unit:<2}{paper_value:>24}")
+                m, c = fit_affine(xs, ys)
+                per = "item" if x == "n_items" else "inter."
+                kb = m * (2 ** 20 if key.endswith("_gb") else 1024)     # MB or GB per unit of x, in KB
+                growth = f"{kb:.2f} KB/{per}"
+                value = c + m * at
+            paper_value = ""
+            if key in PAPER_COLUMN and PAPER_COLUMN[key][0] in paper:
+                paper_value = f"{paper[PAPER_COLUMN[key][0]]} {PAPER_COLUMN[key][1]}"
+            print(f"{model:<15}{label:<16}{growth:>22}{value / scale:>18.2f} {unit:<3}{paper_value:>26}")
 
 
 def main():
