@@ -14,7 +14,7 @@ def train_and_record(runs, out_dir, dataset="tiny", config_dict=None):
     """``runs``: ``{label: (model, overrides)}``. Writes ``<out_dir>/<label>-rank<r>.pt``; returns rank
     0's metrics per label."""
     from recbole_reveal.distributed import global_rank
-    from recbole_reveal.quick_start import _close_log_handlers, prepare_run
+    from recbole_reveal.training import close_run_logs, prepare_run
 
     reported = {}
     for label, (model, overrides) in runs.items():
@@ -36,5 +36,5 @@ def train_and_record(runs, out_dir, dataset="tiny", config_dict=None):
         }
         torch.save(record, os.path.join(out_dir, f"{label}-rank{global_rank(config)}.pt"))
         reported[label] = {"valid": dict(best_valid), "test": dict(test)}
-        _close_log_handlers()
+        close_run_logs()
     return reported
