@@ -2,6 +2,7 @@
 
     python benchmarks/scale_growth.py [--sizes 30000 300000 3000000] [--models M3SRec M3SRec_REVEAL]
         [--steps 40] [--eval_batches 4] [--text_dim 384] [--vision_dim 1280] [--workdir /tmp/scale-growth]
+        [--setup_only 3000000] [--reuse]
 
 For each size, a dataset with Yelp's shape (paper Table 1: 287,116 users, 148,523 items, 4,392,169
 interactions: 15.3 interactions a user, 1.93 users an item, Zipf-like item popularity, at least 5
@@ -99,7 +100,7 @@ class _Head:
             yield batch
 
 
-def measure(model, root, name, steps, eval_batches, threads):
+def measure(model, root, name, steps, eval_batches, threads, setup_only=False):
     import torch
 
     torch.set_num_threads(threads)
@@ -115,6 +116,14 @@ def measure(model, root, name, steps, eval_batches, threads):
     setup_s = time.perf_counter() - start
     setup_rss = peak_rss_mb()
     n_batches = len(train_data)
+    params = sum(p.numel() for p in model_obj.parameters())
+    trainable = sum(p.numel() for p in model_obj.parameters() if p.requires_grad)
+    result = {"model": model, "setup_s": setup_s, "setup_rss_mb": setup_rss, "batches": n_batches,
+              "params": params, "train_state_gb": (params + 3 * trainable) * 4 / 2 ** 30,
+              "max_len": config["MAX_ITEM_LIST_LENGTH"], "n_items": test_data._dataset.item_num - 1,
+              "step_s": None, "epoch_s": None, "eval_s": None, "peak_rss_mb": None}
+    if setup_only:
+        return result
     trainer._train_epoch(_Head(train_data, 2), epoch_idx=0)          # warm-up (first-batch checks)
     start = time.perf_counter()
     trainer._train_epoch(_Head(train_data, steps), epoch_idx=0)
@@ -130,15 +139,8 @@ def measure(model, root, name, steps, eval_batches, threads):
             torch.topk(scores, k, dim=-1)
             done += 1
     eval_batch_s = (time.perf_counter() - start) / done
-    params = sum(p.numel() for p in model_obj.parameters())
-    trainable = sum(p.numel() for p in model_obj.parameters() if p.requires_grad)
-    return {
-        "model": model, "setup_s": setup_s, "setup_rss_mb": setup_rss, "batches": n_batches,
-        "step_s": step_s, "epoch_s": step_s * n_batches, "eval_batches": len(test_data),
-        "eval_s": eval_batch_s * len(test_data), "peak_rss_mb": peak_rss_mb(),
-        "params": params, "train_state_gb": (params + 3 * trainable) * 4 / 2 ** 30,
-        "max_len": config["MAX_ITEM_LIST_LENGTH"], "n_items": test_data._dataset.item_num - 1,
-    }
+    return dict(result, step_s=step_s, epoch_s=step_s * n_batches, eval_s=eval_batch_s * len(test_data),
+                peak_rss_mb=peak_rss_mb())
 
 
 # -- the report ------------------------------------------------------------------------------------------
@@ -177,10 +179,13 @@ def report(rows):
     models = sorted({r["model"] for r in rows}, key=lambda m: (len(m), m))
     print(f"\n{'model':<15}{'interactions':>13}{'items':>8}{'setup s':>9}{'setup RSS MB':>13}{'s/step':>8}"
           f"{'s/epoch':>10}{'eval s':>9}{'peak RSS MB':>12}{'train state GB':>15}")
+    def cell(value, width, fmt):
+        return f"{'-':>{width}}" if value is None else f"{value:>{width}{fmt}}"
+
     for r in sorted(rows, key=lambda r: (models.index(r["model"]), r["interactions"])):
         print(f"{r['model']:<15}{r['interactions']:>13,}{r['n_items']:>8,}{r['setup_s']:>9.1f}{r['setup_rss_mb']:>13.0f}"
-              f"{r['step_s']:>8.3f}{r['epoch_s']:>10.0f}{r['eval_s']:>9.1f}{r['peak_rss_mb']:>12.0f}"
-              f"{r['train_state_gb']:>15.3f}")
+              f"{cell(r['step_s'], 8, '.3f')}{cell(r['epoch_s'], 10, '.0f')}{cell(r['eval_s'], 9, '.1f')}"
+              f"{cell(r['peak_rss_mb'], 12, '.0f')}{r['train_state_gb']:>15.3f}")
     print("\ngrowth and the extrapolation to Yelp "
           f"({YELP['interactions']:,} interactions, {YELP['items']:,} items): times as cost ~ interactions^b, "
           "memory as a fixed part + a part per interaction (per item for the training state)")
@@ -189,7 +194,8 @@ def report(rows):
         mine = sorted((r for r in rows if r["model"] == model), key=lambda r: r["interactions"])
         paper = PAPER_TABLE7_YELP.get(model, {})
         for key, label, unit, scale, law, x in QUANTITIES:
-            xs, ys = [r[x] for r in mine], [r[key] for r in mine]
+            measured = [r for r in mine if r[key] is not None]
+            xs, ys = [r[x] for r in measured], [r[key] for r in measured]
             at = YELP["items"] if x == "n_items" else YELP["interactions"]
             if law == "power":
                 b, a = fit_exponent(xs, ys)
@@ -217,11 +223,16 @@ def main():
                         "Qwen2.5-VL-7B FVE embeddings: 3584)")
     parser.add_argument("--threads", type=int, default=max(1, len(os.sched_getaffinity(0))))
     parser.add_argument("--workdir", default="/tmp/scale-growth")
+    parser.add_argument("--setup_only", type=int, nargs="*", default=[], metavar="SIZE",
+                        help="sizes measured up to the loaders and the model only (no training steps, no evaluation)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse a size's measurement left in --workdir by an earlier run (same flags)")
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "NAME", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         model, name, out = args.child
-        result = measure(model, args.workdir, name, args.steps, args.eval_batches, args.threads)
+        result = measure(model, args.workdir, name, args.steps, args.eval_batches, args.threads,
+                         setup_only=bool(args.setup_only))
         with open(out, "w", encoding="utf-8") as f:
             json.dump(result, f)
         return
@@ -233,11 +244,17 @@ def main():
         print(f"{name}: {info['users']:,} users, {info['items']:,} items, {info['interactions']:,} interactions "
               f"(written in {time.perf_counter() - start:.0f} s)", flush=True)
         for model in args.models:
-            out = os.path.join(args.workdir, f"{name}-{model}.json")
+            setup_only = size in args.setup_only
+            out = os.path.join(args.workdir, f"{name}-{model}{'-setup' if setup_only else ''}.json")
             cmd = [sys.executable, __file__, "--child", model, name, out, "--workdir", args.workdir,
                    "--steps", str(args.steps), "--eval_batches", str(args.eval_batches),
-                   "--threads", str(args.threads)]
+                   "--threads", str(args.threads)] + (["--setup_only", str(size)] if setup_only else [])
             start = time.perf_counter()
+            if args.reuse and os.path.isfile(out):
+                with open(out, encoding="utf-8") as f:
+                    rows.append(dict(json.load(f), interactions=info["interactions"]))
+                print(f"  {model}: reused {out}", flush=True)
+                continue
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"  {model}: FAILED after {time.perf_counter() - start:.0f} s:\n"
@@ -246,8 +263,9 @@ def main():
             with open(out, encoding="utf-8") as f:
                 result = dict(json.load(f), interactions=info["interactions"])
             rows.append(result)
-            print(f"  {model}: {time.perf_counter() - start:.0f} s, epoch ~{result['epoch_s']:.0f} s, "
-                  f"peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+            print(f"  {model}: {time.perf_counter() - start:.0f} s, setup {result['setup_s']:.0f} s, "
+                  f"setup RSS {result['setup_rss_mb']:.0f} MB"
+                  + ("" if setup_only else f", epoch ~{result['epoch_s']:.0f} s"), flush=True)
     report(rows)
 
 
