@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from recbole_reveal import run_recbole_reveal
+from recbole_reveal.errors import ConfigError
 from recbole_reveal.trainer import AVLTrainer, ModalityBalance
 from helpers import build_pipeline, first_batch
 
@@ -34,10 +35,17 @@ def test_clamp_bounds_k_and_unclamped_overflow_is_an_error():
     unclamped.update(0.0, 0.0)
     with pytest.raises(FloatingPointError, match="avl_alpha"):
         unclamped.update(50.0, 0.0)
-    with pytest.raises(FloatingPointError, match="not finite"):
-        unclamped.update(float("nan"), 0.0)
     with pytest.raises(ValueError, match="avl_clamp"):
         ModalityBalance(1.0, clamp=[2.0, 10.0])
+
+
+def test_a_non_finite_probe_loss_is_skipped_without_touching_the_means():
+    balance = ModalityBalance(0.5, clamp=None)
+    balance.update(1.0, 0.5)
+    before = balance.state_dict()
+    assert balance.update(float("nan"), 0.5) is None
+    assert balance.update(1.0, float("inf")) is None
+    assert balance.state_dict() == before
 
 
 def _grads_at_step(trainer):
@@ -133,21 +141,118 @@ def test_epoch_statistics_are_logged(tiny_config, caplog):
     assert any("epoch 0 AVL" in r.getMessage() for r in caplog.records)
 
 
-def test_sampled_estimate_uses_part_of_the_batch(tiny_config):
-    cfg = dict(tiny_config, avl_sample_fraction=0.25)
+def _k_at_each_step(trainer):
+    """K as the optimizer step sees it, one entry per step (registered after AVL's own hook)."""
+    seen = []
+    trainer.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: seen.append(trainer.current_k))
+    return seen
+
+
+def test_probe_every_n_probes_every_nth_whole_batch_and_holds_its_k(tiny_config):
+    cfg = dict(tiny_config, avl_probe_every=3, avl_alpha=5.0, avl_clamp=None, avl_stacked_probes=False)
     _, (train_data, _, _), model, trainer = build_pipeline("M3SRec_REVEAL", cfg)
-    batch = first_batch(train_data)
-    sizes = []
-    original = model.calculate_loss
+    batches = list(train_data)[:7]
+    sizes, original = [], model.calculate_loss
 
     def recording_loss(interaction):
-        sizes.append(len(interaction))
+        sizes.append((len(interaction), bool(model._zeroed)))
         return original(interaction)
 
     model.calculate_loss = recording_loss
-    trainer._train_epoch([batch], epoch_idx=0)
-    # two probes on a quarter of the batch, then the real step on all of it
-    assert sizes == [round(len(batch) / 4)] * 2 + [len(batch)]
+    ks = _k_at_each_step(trainer)
+    trainer._train_epoch(batches, epoch_idx=0)
+    # probes (two masked forwards of the whole batch) before steps 0, 3 and 6 only
+    probed = [i for i, b in enumerate(batches) for _ in range(1)]
+    expected = []
+    for i, b in enumerate(batches):
+        if i % 3 == 0:
+            expected += [(len(b), True), (len(b), True)]
+        expected.append((len(b), False))
+    assert sizes == expected and len(probed) == 7
+    assert len(trainer._epoch_stats) == 3
+    assert ks[1] == ks[2] == ks[0] and ks[4] == ks[5] == ks[3] and len(set(ks)) == 3
+    assert [k for k, _, _ in trainer._epoch_stats] == [ks[0], ks[3], ks[6]]
+
+
+def test_avl_sample_fraction_is_refused_with_its_replacement_named(tiny_config):
+    with pytest.raises(ConfigError, match="avl_sample_fraction.*avl_probe_every"):
+        build_pipeline("M3SRec_REVEAL", dict(tiny_config, avl_sample_fraction=0.25))
+
+
+def test_a_non_finite_probe_skips_that_steps_k_and_is_counted(tiny_config, caplog):
+    cfg = dict(tiny_config, avl_stacked_probes=False, avl_alpha=5.0, avl_clamp=None)
+    _, (train_data, _, _), model, trainer = build_pipeline("M3SRec_REVEAL", cfg)
+    batches = list(train_data)[:3]
+    original, probes = model.calculate_loss, []
+
+    def diverging_probe(interaction):          # a backbone whose first probed batch diverges
+        loss = original(interaction)
+        if model._zeroed:
+            probes.append(1)
+            if len(probes) <= 2:
+                return loss * float("nan")
+        return loss
+
+    model.calculate_loss = diverging_probe
+    ks = _k_at_each_step(trainer)
+    with caplog.at_level("WARNING"):
+        trainer._train_epoch(batches, epoch_idx=0)
+    assert ks[0] == 1.0 and trainer.balance.steps == 2 and len(trainer._epoch_stats) == 2
+    assert trainer.epoch_avl_summary()["skipped"] == 1
+    assert "1 probed batch(es) skipped" in caplog.text
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+    # a backbone whose probes never give a finite loss: AVL would do nothing, so the run stops
+    probes.clear()
+    model.calculate_loss = lambda interaction: original(interaction) * (float("nan") if model._zeroed else 1.0)
+    with pytest.raises(FloatingPointError, match="every AVL probe loss was non-finite"):
+        trainer._train_epoch(batches, epoch_idx=1)
+
+
+def test_stacked_probes_give_the_separate_probes_k(tiny_config):
+    """One vmapped forward of the two masked copies == two forwards, batch by batch (M3SRec, and HM4SR
+    with its random placeholders and in-batch contrastive terms), so K is the same; a run with
+    ``avl_stacked_probes: auto`` really takes the stacked path."""
+    for model_name, extra in (("M3SRec_REVEAL", {}), ("HM4SR_REVEAL", {"category_weight": 0, "time_unit": 1})):
+        cfg = dict(tiny_config, avl_alpha=1.0, avl_clamp=None, **extra)
+        _, (train_data, _, _), model, trainer = build_pipeline(model_name, cfg)
+        stacked, separate = ModalityBalance(1.0), ModalityBalance(1.0)
+        for batch in train_data:
+            with torch.no_grad():
+                pair_stacked = trainer._stacked_probe(batch)
+                pair_separate = trainer._separate_probes(batch)
+            assert pair_stacked == pytest.approx(pair_separate, rel=1e-5)
+            assert stacked.update(*pair_stacked) == pytest.approx(separate.update(*pair_separate), rel=1e-5)
+        trainer._train_epoch(train_data, epoch_idx=0)
+        assert trainer._stacked_ok is True, model_name
+
+
+def test_hm4sr_probes_share_their_random_draws(tiny_config):
+    """HM4SR draws random placeholder positions even without dropout: eval probes are deterministic,
+    train probes give L_v and L_t the same draws as each other."""
+    cfg = dict(tiny_config, category_weight=0, time_unit=1, avl_stacked_probes=False)
+    _, (train_data, _, _), model, trainer = build_pipeline("HM4SR_REVEAL", cfg)
+    assert model.placeholder_weight > 0
+    batch = first_batch(train_data)
+    gaps = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        loss_v, loss_t = trainer.unimodal_losses(batch)
+        gaps.append(loss_v - loss_t)
+    assert max(gaps) == min(gaps)                 # eval probes: no draw noise at all
+
+    trainer.avl_probe_mode = "train"
+    torch.manual_seed(0)
+    stream = torch.get_rng_state()
+    trainer.unimodal_losses(batch)
+    assert torch.equal(torch.get_rng_state(), stream)   # the real step's stream is untouched
+    # both probes draw exactly what a probe started from the step's state draws
+    model.train()
+    with model.zeroed_modalities("vision"), torch.no_grad():
+        torch.set_rng_state(stream)
+        expected_t = float(model.calculate_loss(batch))
+    torch.set_rng_state(stream)
+    assert trainer.unimodal_losses(batch)[1] == pytest.approx(expected_t, rel=1e-6)
 
 
 def _metrics(result):
@@ -173,19 +278,18 @@ def test_avl_with_alpha_zero_trains_exactly_like_the_backbone(tiny_config):
 
 def test_avl_running_means_travel_with_the_checkpoint(tiny_config, tmp_path, caplog):
     """Eq 11 averages over every step of the run: a resumed run continues the means, not from zero."""
-    cfg = dict(tiny_config, avl_sample_fraction=0.5)
+    cfg = dict(tiny_config, avl_probe_every=2)
     _, (train_data, valid_data, _), _, trainer = build_pipeline("M3SRec_REVEAL", dict(cfg, epochs=1))
     trainer.fit(train_data, valid_data, saved=True, show_progress=False)
     saved = trainer.balance.state_dict()
-    assert saved["steps"] == len(train_data) and saved["mean_loss_v"] > 0
-    generator_state = trainer._sample_generator.get_state()
+    assert saved["steps"] == (len(train_data) + 1) // 2 and saved["mean_loss_v"] > 0
 
     _, _, _, resumed = build_pipeline("M3SRec_REVEAL", dict(cfg, epochs=2))
     assert resumed.balance.state_dict()["steps"] == 0
     resumed.resume_checkpoint(trainer.saved_model_file)
     assert resumed.start_epoch == 1
     assert resumed.balance.state_dict() == saved
-    assert torch.equal(resumed._sample_generator.get_state(), generator_state)
+    assert (resumed._avl_step, resumed.current_k) == (trainer._avl_step, trainer.current_k)
 
     # a checkpoint without AVL state (written by an older version): said, not silently zero
     checkpoint = torch.load(trainer.saved_model_file, weights_only=False)
@@ -196,3 +300,44 @@ def test_avl_running_means_travel_with_the_checkpoint(tiny_config, tmp_path, cap
     with caplog.at_level("WARNING"):
         from_older.resume_checkpoint(older)
     assert "holds no AVL state" in caplog.text and from_older.balance.state_dict()["steps"] == 0
+
+
+def test_lr_mode_still_acts_after_resume_checkpoint(tiny_config):
+    """optimizer.load_state_dict replaces the parameter-group dicts: K must edit the live one."""
+    cfg = dict(tiny_config, avl_mode="lr", avl_alpha=1.0, avl_clamp=None, epochs=1)
+    _, (train_data, valid_data, _), _, first = build_pipeline("M3SRec_REVEAL", cfg)
+    first.fit(train_data, valid_data, saved=True, show_progress=False)
+
+    _, (train_data, _, _), _, resumed = build_pipeline("M3SRec_REVEAL", dict(cfg, epochs=2))
+    resumed.resume_checkpoint(first.saved_model_file)
+    resumed.balance.load_state_dict({"steps": 10, "mean_loss_v": 0.0, "mean_loss_t": 1.0})
+    lrs = []
+    resumed.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: lrs.append(
+        (resumed.current_k, [g["lr"] for g in optimizer.param_groups if g.get("avl_vision")])))
+    resumed._train_epoch([first_batch(train_data)], epoch_idx=1)
+    (k, (vision_lr,)), = lrs
+    assert abs(k - 1) > 0.05 and vision_lr == pytest.approx(cfg.get("learning_rate", 0.001) * k)
+    assert resumed._vision_group["lr"] == pytest.approx(0.001)      # restored after the step
+
+
+@pytest.mark.parametrize("saved_avl, resumed_avl", [(False, True), (True, False)])
+def test_a_checkpoint_resumes_across_the_avl_switch(tiny_config, saved_avl, resumed_avl):
+    """avl=False has RecBole's one parameter group, AVL two: Adam's state is mapped parameter by parameter."""
+    cfg = dict(tiny_config, epochs=1)
+    _, (train_data, valid_data, _), model, first = build_pipeline("M3SRec_REVEAL", dict(cfg, avl=saved_avl))
+    first.fit(train_data, valid_data, saved=True, show_progress=False)
+    by_param = {id(p): first.optimizer.state[p] for g in first.optimizer.param_groups for p in g["params"]
+                if p in first.optimizer.state}
+    names = {id(p): n for n, p in model.named_parameters()}
+    saved_state = {names[i]: s for i, s in by_param.items()}
+
+    _, (train_data, _, _), model2, resumed = build_pipeline("M3SRec_REVEAL", dict(cfg, avl=resumed_avl, epochs=2))
+    resumed.resume_checkpoint(first.saved_model_file)
+    assert len(resumed.optimizer.param_groups) == (2 if resumed_avl else 1)
+    restored = {n: resumed.optimizer.state[p] for n, p in model2.named_parameters() if p in resumed.optimizer.state}
+    assert restored.keys() == saved_state.keys() and saved_state
+    for name, state in saved_state.items():
+        torch.testing.assert_close(restored[name]["exp_avg"], state["exp_avg"])
+    resumed._train_epoch([first_batch(train_data)], epoch_idx=1)     # and it trains on
+
+

@@ -52,6 +52,7 @@ def main(argv=None):
     from recbole_reveal import build_config, run_recbole_reveal
     from recbole_reveal.commands.console import show_fve_progress
     from recbole_reveal.config import fve_requested
+    from recbole_reveal.distributed import DistributedRunError
     from recbole_reveal.errors import USER_ERRORS
 
     try:
@@ -65,6 +66,11 @@ def main(argv=None):
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DistributedRunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if result is None:          # a process or machine of a distributed run other than rank 0's
+        return 0
     print(f"best valid: {format_result(result['best_valid_result'])}")
     print(f"test:       {format_result(result['test_result'])}")
     for modality, masked in result["masked_test_results"].items():

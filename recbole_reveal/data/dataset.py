@@ -12,13 +12,15 @@ through its sequence augmentation as ``<field>_list`` beside ``item_id_list``.
 
 import os
 
+import numpy as np
+
 from recbole_reveal import compat
 
 compat.apply()
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from recbole.data.dataset import Dataset, SequentialDataset  # noqa: E402
+from recbole.data.interaction import Interaction  # noqa: E402
 from recbole.utils import FeatureSource, FeatureType  # noqa: E402
 
 from recbole_reveal.data.atomic import iter_atomic  # noqa: E402
@@ -88,7 +90,11 @@ class MultimodalSequentialDataset(ItemFeaturesMixin, SequentialDataset):
     loaded; see :class:`ItemFeaturesMixin`) and, when ``vision_interaction_feature`` names a feature set,
     ``interaction_features = {"vision": I}``: ``[n_interactions + 1, dim]`` indexed by RecBole's internal
     id of the interaction field ``interaction_field`` (row 0 = padding), read at history positions by
-    backbones through ``MultimodalSequentialRecommender.history_vision_features``."""
+    backbones through ``MultimodalSequentialRecommender.history_vision_features``. Its sequence augmentation
+    is vectorised."""
+
+    # rows gathered at a time: bounds the temporary [rows, MAX_ITEM_LIST_LENGTH] index matrix
+    AUGMENT_CHUNK = 1 << 16
 
     def __init__(self, config):
         super().__init__(config)
@@ -142,6 +148,52 @@ class MultimodalSequentialDataset(ItemFeaturesMixin, SequentialDataset):
         self.logger.info(f"interaction-level vision features: {source} ({matrix.shape[0]} rows, dim "
                          f"{matrix.shape[1]}, {len(id2token) - 1} dataset interactions, field {field})")
         return {"vision": torch.from_numpy(aligned)}
+
+    def data_augmentation(self):
+        """RecBole's ``SequentialDataset.data_augmentation`` -- every interaction after a user's first
+        becomes a target with the up to ``MAX_ITEM_LIST_LENGTH`` interactions before it as lists --
+        computed with array operations: the same rows, lists and dtypes (tested), without RecBole's
+        Python loop over every interaction and field and its per-row slice objects (at Yelp's 4.4 M
+        interactions: minutes and about a GB of Python objects)."""
+        self.logger.debug("data_augmentation (vectorised)")
+        self._aug_presets()
+        self._check_field("uid_field", "time_field")
+        max_len = self.config["MAX_ITEM_LIST_LENGTH"]
+        self.sort(by=[self.uid_field, self.time_field], ascending=True)
+        uid = self.inter_feat[self.uid_field].numpy()
+        n = len(uid)
+        first = np.ones(n, dtype=bool)
+        first[1:] = uid[1:] != uid[:-1]
+        user_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+        target = np.nonzero(~first)[0]
+        # RecBole's window: it starts at the user's first row and moves on one row a step once it is full
+        seq_start = np.maximum(user_start[target], target - max_len)
+        length = target - seq_start
+
+        new_data = self.inter_feat[target]
+        new_dict = {self.item_list_length_field: torch.tensor(length, dtype=torch.int64)}
+        for field in self.inter_feat:
+            if field == self.uid_field:
+                continue
+            list_field = getattr(self, f"{field}_list_field")
+            list_len = self.field2seqlen[list_field]
+            shape = (len(target), list_len) if isinstance(list_len, int) else (len(target),) + tuple(list_len)
+            if (self.field2type[field] in (FeatureType.FLOAT, FeatureType.FLOAT_SEQ)
+                    and field in self.config["numerical_features"]):
+                shape += (2,)
+            value = self.inter_feat[field]
+            lists = torch.zeros(shape, dtype=value.dtype)
+            positions = np.arange(shape[1])
+            for lo in range(0, len(target), self.AUGMENT_CHUNK):
+                hi = min(lo + self.AUGMENT_CHUNK, len(target))
+                inside = positions[None, :] < length[lo:hi, None]
+                index = np.where(inside, seq_start[lo:hi, None] + positions[None, :], 0)
+                rows = value[torch.from_numpy(index)]
+                rows[torch.from_numpy(~inside)] = 0
+                lists[lo:hi] = rows.reshape(lists[lo:hi].shape)
+            new_dict[list_field] = lists
+        new_data.update(Interaction(new_dict))
+        self.inter_feat = new_data
 
 
 class MultimodalDataset(ItemFeaturesMixin, Dataset):

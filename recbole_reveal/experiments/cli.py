@@ -82,6 +82,11 @@ def _common(parser, with_seeds=True):
                         help="which result the table shows (default test; the paper's tables are test)")
     parser.add_argument("--no_run", action="store_true",
                         help="run nothing: print the plan (done / pending runs) and the table of what is saved")
+    parser.add_argument("--ray", metavar="ADDRESS", help="run each pending run as a Ray task: 'auto' (the cluster "
+                        "`ray start` runs on this machine), host:port, or 'local' (start one here); records "
+                        "are written as without it")
+    parser.add_argument("--ray_cpus", type=float, default=1, help="with --ray: CPUs each run holds (default 1)")
+    parser.add_argument("--ray_gpus", type=float, default=0, help="with --ray: GPUs each run holds (default 0)")
 
 
 def build_parser():
@@ -192,6 +197,11 @@ def _table_command(args):
     if args.no_run:
         for spec, seed in todo:
             print(f"  pending: {spec.label}, seed {seed}")
+    elif args.ray and todo:
+        from recbole_reveal.cluster import execute_on_ray
+
+        execute_on_ray(todo, args.dataset, store, args.config_files, address=None if args.ray == "local" else args.ray,
+                       cpus=args.ray_cpus, gpus=args.ray_gpus)
     else:
         for n, (spec, seed) in enumerate(todo, 1):
             print(f"[{n}/{len(todo)}] {spec.label}, seed {seed}", flush=True)

@@ -93,16 +93,8 @@ def make_objective(model, dataset, results_dir, seed, fixed_overrides=None, log=
     return objective
 
 
-def tune(model, dataset, params_file, results_dir, config_files=(), overrides=None, algo="exhaustive",
-         max_evals=100, early_stop=None, hyper_seed=2020, output_file=None, log=print):
-    """Run RecBole's ``HyperTuning`` (hyperopt) and return it (``best_params``, ``params2result``).
-
-    ``hyper_seed`` seeds hyperopt's sampler (``bayes`` / ``random``; also the order of ``exhaustive``).
-    ``early_stop``: trials without progress before stopping; None = never for ``exhaustive`` (every grid
-    point runs), RecBole's 10 otherwise.
-    """
-    from recbole.trainer import HyperTuning
-
+def check_search(model, dataset, params_file, config_files=(), overrides=None):
+    """``(searched params, seed, fixed overrides)`` of a search, checked before any trial runs."""
     from recbole_reveal.quick_start import build_config
 
     overrides = dict(overrides or {})
@@ -119,6 +111,20 @@ def tune(model, dataset, params_file, results_dir, config_files=(), overrides=No
         raise ConfigError(f"{params_file} searches fve_cycles (X_max), which only the FVE loop reads: "
                           "pass --vlm_path=<local Qwen2.5-VL / Qwen3-VL folder>")
     seed = overrides.pop("seed", config["seed"])
+    return searched, seed, overrides
+
+
+def tune(model, dataset, params_file, results_dir, config_files=(), overrides=None, algo="exhaustive",
+         max_evals=100, early_stop=None, hyper_seed=2020, output_file=None, log=print):
+    """Run RecBole's ``HyperTuning`` (hyperopt) and return it (``best_params``, ``params2result``).
+
+    ``hyper_seed`` seeds hyperopt's sampler (``bayes`` / ``random``; also the order of ``exhaustive``).
+    ``early_stop``: trials without progress before stopping; None = never for ``exhaustive`` (every grid
+    point runs), RecBole's 10 otherwise.
+    """
+    from recbole.trainer import HyperTuning
+
+    _, seed, overrides = check_search(model, dataset, params_file, config_files, overrides)
     objective = make_objective(model, dataset, results_dir, seed, overrides, log)
     # hyperopt draws from its own generator, seeded from this variable when fmin gets no rstate
     previous = os.environ.get("HYPEROPT_FMIN_SEED")

@@ -20,7 +20,8 @@ from recbole_reveal.files import write_json_atomic
 SCHEMA = 1
 # keys whose value never changes a run's numbers; they are left out of a run's identity
 _NOT_IDENTITY = {"checkpoint_dir", "show_progress", "state", "fve_run_dir", "fve_cache_dir",
-                 "fve_vision_cache_dir", "fve_preprocess_workers", "fve_vision_cache_mb", "fve_num_processes"}
+                 "fve_vision_cache_dir", "fve_preprocess_workers", "fve_vision_cache_mb", "fve_num_processes",
+                 "ip", "port", "ddp_timeout"}
 
 
 def jsonable(value):
@@ -226,7 +227,7 @@ def _link_feature_sets(source, target):
 
 # where a run wrote its outputs or found its files: not part of what was run
 _LOCATION_KEYS = ("checkpoint_dir", "data_path", "fve_run_dir", "fve_cache_dir", "fve_vision_cache_dir",
-                  "log_dir", "show_progress", "state")
+                  "log_dir", "show_progress", "state", "ip", "port", "ddp_timeout", "ddp_init_method")
 
 
 def same_run_key(record):

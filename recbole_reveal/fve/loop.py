@@ -52,6 +52,9 @@ def run_fve(model, dataset, config_file_list=None, config_dict=None, cmd_args=()
     ``feature_dir``, ``table_text``, ``cost``, ``cost_file``.
     """
     ctx = FVEContext.build(model, dataset, config_file_list, config_dict, cmd_args)
+    from recbole_reveal.distributed import refuse_distributed
+
+    refuse_distributed(ctx.config, "the FVE loop's training stage (its encoding is data-parallel: fve_num_processes)")
     x_max, stop_after = ctx.settings["fve_cycles"], ctx.settings["fve_stop_after"]
     plan = list(algorithm_2(x_max))
     if stop_after is not None and stop_after not in [s.name for s in plan]:

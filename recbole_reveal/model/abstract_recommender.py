@@ -66,6 +66,7 @@ class MultimodalSequentialRecommender(SequentialRecommender):
             # plain tensors, not buffers: not saved in checkpoints, not broadcast by DDP (one row per
             # interaction can be gigabytes); moved to the model's device on first use
             self._history_tables = (interaction["vision"], dataset.item_features["vision"])
+        self._kept = {}     # modality -> factor, set by kept_modalities (AVL's stacked probes)
 
     # -- (a) modality masking -------------------------------------------------------------
     @contextmanager
@@ -90,8 +91,24 @@ class MultimodalSequentialRecommender(SequentialRecommender):
                 f"self.mask_modality({skipped[0]!r}, projected) right after that modality's projection "
                 "(docs/design.md, 'The backbone contract')")
 
+    @contextmanager
+    def kept_modalities(self, **factors):
+        """Within the block, each named modality is multiplied by its factor after its projection
+        (``text=t, vision=v``; 0 zeroes it). AVL passes 0/1 tensors batched by ``torch.func.vmap``, so one
+        forward computes the text-zeroed and the vision-zeroed loss together."""
+        unknown = set(factors) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"unknown modalities {sorted(unknown)}; expected a subset of {MODALITIES}")
+        previous = getattr(self, "_kept", {})
+        self._kept = dict(previous, **factors)
+        try:
+            yield self
+        finally:
+            self._kept = previous
+
     def mask_modality(self, modality, projected):
-        """Return ``projected`` or, while ``modality`` is zeroed, zeros of the same shape."""
+        """Return ``projected`` or, while ``modality`` is zeroed, zeros of the same shape (while it is
+        scaled by :meth:`kept_modalities`, ``projected`` times the factor)."""
         if modality not in MODALITIES:
             raise ModelContractError(f"{type(self).__name__} calls mask_modality({modality!r}, ...): the modality "
                                      f"must be one of {', '.join(MODALITIES)}")
@@ -100,6 +117,9 @@ class MultimodalSequentialRecommender(SequentialRecommender):
             masked.add(modality)
         if modality in self._zeroed:
             return torch.zeros_like(projected)
+        factor = getattr(self, "_kept", {}).get(modality)
+        if factor is not None:
+            return projected * factor.to(projected.dtype)
         return projected
 
     # -- (b) vision-related parameters --------------------------------------------------------

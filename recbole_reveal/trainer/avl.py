@@ -3,28 +3,44 @@
 Per training batch:
 
 1. without building a graph, the backbone's own training loss with text zeroed (``L_v``, eq 7) and
-   with vision zeroed (``L_t``, eq 8), after the modality projection (the backbone contract);
-2. ``r = exp(L_v - L_t)`` (eqs 9-10), running means of ``L_v`` and ``L_t`` over all steps so far
-   (eq 11), ``r_bar = exp(mean L_v - mean L_t)`` (eq 12), ``K = exp(alpha * (r - r_bar))`` (eq 13),
-   optionally clamped;
-3. the ordinary step (full forward, backward, gradient clipping, AMP unscale), then, just before the
+   with vision zeroed (``L_t``, eq 8), after the modality projection (the backbone contract): one
+   forward of the two masked copies stacked (``torch.func.vmap`` over the two masks) where the
+   backbone runs under it, else two forwards; both probes see the same random draws;
+2. under DDP, ``L_v`` and ``L_t`` are averaged over the ranks (weighted by their rows): the paper's
+   batch is the global batch, and every rank must apply the same ``K`` (docs/design.md);
+3. ``r = exp(L_v - L_t)`` (eqs 9-10), running means of ``L_v`` and ``L_t`` over all probed steps so
+   far (eq 11), ``r_bar = exp(mean L_v - mean L_t)`` (eq 12), ``K = exp(alpha * (r - r_bar))`` (eq 13),
+   optionally clamped; a probe whose loss is not finite leaves ``K = 1`` and the means untouched, and is
+   counted in the epoch's log line;
+4. the ordinary step (full forward, backward, gradient clipping, AMP unscale), then, just before the
    optimizer updates, the gradients of the backbone's declared vision parameters are multiplied by
    ``K`` (eq 14; ``avl_mode: grad``) -- or, with ``avl_mode: lr``, the vision parameter group's
    learning rate is multiplied by ``K`` for that step (eq 15's update, which keeps its meaning under
    Adam, whose update is invariant to a constant gradient scale).
 
+``avl_probe_every: n`` probes every n-th batch only and holds that batch's ``K`` for the next n-1
+steps (the cheap mode: each ``K`` is still eq 13 of a whole batch, without the noise and the upward bias
+that estimating ``L_v - L_t`` on a part of the batch adds; ``benchmarks/avl_overhead.py``).
+
 Inference is untouched. With ``avl: False`` the trainer is RecBole's ``Trainer``, step for step.
 """
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from recbole.utils import set_color
 
+from recbole_reveal.distributed import all_reduce_weighted_mean, is_distributed
+from recbole_reveal.errors import ConfigError
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
 from recbole_reveal.trainer.trainer import PluginTrainer
+
+# a stacked probe must agree with the two separate probes to this relative tolerance (float rounding)
+STACKED_PROBE_RTOL = 1e-4
+
 
 def avl_scale(loss_v, loss_t, mean_loss_v, mean_loss_t, alpha):
     """Eqs 9-13: ``K = exp(alpha * (exp(L_v - L_t) - exp(mean_L_v - mean_L_t)))``."""
@@ -32,14 +48,16 @@ def avl_scale(loss_v, loss_t, mean_loss_v, mean_loss_t, alpha):
     r_bar = math.exp(mean_loss_v - mean_loss_t)
     return math.exp(alpha * (r - r_bar))
 
+
 class ModalityBalance:
-    """Running state of AVL: means of the unimodal losses over every step so far (eq 11)."""
+    """Running state of AVL: means of the unimodal losses over every probed step so far (eq 11)."""
 
     def __init__(self, alpha, clamp=None):
-        if alpha < 0:
-            raise ValueError(f"avl_alpha must be >= 0, got {alpha}")
+        if not alpha >= 0:
+            raise ConfigError(f"config key 'avl_alpha' must be >= 0, got {alpha}")
         if clamp is not None and not (len(clamp) == 2 and 0 < clamp[0] <= 1 <= clamp[1]):
-            raise ValueError(f"avl_clamp must be null or [low, high] with 0 < low <= 1 <= high, got {clamp}")
+            raise ConfigError(f"config key 'avl_clamp' must be null or [low, high] with 0 < low <= 1 <= high, "
+                              f"got {clamp}")
         self.alpha = alpha
         self.clamp = clamp
         self.steps = 0
@@ -47,12 +65,10 @@ class ModalityBalance:
         self.mean_loss_t = 0.0
 
     def update(self, loss_v, loss_t):
-        """Add one step's unimodal losses; return that step's scale ``K``."""
+        """Add one step's unimodal losses; return that step's scale ``K``, or ``None`` when a loss is not
+        finite (the step is left out of the means and the caller applies ``K = 1``)."""
         if not (math.isfinite(loss_v) and math.isfinite(loss_t)):
-            raise FloatingPointError(
-                f"AVL probe loss is not finite (L_v={loss_v}, L_t={loss_t}): the backbone diverged "
-                "with a modality zeroed"
-            )
+            return None
         self.steps += 1
         self.mean_loss_v += (loss_v - self.mean_loss_v) / self.steps
         self.mean_loss_t += (loss_t - self.mean_loss_t) / self.steps
@@ -75,13 +91,21 @@ class ModalityBalance:
     def load_state_dict(self, state):
         self.steps, self.mean_loss_v, self.mean_loss_t = state["steps"], state["mean_loss_v"], state["mean_loss_t"]
 
+
+def _choice(config, key, allowed):
+    value = config[key]
+    if value not in allowed:
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, allowed))}; got {value!r}")
+    return value
+
+
 class AVLTrainer(PluginTrainer):
     r"""RecBole trainer with Adaptive Visual Learning for ``*_REVEAL`` models.
 
     Config keys (``properties/model/REVEAL.yaml``): ``avl`` (on/off), ``avl_alpha``, ``avl_clamp``,
     ``avl_mode`` (``grad`` | ``lr``), ``avl_probe_mode`` (``train`` | ``eval``: dropout in the two
-    probe passes), ``avl_sample_fraction`` (estimate ``L_v``/``L_t`` on a random part of the batch;
-    1.0 = exact).
+    probe passes), ``avl_probe_every`` (probe every n-th batch, hold K in between; 1 = every batch),
+    ``avl_stacked_probes`` (``auto`` | ``True`` | ``False``: both probes as one stacked forward).
     """
 
     def __init__(self, config, model):
@@ -89,72 +113,156 @@ class AVLTrainer(PluginTrainer):
         if self.avl_enabled:
             if not isinstance(model, MultimodalSequentialRecommender):
                 raise TypeError(f"AVL needs a MultimodalSequentialRecommender, got {type(model).__name__}")
-            self.avl_mode = config["avl_mode"]
-            if self.avl_mode not in ("grad", "lr"):
-                raise ValueError(f"avl_mode must be 'grad' or 'lr', got {self.avl_mode!r}")
-            self.avl_probe_mode = config["avl_probe_mode"]
-            if self.avl_probe_mode not in ("train", "eval"):
-                raise ValueError(f"avl_probe_mode must be 'train' or 'eval', got {self.avl_probe_mode!r}")
-            self.avl_sample_fraction = float(config["avl_sample_fraction"])
-            if not 0 < self.avl_sample_fraction <= 1:
-                raise ValueError(f"avl_sample_fraction must be in (0, 1], got {self.avl_sample_fraction}")
+            self.avl_mode = _choice(config, "avl_mode", ("grad", "lr"))
+            self.avl_probe_mode = _choice(config, "avl_probe_mode", ("train", "eval"))
+            stacked = config["avl_stacked_probes"]
+            self.avl_stacked_probes = "auto" if stacked is None else _choice(
+                config, "avl_stacked_probes", ("auto", True, False))
+            self.avl_probe_every = _positive_int(config, "avl_probe_every")
+            if config["avl_sample_fraction"] not in (None, 1, 1.0):
+                raise ConfigError(
+                    f"config key 'avl_sample_fraction' ({config['avl_sample_fraction']}) was removed: the loss "
+                    "of a random part of the batch adds noise 2-3x larger than the batch-to-batch variation "
+                    "of L_v - L_t, which exp() turns into an upward bias of K. For a cheaper AVL use "
+                    "avl_probe_every: n (probe every n-th whole batch, hold K in between)")
             self.vision_params = [p for _, p in model.vision_parameters() if p.requires_grad]
             if not self.vision_params:
-                raise ValueError(f"{type(model).__name__} has no trainable vision parameters for AVL")
+                raise ConfigError(f"{type(model).__name__} has no trainable vision parameters for AVL")
             self.balance = ModalityBalance(float(config["avl_alpha"]), config["avl_clamp"])
             self.current_k = 1.0
-            self._epoch_stats = []
-            # a private generator keeps subsampling from shifting the global random stream
-            self._sample_generator = torch.Generator().manual_seed(int(config["seed"]))
+            self._avl_step = 0                 # batches trained so far (the avl_probe_every schedule)
+            self._epoch_stats = []             # (K, L_v, L_t) of each probed batch of the epoch
+            self._epoch_skipped = 0            # probed batches whose probe loss was not finite
+            self._stacked_ok = None            # stacked probes checked and usable (None: not tried yet)
+            self._probe_seed = int(config["seed"])
         super().__init__(config, model)
         if self.avl_enabled:
-            self._vision_group = next(g for g in self.optimizer.param_groups if g.get("avl_vision"))
             self._vision_lr = self._vision_group["lr"]
             self.optimizer.register_step_pre_hook(self._apply_k)
             self.optimizer.register_step_post_hook(self._restore_lr)
 
     def _build_optimizer(self, **kwargs):
         if self.avl_enabled and "params" not in kwargs:
-            vision_ids = {id(p) for p in self.vision_params}
-            others = [p for p in self.model.parameters() if id(p) not in vision_ids]
-            kwargs["params"] = [
-                {"params": others},
-                {"params": self.vision_params, "avl_vision": True},
-            ]
+            kwargs["params"] = [dict(group) for group in self._param_layout(avl=True)]
         return super()._build_optimizer(**kwargs)
 
-    # -- per batch ----------------------------------------------------------------------------
-    def unimodal_losses(self, interaction):
-        """``(L_v, L_t)``: the backbone's loss with text zeroed and with vision zeroed, no graph.
+    def _param_layout(self, avl):
+        """The optimizer's parameter groups: one group of every parameter (RecBole's, ``avl=False``) or
+        the non-vision parameters then the trainable vision ones, flagged ``avl_vision``."""
+        if not avl:
+            return [{"params": list(self.model.parameters())}]
+        vision = [p for _, p in self.model.vision_parameters() if p.requires_grad]
+        vision_ids = {id(p) for p in vision}
+        others = [p for p in self.model.parameters() if id(p) not in vision_ids]
+        return [{"params": others}, {"params": vision, "avl_vision": True}]
 
-        With ``avl_probe_mode: train`` (the reference code) dropout stays on, and the random state is
-        forked so the probes draw the same dropout stream as the real step and leave it untouched;
-        ``eval`` switches dropout off for the probes (a noise-free estimate, and cheaper on CPU where
-        drawing dropout masks is a large part of a forward pass).
+    @property
+    def _vision_group(self):
+        """The optimizer's vision group, looked up each time: ``optimizer.load_state_dict`` (resuming)
+        replaces the group dicts, and a kept reference would edit a dead copy."""
+        return next(g for g in self.optimizer.param_groups if g.get("avl_vision"))
+
+    # -- the probes ---------------------------------------------------------------------------
+    def unimodal_losses(self, interaction):
+        """``(L_v, L_t)`` of this process's rows: the backbone's loss with text zeroed and with vision
+        zeroed, no graph.
+
+        Both probes draw the same random numbers (dropout, random positions such as HM4SR's
+        placeholders) and leave the real step's random stream untouched. ``avl_probe_mode: eval``
+        switches dropout off and draws from one fixed seed, so ``L_v`` and ``L_t`` are deterministic
+        functions of the parameters and the batch (eqs 5-6 evaluate the model; also cheaper);
+        ``train`` keeps dropout on and draws what the real step draws (the reference code).
         """
-        if self.avl_sample_fraction < 1:
-            n = len(interaction)
-            size = max(1, int(round(n * self.avl_sample_fraction)))
-            index = torch.randperm(n, generator=self._sample_generator)[:size].to(self.device)
-            interaction = interaction[index]
-        devices = [self.device] if self.device.type == "cuda" else []
-        losses = []
         if self.avl_probe_mode == "eval":
             self.model.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            for zeroed in ("text", "vision"):
-                with self.model.zeroed_modalities(zeroed), torch.autocast(
-                    device_type=self.device.type, enabled=self.enable_amp
-                ):
-                    loss = self.model.calculate_loss(interaction)
-                losses.append(float(sum(loss) if isinstance(loss, tuple) else loss))
-        self.model.train()
+        try:
+            with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=self.enable_amp):
+                if self._stacked_ok is None and self.avl_stacked_probes != False:  # noqa: E712  (True/'auto')
+                    return self._first_stacked_probe(interaction)
+                if self._stacked_ok:
+                    return self._stacked_probe(interaction)
+                return self._separate_probes(interaction)
+        finally:
+            self.model.train()
+
+    @contextmanager
+    def _forked(self):
+        """A private copy of the random state for one probe: the real step's state (``train`` probes:
+        the same dropout draws as the step) or, for ``eval`` probes, one fixed seed (a probe is then a
+        deterministic function of the parameters and the batch: no draw noise in K at all)."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            if self.avl_probe_mode == "eval":
+                torch.manual_seed(self._probe_seed)
+            yield
+
+    def _loss_value(self, interaction):
+        loss = self.model.calculate_loss(interaction)
+        return sum(loss) if isinstance(loss, tuple) else loss
+
+    def _separate_probes(self, interaction):
+        losses = []
+        for zeroed in ("text", "vision"):
+            with self._forked(), self.model.zeroed_modalities(zeroed):
+                losses.append(float(self._loss_value(interaction)))
         return tuple(losses)
 
+    def _stacked_probe(self, interaction):
+        """Both probes as one forward: the model's tensors get a leading dimension of 2 (text kept 0/1,
+        vision kept 1/0) through ``torch.func.vmap``, every random draw shared by the two."""
+        keep_text = torch.tensor([0.0, 1.0], device=self.device)
+        keep_vision = torch.tensor([1.0, 0.0], device=self.device)
+
+        def probe(text, vision):
+            with self.model.kept_modalities(text=text, vision=vision):
+                return self._loss_value(interaction)
+
+        with self._forked():
+            losses = torch.func.vmap(probe, randomness="same")(keep_text, keep_vision)
+        loss_v, loss_t = losses.tolist()
+        return loss_v, loss_t
+
+    def _first_stacked_probe(self, interaction):
+        """Decide once whether the stacked probe runs for this backbone and gives the separate probes'
+        losses (to float rounding); the decision is the same on every rank."""
+        separate = self._separate_probes(interaction)
+        reason = None
+        try:
+            stacked = self._stacked_probe(interaction)
+        except (RuntimeError, NotImplementedError, TypeError, ValueError) as e:   # no vmap rule, .item(), OOM
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        else:
+            if not all(math.isclose(a, b, rel_tol=STACKED_PROBE_RTOL, abs_tol=1e-6) or not math.isfinite(a)
+                       for a, b in zip(stacked, separate)):
+                reason = f"its losses {stacked} differ from the separate probes' {separate}"
+        ok = all_reduce_weighted_mean([0.0 if reason else 1.0], 1, self.device)[0] == 1.0
+        if not ok and reason is None:
+            reason = "another rank could not run it"
+        self._stacked_ok = ok
+        name = type(self.model).__name__
+        if ok:
+            self.logger.info(f"AVL: {name} runs its two probes as one stacked forward")
+        elif self.avl_stacked_probes is True:
+            raise ConfigError(f"avl_stacked_probes=True, but {name} cannot run its two AVL probes as one "
+                              f"stacked forward ({reason}); set avl_stacked_probes: auto or False")
+        else:
+            self.logger.info(f"AVL: {name} runs its two probes one after the other (stacked forward "
+                             f"not usable: {reason})")
+        return separate
+
+    # -- per batch ----------------------------------------------------------------------------
     def _avl_loss(self, interaction):
-        loss_v, loss_t = self.unimodal_losses(interaction)
-        self.current_k = self.balance.update(loss_v, loss_t)
-        self._epoch_stats.append((self.current_k, loss_v, loss_t))
+        if self._avl_step % self.avl_probe_every == 0:
+            loss_v, loss_t = self.unimodal_losses(interaction)
+            if is_distributed(self.config):      # the global batch's losses, identical on every rank
+                loss_v, loss_t = all_reduce_weighted_mean([loss_v, loss_t], len(interaction), self.device)
+            k = self.balance.update(loss_v, loss_t)
+            if k is None:
+                self._epoch_skipped += 1
+                k = 1.0
+            else:
+                self._epoch_stats.append((k, loss_v, loss_t))
+            self.current_k = k
+        self._avl_step += 1
         return self.model.calculate_loss(interaction)
 
     def _apply_k(self, optimizer, args, kwargs):
@@ -167,14 +275,16 @@ class AVLTrainer(PluginTrainer):
             self._vision_group["lr"] = self._vision_lr * self.current_k
 
     def _restore_lr(self, optimizer, args, kwargs):
-        self._vision_group["lr"] = self._vision_lr
+        if self.avl_mode == "lr":
+            self._vision_group["lr"] = self._vision_lr
 
     # -- checkpoints ---------------------------------------------------------------------------
     def trainer_state(self):
-        """AVL's running means (eq 11 averages over every step of the run) and its sampling generator."""
+        """AVL's running means (eq 11 averages over every probed step of the run), the step counter of
+        the ``avl_probe_every`` schedule and the K held until the next probe."""
         if not self.avl_enabled:
             return None
-        return {"avl": self.balance.state_dict(), "avl_sample_generator": self._sample_generator.get_state()}
+        return {"avl": self.balance.state_dict(), "avl_step": self._avl_step, "avl_current_k": self.current_k}
 
     def load_trainer_state(self, state):
         if not self.avl_enabled:
@@ -184,13 +294,20 @@ class AVLTrainer(PluginTrainer):
                                 "AVL's running loss means restart from this epoch")
             return
         self.balance.load_state_dict(state["avl"])
-        self._sample_generator.set_state(state["avl_sample_generator"])
+        self._avl_step = int(state.get("avl_step", 0))
+        self.current_k = float(state.get("avl_current_k", 1.0))
+
+    def optimizer_layout(self):
+        return self._param_layout(self.avl_enabled)
+
+    def layout_of_saved_optimizer(self, saved):
+        return self._param_layout(any(g.get("avl_vision") for g in saved["param_groups"]))
 
     # -- per epoch ---------------------------------------------------------------------------
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         if not self.avl_enabled:
             return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
-        self._epoch_stats = []
+        self._epoch_stats, self._epoch_skipped = [], 0
         total_loss = super()._train_epoch(
             train_data, epoch_idx, loss_func=loss_func or self._avl_loss, show_progress=show_progress
         )
@@ -198,23 +315,49 @@ class AVLTrainer(PluginTrainer):
         return total_loss
 
     def epoch_avl_summary(self):
-        """Mean/min/max of K, L_v and L_t over the batches of the last epoch."""
-        stats = np.asarray(self._epoch_stats, dtype=np.float64)
+        """Mean/min/max of K, L_v and L_t over the probed batches of the last epoch, and how many probed
+        batches were skipped for a non-finite probe loss."""
+        stats = np.asarray(self._epoch_stats, dtype=np.float64).reshape(-1, 3)
         summary = {}
         for column, name in enumerate(("K", "L_v", "L_t")):
             values = stats[:, column]
-            summary[name] = {"mean": values.mean(), "min": values.min(), "max": values.max()}
+            summary[name] = ({"mean": values.mean(), "min": values.min(), "max": values.max()} if len(values)
+                             else {"mean": math.nan, "min": math.nan, "max": math.nan})
+        summary["skipped"] = self._epoch_skipped
         return summary
 
     def _log_avl_epoch(self, epoch_idx):
+        if self._epoch_skipped and not self._epoch_stats:
+            raise FloatingPointError(
+                f"epoch {epoch_idx}: every AVL probe loss was non-finite ({self._epoch_skipped} probed "
+                f"batches), so AVL did nothing: {type(self.model).__name__}'s loss with a modality zeroed "
+                "is not finite (check that the backbone handles a zero modality)")
         if not self._epoch_stats:
             return
         summary = self.epoch_avl_summary()
         parts = [
             f"{name} mean {s['mean']:.4f} [min {s['min']:.4f}, max {s['max']:.4f}]"
-            for name, s in summary.items()
+            for name, s in summary.items() if name != "skipped"
         ]
-        self.logger.info(set_color(f"epoch {epoch_idx} AVL", "blue") + ": " + "; ".join(parts))
+        message = set_color(f"epoch {epoch_idx} AVL", "blue") + ": " + "; ".join(parts)
+        if self._epoch_skipped:
+            message += (f"; {self._epoch_skipped} probed batch(es) skipped (non-finite probe loss: K = 1, "
+                        "means unchanged)")
+            self.logger.warning(message)
+        else:
+            self.logger.info(message)
         for name, s in summary.items():
+            if name == "skipped":
+                self.tensorboard.add_scalar("AVL/skipped", s, epoch_idx)
+                continue
             for stat, value in s.items():
                 self.tensorboard.add_scalar(f"AVL/{name}_{stat}", value, epoch_idx)
+
+
+def _positive_int(config, key):
+    value = config[key]
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+        raise ConfigError(f"config key '{key}' must be an integer >= 1, got {value!r}")
+    return int(value)

@@ -3,8 +3,10 @@ that travels with RecBole's checkpoints."""
 
 import torch
 from recbole.trainer import Trainer
+from recbole.utils import set_color
 
 from recbole_reveal.compat import load_checkpoint
+from recbole_reveal.errors import ConfigError
 from recbole_reveal.files import atomic_open
 
 TRAINER_STATE_KEY = "plugin_trainer_state"
@@ -20,7 +22,9 @@ class PluginTrainer(Trainer):
 
     A subclass whose training depends on state of its own (AVL's running loss means) returns it from
     ``trainer_state()`` and takes it back in ``load_trainer_state(state)``: it is saved in RecBole's
-    checkpoint under ``plugin_trainer_state`` and restored by ``resume_checkpoint``.
+    checkpoint under ``plugin_trainer_state`` and restored by ``resume_checkpoint``. A subclass whose
+    optimizer groups differ from RecBole's single group describes them in ``optimizer_layout()`` and
+    ``layout_of_saved_optimizer(saved)``, so that a checkpoint of the other layout resumes.
     """
 
     def trainer_state(self):
@@ -29,21 +33,87 @@ class PluginTrainer(Trainer):
     def load_trainer_state(self, state):
         pass
 
+    def optimizer_layout(self):
+        """This trainer's optimizer parameter groups (``[{"params": [...]}, ...]``), in order."""
+        return [{"params": list(self.model.parameters())}]
+
+    def layout_of_saved_optimizer(self, saved):
+        """The parameter groups, in this model's parameters, that the optimizer state ``saved`` was made
+        with (the same architecture, another trainer setting)."""
+        return [{"params": list(self.model.parameters())}]
+
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        super()._save_checkpoint(epoch, verbose=verbose, **kwargs)
-        state = self.trainer_state()
-        if state is None or (not self.config["single_spec"] and self.config["local_rank"] != 0):
+        """RecBole's checkpoint plus ``trainer_state()``, written once, under a unique temporary name
+        renamed over the real one: never a half-written checkpoint, also when several machines of a
+        distributed run write the same file."""
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
             return
-        path = kwargs.get("saved_model_file", self.saved_model_file)
-        checkpoint = load_checkpoint(path, map_location="cpu")
-        checkpoint[TRAINER_STATE_KEY] = state
-        with atomic_open(path, "wb") as f:  # never a half-written checkpoint under the real name
-            torch.save(checkpoint, f)       # torch's default pickle protocol: loadable with weights_only=True
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = {
+            "config": self.config,
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score,
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+        trainer_state = self.trainer_state()
+        if trainer_state is not None:
+            state[TRAINER_STATE_KEY] = trainer_state
+        with atomic_open(saved_model_file, "wb") as f:      # never a half-written checkpoint under the real name
+            torch.save(state, f)    # torch's default pickle protocol: loadable with weights_only=True
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 
     def resume_checkpoint(self, resume_file):
-        super().resume_checkpoint(resume_file)
-        checkpoint = load_checkpoint(str(resume_file), map_location="cpu")
+        """RecBole's ``resume_checkpoint``, plus the trainer state, and an optimizer state made with the
+        other parameter-group layout (e.g. an ``avl=False`` checkpoint resumed with AVL) mapped onto
+        this trainer's groups parameter by parameter."""
+        resume_file = str(resume_file)
+        self.saved_model_file = resume_file
+        checkpoint = load_checkpoint(resume_file, map_location=self.device)
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
+            self.logger.warning(
+                f"the checkpoint {resume_file} is of {checkpoint['config']['model']}, not {self.config['model']}: "
+                "loading its parameters may fail")
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.optimizer.load_state_dict(self._adapt_optimizer_state(checkpoint["optimizer"], resume_file))
         self.load_trainer_state(checkpoint.get(TRAINER_STATE_KEY))
+        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+    def _adapt_optimizer_state(self, saved, resume_file):
+        target = self.optimizer_layout()
+        if [len(g["params"]) for g in saved["param_groups"]] == [len(g["params"]) for g in target] and \
+                len(saved["param_groups"]) == len(target):
+            return saved
+        source = self.layout_of_saved_optimizer(saved)
+        if [len(g["params"]) for g in source] != [len(g["params"]) for g in saved["param_groups"]]:
+            raise ConfigError(
+                f"{resume_file}: its optimizer has parameter groups of sizes "
+                f"{[len(g['params']) for g in saved['param_groups']]}, which match neither this run's "
+                f"{[len(g['params']) for g in target]} nor a known layout: was it made by another model?")
+        position = {}                          # parameter -> index in the saved state
+        for group, saved_group in zip(source, saved["param_groups"]):
+            for p, index in zip(group["params"], saved_group["params"]):
+                position[id(p)] = index
+        hyper = {k: v for k, v in saved["param_groups"][0].items() if k not in ("params", "avl_vision")}
+        state, groups, n = {}, [], 0
+        for group in target:
+            indices = []
+            for p in group["params"]:
+                if position[id(p)] in saved["state"]:
+                    state[n] = saved["state"][position[id(p)]]
+                indices.append(n)
+                n += 1
+            groups.append(dict(hyper, params=indices, **{k: v for k, v in group.items() if k != "params"}))
+        self.logger.info(f"{resume_file}: optimizer state mapped from {len(source)} parameter group(s) onto "
+                         f"this run's {len(target)}")
+        return {"state": state, "param_groups": groups}
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         on_epoch_start = getattr(self.model, "on_epoch_start", None)

@@ -1,0 +1,207 @@
+"""Training in 2 processes (gloo on CPU) through RecBole's distributed path: replicas stay identical,
+AVL applies one K on every rank, metrics are the ranks' agreed ones, errors end the run cleanly."""
+
+import os
+import socket
+import sys
+
+import pytest
+import torch
+
+from recbole_reveal.distributed import Plan
+from helpers import build_pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+TESTS = os.path.dirname(os.path.abspath(__file__))
+HM4SR = {"category_weight": 0, "time_unit": 1}
+RUNS = {
+    "m3srec_reveal": ("M3SRec_REVEAL", {"avl_alpha": 1.0, "avl_clamp": None}),
+    "hm4sr_reveal": ("HM4SR_REVEAL", dict(HM4SR, avl_alpha=1.0, avl_clamp=None)),
+    "m3srec": ("M3SRec", {}),
+    "m3srec_reveal_avl_off": ("M3SRec_REVEAL", {"avl": False}),
+}
+TIMEOUT = 600          # seconds; a hang fails the test instead of the CI job
+
+
+def _two_cores():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cores < 2:
+        pytest.skip("a 2-process run needs 2 CPU cores")
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tiny_root, tmp_path_factory):
+    """Every run of RUNS trained once by the same 2 gloo processes; ``(records[label][rank], reported,
+    config)``."""
+    _two_cores()
+    from ddp_targets import train_and_record
+
+    out = tmp_path_factory.mktemp("ddp")
+    config = {"data_path": tiny_root, "checkpoint_dir": str(out / "saved"), "epochs": 2, "hidden_size": 16,
+              "inner_size": 32, "n_heads": 2, "train_batch_size": 64, "eval_batch_size": 256,
+              "MAX_ITEM_LIST_LENGTH": 10, "stopping_step": 100, "show_progress": False}
+    plan = Plan(nproc=2, world_size=2, offset=0, ip="localhost", port=_free_port(), cuda=False, timeout=TIMEOUT)
+    reported = plan.run(train_and_record, RUNS, str(out), config_dict=config)
+    records = {label: [torch.load(out / f"{label}-rank{r}.pt", weights_only=False) for r in (0, 1)]
+               for label in RUNS}
+    return records, reported, config
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("label", ["m3srec_reveal", "hm4sr_reveal"])
+def test_avl_applies_the_same_k_on_both_ranks_at_every_step(ddp_runs, label):
+    records, _, _ = ddp_runs
+    rank0, rank1 = records[label]
+    assert rank0["world_size"] == 2 and rank0["rows_per_step"] == 32       # 64 rows a step over 2 ranks
+    assert len(rank0["k"]) == len(rank1["k"]) > 4
+    assert rank0["k"] == rank1["k"]                      # bit for bit
+    assert len(set(rank0["k"])) > 2 and rank0["k"] != [1.0] * len(rank0["k"])
+    assert rank0["stacked"] is True
+
+
+@pytest.mark.parametrize("label", list(RUNS))
+def test_every_parameter_is_identical_across_ranks_after_training(ddp_runs, label):
+    records, _, _ = ddp_runs
+    rank0, rank1 = records[label]
+    assert rank0["state"].keys() == rank1["state"].keys()
+    for name, value in rank0["state"].items():
+        assert torch.equal(value, rank1["state"][name]), name
+    changed = [n for n, v in rank0["state"].items() if not torch.equal(v, rank0["initial"][n])]
+    assert changed, "training changed nothing"
+    assert rank0["checkpoint"] == rank1["checkpoint"]      # one checkpoint name, rank 0's
+
+
+@pytest.mark.parametrize("label", list(RUNS))
+def test_each_rank_computes_the_metrics_rank_0_reports(ddp_runs, label):
+    records, reported, _ = ddp_runs
+    rank0, rank1 = records[label]
+    assert rank0["valid"] == rank1["valid"] == reported[label]["valid"]
+    assert rank0["test"] == rank1["test"] == reported[label]["test"]
+
+
+def test_gathered_metrics_equal_one_process_evaluating_the_same_model(ddp_runs):
+    """No user counted twice (DistributedSampler pads), no per-rank averaging of rounded metrics."""
+    records, _, config = ddp_runs
+    _, (_, _, test_data), model, trainer = build_pipeline("M3SRec_REVEAL", dict(config, **RUNS["m3srec_reveal"][1]))
+    model.load_state_dict(records["m3srec_reveal"][0]["best_state"])
+    single = trainer.evaluate(test_data, load_best_model=False)
+    assert dict(single) == records["m3srec_reveal"][0]["test"]
+
+
+def test_plain_backbone_trains_and_avl_off_equals_it_under_ddp(ddp_runs):
+    records, _, _ = ddp_runs
+    plain, off = records["m3srec"][0], records["m3srec_reveal_avl_off"][0]
+    losses = [plain["train_loss"][e] for e in sorted(plain["train_loss"])]
+    assert losses[-1] < losses[0]
+    for name, value in plain["state"].items():
+        assert torch.equal(value, off["state"][name]), name
+    assert plain["test"] == off["test"] and plain["k"] == [None] * len(plain["k"])
+
+
+# -- the command line ----------------------------------------------------------------------------------
+def _main(args, capsys):
+    """``python run_recbole_reveal.py ARGS`` in this process (its workers are real processes):
+    ``(rc, stdout, stderr)``."""
+    import run_recbole_reveal as script
+
+    rc = script.main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _tiny_args(tiny_root, tmp_path):
+    return [f"--data_path={tiny_root}", f"--checkpoint_dir={tmp_path / 'saved'}", "--epochs=1",
+            "--hidden_size=16", "--inner_size=32", "--n_heads=2", "--MAX_ITEM_LIST_LENGTH=10"]
+
+
+def _shape(stdout):
+    """The printed result without its numbers."""
+    return [line.split(":")[0] + ":" + ",".join(part.split(":")[0] for part in line.split("  ")[1:])
+            for line in stdout.splitlines()]
+
+
+def test_nproc_on_the_command_line_prints_the_single_process_form(tiny_root, tmp_path, capsys, monkeypatch):
+    _two_cores()
+    monkeypatch.chdir(tmp_path)
+    args = ["--model=M3SRec_REVEAL", "--dataset=tiny", *_tiny_args(tiny_root, tmp_path)]
+    rc, ddp, err = _main(args + ["--nproc=2"], capsys)
+    assert rc == 0, err[-3000:]
+    # only rank 0 logs and writes the cost report: one log file, one .cost.json
+    assert len(os.listdir(tmp_path / "log" / "M3SRec_REVEAL")) == 1
+    assert len([f for f in os.listdir(tmp_path / "saved") if f.endswith(".cost.json")]) == 1
+    rc, single, _ = _main(args, capsys)
+    assert rc == 0 and _shape(ddp) == _shape(single)
+    assert ddp.startswith("best valid: recall@10: ") and "\ntest:       recall@10: " in ddp
+
+
+def test_nproc_above_the_cores_is_a_one_line_error(tiny_root, tmp_path, capsys):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    rc, _, err = _main(["--model=M3SRec_REVEAL", "--dataset=tiny", *_tiny_args(tiny_root, tmp_path),
+                        f"--nproc={cores + 1}"], capsys)
+    assert rc == 2
+    assert err.strip().splitlines()[-1] == (
+        f"error: nproc={cores + 1} CPU processes, but this process may use {cores} CPU core(s): lower nproc to "
+        f"at most {cores} (on CPUs each process needs a core of its own; for GPUs set gpu_id and install a "
+        "CUDA build of torch)")
+
+
+def test_a_busy_port_is_a_one_line_error(tiny_root, tmp_path, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        rc, _, err = _main(["--model=M3SRec_REVEAL", "--dataset=tiny", *_tiny_args(tiny_root, tmp_path),
+                            "--nproc=2", f"--port={port}"], capsys)
+    assert rc == 2
+    assert err.strip().splitlines()[-1].startswith(f"error: port {port} on localhost is in use"), err
+
+
+def test_a_rank_that_dies_ends_the_run_with_an_error_naming_it(tiny_root, tmp_path, capsys):
+    _two_cores()
+    model = os.path.join(TESTS, "ddp_dying_model.py") + ":DyingM3SRec"
+    rc, _, err = _main([f"--model={model}", "--dataset=tiny", *_tiny_args(tiny_root, tmp_path), "--nproc=2",
+                        f"--ddp_timeout={TIMEOUT}"], capsys)
+    assert rc == 1
+    assert "error: rank 1 of 2" in err and "exited with code 7" in err, err[-3000:]
+
+
+def test_a_user_error_inside_the_workers_is_the_same_one_line_error(tiny_root, tmp_path, capsys):
+    _two_cores()
+    rc, _, err = _main(["--model=M3SRec_REVEAL", "--dataset=tiny", *_tiny_args(tiny_root, tmp_path), "--nproc=2",
+                        "--avl_mode=sometimes"], capsys)
+    assert rc == 2
+    assert err.strip().splitlines()[-1] == "error: config key 'avl_mode' must be one of grad, lr; got 'sometimes'"
+
+
+def test_the_fve_loop_says_it_cannot_train_on_several_processes(tiny_root):
+    from recbole_reveal.errors import ConfigError
+    from recbole_reveal.fve.loop import run_fve
+
+    with pytest.raises(ConfigError, match="FVE loop's training stage .* runs in one process: nproc=2"):
+        run_fve("M3SRec_REVEAL", "tiny", config_dict={"data_path": tiny_root, "vlm_path": "/models/any",
+                                                      "nproc": 2})
+
+
+def test_two_machines_by_world_size_and_offset(tiny_root, tmp_path):
+    """RecBole's multi-machine keys, two 'machines' on this host: offset 0 reports, offset 1 exits 0
+    silently, and only rank 0 writes a log file."""
+    _two_cores()
+    import subprocess
+
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, TESTS, os.environ.get("PYTHONPATH", "")]))
+    common = [sys.executable, os.path.join(REPO, "run_recbole_reveal.py"), "--model=M3SRec", "--dataset=tiny",
+              *_tiny_args(tiny_root, tmp_path), "--nproc=1", "--world_size=2", "--ip=127.0.0.1",
+              f"--port={port}", f"--ddp_timeout={TIMEOUT}"]
+    machines = [subprocess.Popen(common + [f"--offset={offset}"], cwd=tmp_path, env=env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for offset in (0, 1)]
+    outputs = [m.communicate(timeout=TIMEOUT) for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert outputs[0][0].startswith("best valid: recall@10: ") and outputs[1][0] == ""
+    assert len(os.listdir(tmp_path / "log" / "M3SRec")) == 1
