@@ -74,7 +74,8 @@ class MultimodalSequentialRecommender(SequentialRecommender):
         """Within the block, the named modalities are zero vectors after their projection."""
         unknown = set(modalities) - set(MODALITIES)
         if unknown:
-            raise ValueError(f"unknown modalities {sorted(unknown)}; expected a subset of {MODALITIES}")
+            raise ModelContractError(f"zeroed_modalities: unknown modalities {sorted(unknown)}; expected a subset "
+                                     f"of {MODALITIES}")
         previous, previous_masked = self._zeroed, self.__dict__.get("_masked")
         self._zeroed = previous | frozenset(modalities)
         self.__dict__["_masked"] = masked = set()
@@ -98,7 +99,8 @@ class MultimodalSequentialRecommender(SequentialRecommender):
         forward computes the text-zeroed and the vision-zeroed loss together."""
         unknown = set(factors) - set(MODALITIES)
         if unknown:
-            raise ValueError(f"unknown modalities {sorted(unknown)}; expected a subset of {MODALITIES}")
+            raise ModelContractError(f"kept_modalities({', '.join(sorted(unknown))}=...): unknown modalities; "
+                                     f"expected a subset of {MODALITIES}")
         previous = getattr(self, "_kept", {})
         self._kept = dict(previous, **factors)
         try:
