@@ -55,6 +55,14 @@ RECBOLE_INTERNAL_KEYS = {
     "model", "dataset", "config_files", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "single_spec",
     "local_rank", "nproc", "world_size", "offset", "ip", "port", "valid_neg_sample_args",
     "test_neg_sample_args", "verbose",
+    "ddp_init_method",      # set by recbole_reveal.distributed for its workers (env:// or tcp://ip:port)
+}
+# Keys earlier versions read: an error saying what replaced them (before the closest-name guess).
+REMOVED_KEYS = {
+    "avl_sample_fraction": "was removed: the loss of a random part of the batch adds noise 2-3x larger than the "
+                           "batch-to-batch variation of L_v - L_t, which exp() turns into an upward bias of K. "
+                           "For a cheaper AVL use avl_probe_every: n (probe every n-th whole batch, hold K in "
+                           "between; docs/design.md, 'Cheap mode')",
 }
 # RecBole modules under recbole/model/ that every model shares (their keys are general, not a model's).
 RECBOLE_SHARED_MODEL_FILES = ("abstract_recommender.py", "layers.py", "loss.py", "init.py", "__init__.py")
@@ -140,7 +148,9 @@ RANGES = {
     "avl_clamp": Range(check=_clamp),
     "avl_mode": Range(choices=("grad", "lr")),
     "avl_probe_mode": Range(choices=("eval", "train")),
-    "avl_sample_fraction": Range(low=0, high=1, low_open=True),
+    "avl_probe_every": AT_LEAST_ONE,
+    "avl_stacked_probes": Range(check=lambda v: None if v in (True, False, "auto")
+                                else "must be auto, true or false"),
     # modalities
     "zeroed_modalities": Range(check=_modality_subset),
     "eval_zeroed_modalities": Range(check=_modality_subset),
@@ -472,6 +482,8 @@ class KnownKeys:
 
     def problem_with_unknown(self, key):
         """``(is_error, text)`` for a key this run does not know."""
+        if key in REMOVED_KEYS:
+            return True, f"config key '{key}' {REMOVED_KEYS[key]}"
         owners = _other_models_index().get(key)
         if owners:
             return False, (f"'{key}' is not read by {self.model_name} (a key of {', '.join(owners[:4])}"
@@ -628,7 +640,8 @@ def check_vlm_path(path, key="vlm_path"):
     """``vlm_path`` must be a local Hugging Face model folder (a ``config.json`` and weights): checked
     before the FVE loop records any stage, so a mistyped path costs nothing. Returns the absolute path."""
     if not isinstance(path, str) or not path:
-        raise ConfigError(f"{key} must be a local Qwen2.5-VL / Qwen3-VL folder; got {path!r}")
+        raise ConfigError(f"{key} must be a local VLM folder (Qwen2.5-VL, Qwen3-VL, Gemma-3, InternVL3-hf); "
+                          f"got {path!r}")
     folder = os.path.abspath(os.path.expanduser(path))
     download = ("download one with `hf download Qwen/Qwen2.5-VL-7B-Instruct --local-dir "
                 "/models/Qwen2.5-VL-7B-Instruct`")

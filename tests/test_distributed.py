@@ -173,10 +173,14 @@ def test_a_rank_that_dies_ends_the_run_with_an_error_naming_it(tiny_root, tmp_pa
 
 def test_a_user_error_inside_the_workers_is_the_same_one_line_error(tiny_root, tmp_path, capsys):
     _two_cores()
+    # the configuration is checked before the processes start; a missing feature set is found by each
+    # worker when it loads the dataset
     rc, _, err = _main(["--model=M3SRec_REVEAL", "--dataset=tiny", *_tiny_args(tiny_root, tmp_path), "--nproc=2",
-                        "--avl_mode=sometimes"], capsys)
+                        "--vision_feature=no_such_set"], capsys)
     assert rc == 2
-    assert err.strip().splitlines()[-1] == "error: config key 'avl_mode' must be one of grad, lr; got 'sometimes'"
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "no_such_set" in last, err[-3000:]
+    assert sum(line.startswith("error: ") for line in err.splitlines()) == 1
 
 
 def test_the_fve_loop_says_it_cannot_train_on_several_processes(tiny_root):

@@ -51,7 +51,10 @@ def assert_one_error(code, errors, *names):
     (["--avl_alpha=nan"], ["avl_alpha must be a number"]),
     (["--avl_alpha=.nan"], ["avl_alpha must be a finite number"]),
     (["--avl_alpha=-0.5"], ["--avl_alpha=-0.5", "avl_alpha must be >= 0"]),
-    (["--avl_sample_fraction=2"], ["avl_sample_fraction must be <= 1"]),
+    (["--avl_sample_fraction=0.25"], ["--avl_sample_fraction=0.25", "'avl_sample_fraction' was removed",
+                                       "avl_probe_every"]),
+    (["--avl_probe_every=0"], ["avl_probe_every must be >= 1"]),
+    (["--avl_stacked_probes=sometimes"], ["avl_stacked_probes must be auto, true or false"]),
     (["--avl_mode=fast"], ["avl_mode must be one of grad, lr"]),
     (["--avl_probe_mode=noisy"], ["avl_probe_mode"]),
     (["--avl_clamp=[2,3]"], ["avl_clamp must be ~ or [low, high]"]),
@@ -253,7 +256,7 @@ def test_every_ranged_key_exists_and_every_key_the_plugin_reads_is_declared():
     assert not sorted(set(RANGES) - declared - {"embedding_size", "mask_ratio", "ft_ratio", "dropout_prob"})
     package = os.path.join(REPO, "recbole_reveal")
     # these read a VLM folder's config.json (also called config), not a run's config
-    vlm_config_readers = {os.path.join(package, "fve", name) for name in ("vlm.py", "generation.py")}
+    vlm_config_readers = {os.path.join(package, "fve", name) for name in ("vlm.py", "generation.py", "families.py")}
     read = set()
     for folder, _, files in os.walk(package):
         read |= set().union(*(keys_read_by(os.path.join(folder, f)) for f in files

@@ -11,6 +11,7 @@ import os
 import pytest
 import torch
 
+from recbole_reveal.compat import load_checkpoint
 from recbole_reveal import run_recbole_reveal
 from recbole_reveal.fve.feedback import compute_rankings
 from recbole_reveal.model.hm4sr_layers import AlignMoE, TemporalMoE
@@ -104,7 +105,6 @@ def test_trainer_state_is_written_by_rank_0_only(tiny_config):
     assert not os.path.exists(path), "only rank 0 writes the checkpoint"
     trainer.config["local_rank"] = 0
     trainer._save_checkpoint(0, verbose=False)
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = load_checkpoint(path, map_location="cpu")      # weights_only=True: our own checkpoint loads
     state = trainer.trainer_state()
-    assert saved[TRAINER_STATE_KEY]["avl"] == state["avl"]
-    assert torch.equal(saved[TRAINER_STATE_KEY]["avl_sample_generator"], state["avl_sample_generator"])
+    assert saved[TRAINER_STATE_KEY] == state and set(state) >= {"avl", "avl_step", "avl_current_k"}

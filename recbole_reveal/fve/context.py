@@ -54,10 +54,14 @@ class FVEContext:
         config_dict = dict(config_dict or {})
         config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
         settings = run_settings(config)
+        from recbole_reveal.distributed import refuse_distributed
+
+        refuse_distributed(config, "the FVE loop's training stage (its encoding is data-parallel: fve_num_processes)")
         if settings["vlm_path"]:
             check_vlm_path(settings["vlm_path"])       # before any stage is recorded
         else:
-            raise ConfigError("run_fve needs vlm_path: a local Qwen2.5-VL / Qwen3-VL folder, e.g. "
+            raise ConfigError("run_fve needs vlm_path: a local VLM folder (Qwen2.5-VL, Qwen3-VL, Gemma-3, "
+                              "InternVL3-hf; docs/fve.md), e.g. "
                               "`hf download Qwen/Qwen2.5-VL-7B-Instruct --local-dir /models/Qwen2.5-VL-7B-Instruct`")
         return cls(model, dataset, config_file_list, config_dict, cmd_args, config, settings)
 

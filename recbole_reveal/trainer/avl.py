@@ -119,12 +119,6 @@ class AVLTrainer(PluginTrainer):
             self.avl_stacked_probes = "auto" if stacked is None else _choice(
                 config, "avl_stacked_probes", ("auto", True, False))
             self.avl_probe_every = _positive_int(config, "avl_probe_every")
-            if config["avl_sample_fraction"] not in (None, 1, 1.0):
-                raise ConfigError(
-                    f"config key 'avl_sample_fraction' ({config['avl_sample_fraction']}) was removed: the loss "
-                    "of a random part of the batch adds noise 2-3x larger than the batch-to-batch variation "
-                    "of L_v - L_t, which exp() turns into an upward bias of K. For a cheaper AVL use "
-                    "avl_probe_every: n (probe every n-th whole batch, hold K in between)")
             self.vision_params = [p for _, p in model.vision_parameters() if p.requires_grad]
             if not self.vision_params:
                 raise ConfigError(f"{type(model).__name__} has no trainable vision parameters for AVL")
