@@ -88,10 +88,15 @@ class Option:
 
 
 class UsageError(SystemExit):
-    """A malformed command line; the message starts with ``error:``."""
+    """A malformed command line: exit status 2 (as argparse's); ``str()`` is the message, which starts
+    with ``error:`` (after the command's help when it was given). The commands print it to stderr."""
 
     def __init__(self, message):
-        super().__init__(f"error: {message}")
+        super().__init__(2)
+        self.message = f"error: {message}"
+
+    def __str__(self):
+        return self.message
 
 
 def parse_command_line(argv, options, usage=None):
@@ -139,7 +144,7 @@ def parse_command_line(argv, options, usage=None):
     if missing:
         error = UsageError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required")
         if usage:
-            error.code = f"{usage.strip()}\n\n{error.code}"
+            error.message = f"{usage.strip()}\n\n{error.message}"
         raise error
     return values, overrides
 

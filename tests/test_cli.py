@@ -66,6 +66,17 @@ def test_parse_args_accepts_recbole_forms():
         script.parse_args(["--model=X"])
 
 
+def test_a_malformed_command_line_exits_2_with_one_error_line(capsys):
+    """As argparse does (and as every other user error here): status 2, the message on stderr."""
+    from recbole_reveal.commands import run_hyper
+
+    for main, argv, message in ((script.main, ["--dataset=d"], "error: --model is required"),
+                                (script.main, ["--model=X", "--dataset=d", "--epochs"], "--key=value"),
+                                (run_hyper.main, ["--model=M3SRec"], "error: --dataset and --params_file are required")):
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def test_unknown_model_lists_what_exists(tiny_root):
     with pytest.raises(UnknownModelError, match=r"M3SRec_REVEAL.*SASRec"):
         build_config("NoSuchModel", "tiny", config_dict={"data_path": tiny_root})

@@ -27,7 +27,7 @@ and output (docs/distributed.md).
 import os
 import sys
 
-from recbole_reveal.arguments import Option, format_options, parse_command_line, parse_overrides
+from recbole_reveal.arguments import Option, UsageError, format_options, parse_command_line, parse_overrides
 from recbole_reveal.locations import property_path
 
 OPTIONS = (
@@ -72,6 +72,9 @@ def main(argv=None):
 
     try:
         args, overrides = split_args(argv)
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return 2
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

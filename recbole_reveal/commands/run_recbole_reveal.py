@@ -16,7 +16,7 @@ insists on a VLM.
 
 import sys
 
-from recbole_reveal.arguments import Option, parse_command_line
+from recbole_reveal.arguments import Option, UsageError, parse_command_line
 
 OPTIONS = (
     Option("model", required=True),
@@ -47,7 +47,11 @@ def main(argv=None):
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__.strip())
         return 0
-    model, dataset, config_files, rest = parse_args(argv)
+    try:
+        model, dataset, config_files, rest = parse_args(argv)
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return 2
 
     from recbole_reveal import build_config, run_recbole_reveal
     from recbole_reveal.commands.console import show_fve_progress
