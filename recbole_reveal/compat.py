@@ -26,8 +26,12 @@ Each fix is scoped as narrowly as the problem allows:
   scipy's public ``dok_matrix.update`` (the same bulk insert, with index checks), only when absent.
 * RecBole's own deprecated pandas / torch calls print a ``FutureWarning`` on every run: those messages,
   raised from those RecBole modules only, are filtered (``quiet_recbole_future_warnings``).
+* RecBole's ``ensure_dir`` checks, then creates: processes that create ``./log`` at the same moment (the
+  ranks of a distributed run) fail with ``FileExistsError``; it becomes ``os.makedirs(exist_ok=True)``
+  (``race_free_ensure_dir``).
 """
 
+import os
 import types
 
 import numpy as np
@@ -173,6 +177,30 @@ def quiet_recbole_future_warnings():
         warnings.filterwarnings("ignore", message=message, category=FutureWarning, module=module)
 
 
+def _ensure_dir(dir_path):
+    """RecBole's ``ensure_dir`` without its check-then-create race."""
+    os.makedirs(dir_path, exist_ok=True)
+
+
+def race_free_ensure_dir():
+    """RecBole's ``ensure_dir`` checks ``os.path.exists`` and then calls ``os.makedirs``: the processes of a
+    distributed run (or seeds run in parallel) that create ``./log`` or ``checkpoint_dir`` at the same moment
+    make all but one fail with ``FileExistsError``. Every RecBole module's reference to it is replaced by
+    ``os.makedirs(..., exist_ok=True)``."""
+    import sys
+
+    import recbole.data.dataset.dataset  # noqa: F401  (the modules that imported ensure_dir by name)
+    import recbole.data.utils  # noqa: F401
+    import recbole.trainer.trainer  # noqa: F401
+    import recbole.utils.logger  # noqa: F401
+    import recbole.utils.utils as recbole_utils
+
+    original = recbole_utils.ensure_dir
+    for name, module in list(sys.modules.items()):
+        if (name == "recbole" or name.startswith("recbole.")) and getattr(module, "ensure_dir", None) is original:
+            module.ensure_dir = _ensure_dir
+
+
 def apply():
     """Apply every fix (idempotent: a second call does nothing)."""
     global _applied
@@ -184,3 +212,4 @@ def apply():
     import_recbole_models_without_anomaly_detection()
     trust_recbole_checkpoints()
     quiet_recbole_future_warnings()
+    race_free_ensure_dir()

@@ -1,5 +1,6 @@
 """Each RecBole-on-today's-stack fix: the problem is real without it, and gone with it."""
 
+import os
 import subprocess
 import sys
 
@@ -59,3 +60,19 @@ def test_dok_matrix_update_restored_for_recbole_graph_models():
     m = sp.dok_matrix((3, 3), dtype=np.float32)
     m._update({(0, 1): 1.0, (2, 0): 2.0})
     assert m.toarray().tolist() == [[0, 1, 0], [0, 0, 0], [2, 0, 0]]
+
+
+def test_recbole_creates_its_folders_without_a_check_then_create_race(tmp_path, monkeypatch):
+    """Two ranks of a distributed run create ./log together: the other one made it between RecBole's
+    exists() check and its makedirs(). Simulated by an exists() that always says no."""
+    import recbole.data.utils
+    import recbole.trainer.trainer
+    import recbole.utils.logger
+
+    compat.apply()
+    folder = tmp_path / "log"
+    folder.mkdir()
+    monkeypatch.setattr(os.path, "exists", lambda path: False)
+    for module in (recbole.utils.logger, recbole.trainer.trainer, recbole.data.utils):
+        module.ensure_dir(str(folder))          # RecBole's own: FileExistsError
+    assert folder.is_dir()
