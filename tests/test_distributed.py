@@ -5,6 +5,7 @@ import os
 import socket
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -183,13 +184,49 @@ def test_a_user_error_inside_the_workers_is_the_same_one_line_error(tiny_root, t
     assert sum(line.startswith("error: ") for line in err.splitlines()) == 1
 
 
-def test_the_fve_loop_says_it_cannot_train_on_several_processes(tiny_root):
+def test_the_fve_loop_trains_each_cycle_on_n_processes(tmp_path):
+    """``--nproc=2`` in the FVE loop: the train stage runs RecBole's distributed path (2 gloo processes),
+    rank 0 writes the cycle's weights, and the stage's metrics are exactly those of the same 2-process run
+    made by ``run_recbole_reveal`` on the cycle's features."""
+    _two_cores()
+    import torch
+
+    from recbole_reveal import run_recbole_reveal
+    from recbole_reveal.data.feature_store import load_item_features, save_item_features
+    from recbole_reveal.data.synthetic import generate_dataset
+    from recbole_reveal.fve.loop import run_fve
+    from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
+
+    root, name = str(tmp_path / "data"), "fveddp"
+    generate_dataset(root, name, n_users=60, n_items=24, seed=7, image_size=32)
+    with open(os.path.join(root, name, f"{name}.item"), encoding="utf-8") as f:
+        tokens = [line.split("\t")[0] for line in f.read().splitlines()[1:] if line]
+    features = str(tmp_path / "features")
+    save_item_features(features, "text_minilm", tokens,
+                       np.random.default_rng(0).normal(size=(len(tokens), 8)).astype(np.float32))
+    cfg = {"data_path": root, "feature_dir": features, "vlm_path": build_tiny_qwen2_5_vl(str(tmp_path / "vlm")),
+           "fve_device": "cpu", "fve_cycles": 1, "fve_preprocess_workers": 0, "fve_prompt_scope": "item",
+           "epochs": 2, "hidden_size": 16, "inner_size": 32, "n_heads": 2, "train_batch_size": 64,
+           "MAX_ITEM_LIST_LENGTH": 10, "show_progress": False, "nproc": 2, "ddp_timeout": TIMEOUT}
+    out = run_fve("M3SRec_REVEAL", name, config_dict=cfg)
+    assert out["executed"] == ["init", "cycle_0/encode", "cycle_0/train", "cycle_0/feedback"]
+    weights = torch.load(os.path.join(out["run_dir"], "cycle_0", "model.pth"), weights_only=True)
+    assert "item_mean_embedding.weight" in weights                 # the bare model's state, no DDP prefix
+
+    dim = load_item_features(features, "fve/cycle_0")[1].shape[1]
+    direct = run_recbole_reveal("M3SRec_REVEAL", name, config_dict=dict(
+        cfg, vision_feature="fve/cycle_0", vision_feature_dim=dim, checkpoint_dir=str(tmp_path / "direct")))
+    assert dict(direct["test_result"]) == pytest.approx(out["table"][0]["test"], abs=1e-4)
+    assert dict(direct["best_valid_result"]) == pytest.approx(out["table"][0]["valid"], abs=1e-4)
+
+
+def test_the_fve_loop_refuses_torchrun_and_several_machines(tiny_root):
     from recbole_reveal.errors import ConfigError
     from recbole_reveal.fve.loop import run_fve
 
-    with pytest.raises(ConfigError, match="FVE loop's training stage .* runs in one process: nproc=2"):
+    with pytest.raises(ConfigError, match="FVE loop trains each cycle's backbone on the processes of this machine"):
         run_fve("M3SRec_REVEAL", "tiny", config_dict={"data_path": tiny_root, "vlm_path": "/models/any",
-                                                      "nproc": 2})
+                                                      "nproc": 1, "world_size": 2, "port": 29511})
 
 
 def test_two_machines_by_world_size_and_offset(tiny_root, tmp_path):

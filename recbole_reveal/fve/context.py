@@ -54,9 +54,9 @@ class FVEContext:
         config_dict = dict(config_dict or {})
         config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
         settings = run_settings(config)
-        from recbole_reveal.distributed import refuse_distributed
+        from recbole_reveal.fve.stages import training_plan
 
-        refuse_distributed(config, "the FVE loop's training stage (its encoding is data-parallel: fve_num_processes)")
+        training_plan(config)       # --nproc: each cycle's backbone trains on N processes (checked here)
         if settings["vlm_path"]:
             check_vlm_path(settings["vlm_path"])       # before any stage is recorded
         else:

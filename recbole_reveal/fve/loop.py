@@ -51,7 +51,7 @@ def run_fve(model, dataset, config_file_list=None, config_dict=None, cmd_args=()
     ``stopped_after`` (``fve_stop_after`` when it ended the call early, else None), ``run_dir``,
     ``feature_dir``, ``table_text``, ``cost``, ``cost_file``.
     """
-    ctx = FVEContext.build(model, dataset, config_file_list, config_dict, cmd_args)     # --nproc: refused
+    ctx = FVEContext.build(model, dataset, config_file_list, config_dict, cmd_args)
     x_max, stop_after = ctx.settings["fve_cycles"], ctx.settings["fve_stop_after"]
     plan = list(algorithm_2(x_max))
     if stop_after is not None and stop_after not in [s.name for s in plan]:

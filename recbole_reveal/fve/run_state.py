@@ -23,7 +23,8 @@ FORMAT_VERSION = 1
 # Config keys that never change a result: logging, paths of by-products, the loop's own control keys,
 # how the critic reaches its model (address, key, concurrency, timeouts) and when to stop a run.
 # ``vision_feature`` / ``vision_feature_dim`` / ``vision_interaction_feature`` / ``checkpoint_dir`` are set by
-# the loop per cycle.
+# the loop per cycle. ``nproc`` / ``world_size`` are not ignored: N processes see each batch's rows in another
+# order, so the trained backbone differs (slightly) from one process's.
 IGNORED_KEYS = {
     "fve_stop_after", "fve_run_dir", "fve_cycles", "fve_preprocess_workers", "fve_vision_cache_mb",
     "fve_history_table_device",
@@ -31,7 +32,7 @@ IGNORED_KEYS = {
     "fve_vision_cache_dir", "fve_cache_dir", "feature_dir", "show_progress", "state",
     "checkpoint_dir", "vision_feature", "vision_feature_dim", "vision_interaction_feature", "log_wandb",
     "wandb_project", "tensorboard",
-    "device", "gpu_id", "use_gpu", "worker", "local_rank", "nproc", "world_size", "offset", "ip", "port",
+    "device", "gpu_id", "use_gpu", "worker", "local_rank", "offset", "ip", "port", "ddp_timeout",
     "backend", "single_spec", "save_dataset", "dataset_save_path", "save_dataloaders", "dataloaders_save_path",
     "log_dir", "fve_generation_endpoint", "fve_generation_api_key_env", "fve_generation_concurrency",
     "fve_generation_timeout", "fve_generation_retries", "fve_min_acceptance", "fve_acceptance_warning",

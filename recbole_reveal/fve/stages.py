@@ -192,28 +192,24 @@ class Train(Stage):
 
     def run(self, ctx, run):
         x = self.x
-        config, loaders, _, trainer = ctx.prepare_training(self.overrides(ctx, run))
-        try:
-            if ctx.settings["fve_warm_start"] and x > 0:
-                previous = torch.load(Train(x - 1).model_path(ctx), map_location=config["device"], weights_only=True)
-                kept = warm_start(trainer.model, previous, loaders[0]._dataset.item_features["vision"])
-                logger.info("FVE cycle %d: warm start from cycle %d's backbone (re-initialised from the new "
-                            "features: %s)", x, x - 1, ", ".join(kept) or "nothing")
-            best_score, best_valid, test_result = fit_and_test(trainer, loaders, ctx.meter, saved=True,
-                                                               show_progress=config["show_progress"])
-        finally:
-            close_run_logs()
-        if ctx.interaction_scope and not getattr(trainer.model, "reads_history_vision", False):
+        warm_from = Train(x - 1).model_path(ctx) if ctx.settings["fve_warm_start"] and x > 0 else None
+        launch = training_plan(ctx.config)
+        config_dict = dict(ctx.config_dict, **self.overrides(ctx, run))
+        fit = (ctx.model, ctx.dataset, ctx.config_file_list, ctx.cmd_args, self.model_path(ctx), warm_from)
+        if launch is None:
+            trainer, valid_data, out = fit_cycle(*fit, config_dict=config_dict, meter=ctx.meter, cycle=x)
+            ctx.trained[x] = (trainer, valid_data)
+        else:       # --nproc=N: every process trains its share of each batch; rank 0 writes the weights
+            logger.info("FVE cycle %d: training on %d processes (%s)", x, launch.nproc, launch.backend)
+            out = launch.run(fit_cycle, *fit, config_dict=config_dict, cycle=x)
+        reads_history = out.pop("reads_history_vision")
+        if ctx.interaction_scope and not reads_history:
             logger.warning("FVE cycle %d: %s never called history_vision_features, so it trained on item-level "
                            "visual features only; the interaction-level features were encoded for nothing "
                            "(add the call where the model builds its history's visual input, docs/design.md, or "
-                           "set fve_prompt_scope: item)", x, type(trainer.model).__name__)
-        valid_data = loaders[1]
-        with atomic_open(self.model_path(ctx), "wb") as f:     # a file object: same weights, same bytes
-            torch.save(trainer.model.state_dict(), f)
-        ctx.trained[x] = (trainer, valid_data)
-        return {"best_valid_score": float(best_score), "valid": jsonable(dict(best_valid)),
-                "test": jsonable(dict(test_result))}
+                           "set fve_prompt_scope: item)", x, out.pop("model_class"))
+        out.pop("model_class", None)
+        return out
 
     def trained(self, ctx, run):
         """``(trainer, valid_data)`` of this cycle: from this call, or rebuilt with the saved weights."""
@@ -224,6 +220,54 @@ class Train(Stage):
         trainer.model.load_state_dict(torch.load(self.model_path(ctx), map_location=config["device"],
                                                  weights_only=True))
         return trainer, valid_data
+
+
+def training_plan(config):
+    """How a cycle's backbone trains: ``None`` for one process, else the :class:`distributed.Plan` of
+    ``--nproc=N`` on this machine. The loop itself runs once, so a torchrun launch or several machines
+    (``world_size`` > ``nproc``) are refused."""
+    from recbole_reveal.distributed import plan_from_config
+
+    launch = plan_from_config(config)
+    if launch is not None and (launch.launcher == "torchrun" or launch.world_size != launch.nproc):
+        raise ConfigError("the FVE loop trains each cycle's backbone on the processes of this machine: use "
+                          f"--nproc=N alone (got world_size={launch.world_size}, nproc={launch.nproc}"
+                          f"{', under torchrun' if launch.launcher == 'torchrun' else ''}); start the loop with "
+                          "python, not torchrun")
+    return launch
+
+
+def fit_cycle(model, dataset, config_file_list, cmd_args, model_path, warm_from=None, config_dict=None, meter=None,
+              cycle=0):
+    """One cycle's backbone run, on every process of a distributed run: build it, warm-start it from
+    ``warm_from`` (the previous cycle's weights), fit, test; the main process writes the best weights to
+    ``model_path``. Returns ``(trainer, valid_data, record)`` in one process, the record alone on rank 0 of
+    a distributed run (None on the others)."""
+    from recbole_reveal.cost import CostMeter
+    from recbole_reveal.distributed import is_main_process
+    from recbole_reveal.training import prepare_run
+
+    config, loaders, net, trainer = prepare_run(model, dataset, config_file_list, config_dict, cmd_args)
+    try:
+        if warm_from:
+            previous = torch.load(warm_from, map_location=config["device"], weights_only=True)
+            kept = warm_start(net, previous, loaders[0]._dataset.item_features["vision"])
+            logger.info("FVE cycle %d: warm start from cycle %d's backbone (re-initialised from the new "
+                        "features: %s)", cycle, cycle - 1, ", ".join(kept) or "nothing")
+        best_score, best_valid, test_result = fit_and_test(trainer, loaders, meter or CostMeter(), saved=True,
+                                                           show_progress=config["show_progress"])
+    finally:
+        close_run_logs()
+    if is_main_process(config):
+        with atomic_open(model_path, "wb") as f:       # a file object: same weights, same bytes
+            torch.save(net.state_dict(), f)
+    record = {"best_valid_score": float(best_score), "valid": jsonable(dict(best_valid)),
+              "test": jsonable(dict(test_result)),
+              "reads_history_vision": bool(getattr(net, "reads_history_vision", False)),
+              "model_class": type(net).__name__}
+    if config["single_spec"]:
+        return trainer, loaders[1], record
+    return record if is_main_process(config) else None
 
 
 def warm_start(model, previous_state, vision_features):
