@@ -191,6 +191,30 @@ def test_seeds_command_resumes_and_writes_tables(fast, tmp_path, capsys):
     assert "Nope" in capsys.readouterr().err
 
 
+def test_seeds_command_trains_each_run_on_nproc_processes(fast, tmp_path, capsys):
+    """``--nproc 2``: each run trains on 2 processes (its record says so and its numbers are those of a
+    2-process run, which differ from one process's); ``--nproc`` and ``--set nproc`` must agree."""
+    import json
+
+    from recbole_reveal import run_recbole_reveal
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cores < 2:
+        pytest.skip("a 2-process run needs 2 CPU cores")
+    sets = [f"{k}={v}" for k, v in fast.items()]
+    argv = ["seeds", "--dataset", "tiny", "--models", "M3SRec", "--seeds", "2020", "--out", str(tmp_path)]
+    assert cli_main(argv + ["--nproc", "2", "--set"] + sets) == 0
+    (record_file,) = (tmp_path / "tiny" / "seeds" / "runs").iterdir()
+    record = json.loads(record_file.read_text())
+    assert record["overrides"]["nproc"] == 2 and record["config"]["nproc"] == 2
+    config = dict(fast, seed=2020, checkpoint_dir=str(tmp_path / "direct"))
+    two = run_recbole_reveal("M3SRec", "tiny", config_dict=dict(config, nproc=2))["test_result"]
+    assert record["test_result"] == pytest.approx(dict(two), abs=1e-4)
+    capsys.readouterr()
+    assert cli_main(argv + ["--nproc", "2", "--no_run", "--set", "nproc=1"]) == 2
+    assert "--nproc 2 and --set nproc=1 differ" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ HyperTuning
 def test_hyper_exhaustive_picks_best_valid_and_bayes_finishes(fast, tmp_path, capsys):
     params = tmp_path / "grid.hyper"

@@ -66,6 +66,8 @@ def _common(parser, with_seeds=True):
                         help="dataset folder name under data_path (e.g. synthetic-demo, Sports)")
     parser.add_argument("--data_path", help="folder holding <dataset>/ (default dataset_atomic/); the config key "
                         "data_path of every run")
+    parser.add_argument("--nproc", type=int, help="processes each run trains on (RecBole's nproc: GPUs in gpu_id, "
+                        "or CPU processes; FVE runs: each cycle's training); the same as --set nproc=N")
     parser.add_argument("--out", default=DEFAULT_OUT,
                         help="results root; this command writes to <out>/<dataset>/<command>/ (default: results)")
     if with_seeds:
@@ -164,6 +166,10 @@ def _table_command(args):
             raise ConfigError(f"--data_path {args.data_path} and --set data_path={overrides['data_path']} differ; "
                               "give one")
         overrides["data_path"] = args.data_path
+    if args.nproc is not None:
+        if overrides.get("nproc", args.nproc) != args.nproc:
+            raise ConfigError(f"--nproc {args.nproc} and --set nproc={overrides['nproc']} differ; give one")
+        overrides["nproc"] = args.nproc
     seeds = resolve_seeds(args)
     if args.command == "seeds":
         protocols.check_models(args.models)
