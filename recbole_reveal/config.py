@@ -64,11 +64,11 @@ def model_property_files(model_class):
     return files
 
 
-def dataset_property_files(dataset, data_path=None):
-    """``properties/dataset/<dataset>.yaml``, then the dataset's own ``<data_path>/<dataset>/<dataset>.yaml``
-    (when ``data_path`` is given), those that exist, lowest precedence first."""
-    files = [locations.property_file("dataset", f"{dataset}.yaml"), locations.dataset_yaml(data_path, dataset)]
-    return [f for f in files if f and os.path.isfile(f)]
+def dataset_property_files(dataset):
+    """``properties/dataset/<dataset>.yaml`` when it exists (the dataset's own YAML beside its data is
+    found once ``data_path`` is known: :meth:`Config._load_internal_config_dict`)."""
+    path = locations.property_file("dataset", f"{dataset}.yaml")
+    return [path] if os.path.isfile(path) else []
 
 
 def _model_yaml_dir(model_class):

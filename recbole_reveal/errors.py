@@ -43,3 +43,16 @@ class FolderInUseError(RevealUserError, RuntimeError):
 
 
 USER_ERRORS = (RevealUserError,)
+
+
+def exit_status(main, argv=None):
+    """``main(argv)`` as a command's exit status: 0, or 2 with a user error printed as one ``error:`` line on
+    stderr (the ``python -m`` entry points of the feature extractor and the prompts)."""
+    import sys
+
+    try:
+        main(argv)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -61,3 +61,26 @@ def assert_full_sort_matches_predict(model, batch, tol=1e-4):
             batch.interaction[model.ITEM_ID] = torch.full((n,), item, dtype=torch.long)
             torch.testing.assert_close(model.predict(batch), full[:, item], rtol=tol, atol=tol)
     return full
+
+
+DEMO_IMAGES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dataset_atomic",
+                           "synthetic-demo", "images")
+
+
+def demo_images(folder, sizes):
+    """The demo's item images i0000, i0001, ... saved as RGB PNGs at ``sizes`` under ``folder``; their paths."""
+    from PIL import Image
+
+    paths = []
+    for k, size in enumerate(sizes):
+        path = str(folder / f"i{k}.png")
+        Image.open(os.path.join(DEMO_IMAGES, f"i{k:04d}.png")).convert("RGB").resize(size).save(path)
+        paths.append(path)
+    return paths
+
+
+def item_requests(paths, prompts):
+    """One FVE encoder request per (image, prompt), items i0, i1, ..."""
+    from recbole_reveal.fve.encoder import ItemRequest
+
+    return [ItemRequest(f"i{k}", p, q) for k, (p, q) in enumerate(zip(paths, prompts))]

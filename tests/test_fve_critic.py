@@ -23,18 +23,6 @@ IMAGES = [os.path.join(ROOT, "dataset_atomic", "synthetic-demo", "images", f"i00
 GOOD = "ANALYSIS: The prompt ignores the strap colour.\nNEW_PROMPT: A blue Vertex backpack with black straps."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The tiny model's generate steps are too small to gain from threads; on a shared machine extra
-    threads cost several times the run time (docs/fve.md, benchmark)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def templates():
     return load_templates()

@@ -17,8 +17,7 @@ from recbole_reveal.fve.encoder import POOLINGS, FVEEncoder, ItemRequest
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl
 from recbole_reveal.fve.vlm import load_vlm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_IMAGES = os.path.join(ROOT, "dataset_atomic", "synthetic-demo", "images")
+from helpers import DEMO_IMAGES, demo_images, item_requests
 BUDGET = dict(min_pixels=56 * 56, max_pixels=112 * 112)   # <= 16 image tokens: fast on CPU
 PROMPT = "An item image of a Backpacks. Item name: Vertex backpack ZH-224. Users often mention: blue, sturdy."
 OTHER = "An item image of a Backpacks. Item name: Vertex backpack ZH-224. Focus on the stripes and colour."
@@ -34,16 +33,7 @@ def image_files(tmp_path_factory):
     """Eight demo images, saved at different sizes so a batch mixes image-token counts."""
     folder = tmp_path_factory.mktemp("images")
     sizes = [(128, 128), (200, 100), (90, 160), (128, 128), (150, 150), (60, 120), (128, 128), (100, 70)]
-    paths = []
-    for k, size in enumerate(sizes):
-        path = str(folder / f"i{k}.png")
-        Image.open(os.path.join(DEMO_IMAGES, f"i{k:04d}.png")).convert("RGB").resize(size).save(path)
-        paths.append(path)
-    return paths
-
-
-def _requests(paths, prompts):
-    return [ItemRequest(f"i{k}", p, q) for k, (p, q) in enumerate(zip(paths, prompts))]
+    return demo_images(folder, sizes)
 
 
 def _varied_prompts(n):
@@ -67,15 +57,15 @@ def _hf_embedding(vlm, image_path, prompt, image_first, layer=-1):
 def test_changing_only_the_prompt_changes_the_default_embedding(vlm, image_files):
     enc = FVEEncoder(vlm, **BUDGET)
     assert enc.pooling == "image_after_prompt"
-    a = enc.encode_items(_requests(image_files[:3], [PROMPT] * 3)).matrix
-    b = enc.encode_items(_requests(image_files[:3], [OTHER] * 3)).matrix
+    a = enc.encode_items(item_requests(image_files[:3], [PROMPT] * 3)).matrix
+    b = enc.encode_items(item_requests(image_files[:3], [OTHER] * 3)).matrix
     cosine = (a * b).sum(1)
     assert np.all(cosine < 1 - 1e-4), cosine
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
 
 
 def test_identical_input_gives_the_identical_embedding(vlm, image_files):
-    requests = _requests(image_files[:3], [PROMPT] * 3)
+    requests = item_requests(image_files[:3], [PROMPT] * 3)
     first = FVEEncoder(vlm, **BUDGET).encode_items(requests).matrix
     again = FVEEncoder(vlm, **BUDGET).encode_items(requests).matrix  # fresh encoder, fresh vision cache
     assert np.array_equal(first, again)
@@ -84,8 +74,8 @@ def test_identical_input_gives_the_identical_embedding(vlm, image_files):
 @pytest.mark.parametrize("pooling", [p for p in POOLINGS if p != "reference_image_first"])
 def test_every_non_reference_pooling_depends_on_the_prompt(vlm, image_files, pooling):
     enc = FVEEncoder(vlm, pooling=pooling, **BUDGET)
-    a = enc.encode_items(_requests(image_files[:2], [PROMPT] * 2)).matrix
-    b = enc.encode_items(_requests(image_files[:2], [OTHER] * 2)).matrix
+    a = enc.encode_items(item_requests(image_files[:2], [PROMPT] * 2)).matrix
+    b = enc.encode_items(item_requests(image_files[:2], [OTHER] * 2)).matrix
     assert np.all((a * b).sum(1) < 1 - 1e-4)
 
 
@@ -93,8 +83,8 @@ def test_reference_order_is_prompt_invariant(vlm, image_files):
     """The reference code's embedding: the image-pad states precede the prompt, and the language
     model is causal, so the prompt cannot reach them."""
     enc = FVEEncoder(vlm, pooling="reference_image_first", **BUDGET)
-    a = enc.encode_items(_requests(image_files[:3], [PROMPT] * 3)).matrix
-    b = enc.encode_items(_requests(image_files[:3], ["x"] * 3)).matrix
+    a = enc.encode_items(item_requests(image_files[:3], [PROMPT] * 3)).matrix
+    b = enc.encode_items(item_requests(image_files[:3], ["x"] * 3)).matrix
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     assert not np.allclose(a[0], a[1], atol=1e-3)   # still an image feature: images differ
 
@@ -104,13 +94,13 @@ def test_reference_order_is_prompt_invariant(vlm, image_files):
 def test_matches_the_plain_transformers_computation(vlm, image_files, pooling, image_first, layer):
     """Cached vision features + our token expansion give what processor + model forward give."""
     enc = FVEEncoder(vlm, pooling=pooling, layer=layer, **BUDGET)
-    got = enc.encode_items(_requests(image_files[:2], [PROMPT, OTHER])).matrix
+    got = enc.encode_items(item_requests(image_files[:2], [PROMPT, OTHER])).matrix
     for k, prompt in enumerate([PROMPT, OTHER]):
         np.testing.assert_allclose(got[k], _hf_embedding(vlm, image_files[k], prompt, image_first, layer), atol=2e-5)
 
 
 def test_padding_side_and_batching_do_not_change_embeddings(vlm, image_files):
-    requests = _requests(image_files, _varied_prompts(len(image_files)))
+    requests = item_requests(image_files, _varied_prompts(len(image_files)))
     one = FVEEncoder(vlm, batch_size=1, **BUDGET).encode_items(requests).matrix
     right = FVEEncoder(vlm, batch_size=5, padding_side="right", **BUDGET).encode_items(requests).matrix
     left = FVEEncoder(vlm, batch_size=5, padding_side="left", **BUDGET).encode_items(requests).matrix
@@ -170,8 +160,8 @@ def test_random_missing_rule_is_unit_norm_and_seeded_by_item(vlm, tmp_path):
 
 
 def test_vision_tower_output_is_reused_across_calls(vlm, image_files, tmp_path):
-    requests = _requests(image_files[:4], [PROMPT] * 4)
-    changed = _requests(image_files[:4], [OTHER] * 4)
+    requests = item_requests(image_files[:4], [PROMPT] * 4)
+    changed = item_requests(image_files[:4], [OTHER] * 4)
     enc = FVEEncoder(vlm, **BUDGET)
     assert enc.encode_items(requests).vision == {"memory_hits": 0, "disk_hits": 0, "misses": 4}
     second = enc.encode_items(changed)
@@ -190,22 +180,22 @@ def test_qwen3_vl_deepstack_path(tmp_path, image_files):
     vlm3 = load_vlm(build_tiny_qwen3_vl(str(tmp_path / "q3")), device="cpu")
     budget = dict(min_pixels=64 * 64, max_pixels=128 * 128)
     enc = FVEEncoder(vlm3, vision_cache=VisionFeatureCache(directory=str(tmp_path / "vc")), **budget)
-    a = enc.encode_items(_requests(image_files[:3], [PROMPT] * 3)).matrix
-    b = enc.encode_items(_requests(image_files[:3], [OTHER] * 3)).matrix
+    a = enc.encode_items(item_requests(image_files[:3], [PROMPT] * 3)).matrix
+    b = enc.encode_items(item_requests(image_files[:3], [OTHER] * 3)).matrix
     assert np.all((a * b).sum(1) < 1 - 1e-4)
     assert len(enc.vision_cache.values()[0].deepstack) == 2
     disk = FVEEncoder(vlm3, vision_cache=VisionFeatureCache(directory=str(tmp_path / "vc")), **budget)
-    np.testing.assert_allclose(disk.encode_items(_requests(image_files[:3], [OTHER] * 3)).matrix, b, atol=1e-6)
+    np.testing.assert_allclose(disk.encode_items(item_requests(image_files[:3], [OTHER] * 3)).matrix, b, atol=1e-6)
     ref = FVEEncoder(vlm3, pooling="reference_image_first", **budget)
-    np.testing.assert_allclose(ref.encode_items(_requests(image_files[:2], [PROMPT] * 2)).matrix,
-                               ref.encode_items(_requests(image_files[:2], [OTHER] * 2)).matrix, atol=1e-6)
+    np.testing.assert_allclose(ref.encode_items(item_requests(image_files[:2], [PROMPT] * 2)).matrix,
+                               ref.encode_items(item_requests(image_files[:2], [OTHER] * 2)).matrix, atol=1e-6)
 
 
 def test_embed_takes_pil_images(vlm, image_files):
     enc = FVEEncoder(vlm, **BUDGET)
     images = [Image.open(p) for p in image_files[:2]]
     np.testing.assert_allclose(enc.embed(images, [PROMPT, OTHER]),
-                               enc.encode_items(_requests(image_files[:2], [PROMPT, OTHER])).matrix, atol=1e-6)
+                               enc.encode_items(item_requests(image_files[:2], [PROMPT, OTHER])).matrix, atol=1e-6)
 
 
 def test_bad_prompts_and_settings_are_refused(vlm, image_files):

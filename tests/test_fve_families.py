@@ -2,7 +2,6 @@
 loaded offline through load_vlm; prompt dependence, equality with the plain transformers computation,
 padding/batching invariance, missing images, the critic's generation path, the released shapes."""
 
-import os
 import socket
 
 import numpy as np
@@ -17,8 +16,7 @@ from recbole_reveal.testing.vlms import (
     FAMILY_SHAPES, GEMMA3_TINY_TOKENS, build_tiny_gemma3, build_tiny_internvl, family_shape_config,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_IMAGES = os.path.join(ROOT, "dataset_atomic", "synthetic-demo", "images")
+from helpers import demo_images, item_requests
 PROMPT = "An item image of a Backpacks. Item name: Vertex backpack ZH-224. Users often mention: blue, sturdy."
 OTHER = "An item image of a Backpacks. Item name: Vertex backpack ZH-224. Focus on the stripes and colour."
 BUILDERS = {"gemma3": build_tiny_gemma3, "internvl": build_tiny_internvl}
@@ -34,16 +32,7 @@ def vlm(request, tmp_path_factory):
 def image_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("images")
     sizes = [(128, 128), (200, 100), (90, 160), (128, 128), (150, 150), (60, 120)]
-    paths = []
-    for k, size in enumerate(sizes):
-        path = str(folder / f"i{k}.png")
-        Image.open(os.path.join(DEMO_IMAGES, f"i{k:04d}.png")).convert("RGB").resize(size).save(path)
-        paths.append(path)
-    return paths
-
-
-def _requests(paths, prompts):
-    return [ItemRequest(f"i{k}", p, q) for k, (p, q) in enumerate(zip(paths, prompts))]
+    return demo_images(folder, sizes)
 
 
 def _hf_embedding(vlm, image_path, prompt, image_first, images_kwargs):
@@ -106,12 +95,12 @@ def test_chat_layout_is_the_released_one_with_the_prompt_before_the_image(vlm):
 @pytest.mark.parametrize("pooling", ["image_after_prompt", "text_after_image", "last_token"])
 def test_changing_only_the_prompt_changes_the_embedding(vlm, image_files, pooling):
     enc = FVEEncoder(vlm, pooling=pooling)
-    a = enc.encode_items(_requests(image_files[:3], [PROMPT] * 3)).matrix
-    b = enc.encode_items(_requests(image_files[:3], [OTHER] * 3)).matrix
+    a = enc.encode_items(item_requests(image_files[:3], [PROMPT] * 3)).matrix
+    b = enc.encode_items(item_requests(image_files[:3], [OTHER] * 3)).matrix
     assert np.all((a * b).sum(1) < 1 - 1e-4), (a * b).sum(1)
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
     assert (a[0] * a[1]).sum() < 1 - 1e-4          # and on the image
-    again = FVEEncoder(vlm, pooling=pooling).encode_items(_requests(image_files[:3], [PROMPT] * 3)).matrix
+    again = FVEEncoder(vlm, pooling=pooling).encode_items(item_requests(image_files[:3], [PROMPT] * 3)).matrix
     assert np.array_equal(a, again)
 
 
@@ -119,8 +108,8 @@ def test_reference_order_is_prompt_invariant_even_with_gemmas_bidirectional_imag
     """With the image first, no image token sees the prompt: Gemma-3's bidirectional mask spans the image
     tokens only, the rest stays causal."""
     enc = FVEEncoder(vlm, pooling="reference_image_first")
-    a = enc.encode_items(_requests(image_files[:2], [PROMPT] * 2)).matrix
-    b = enc.encode_items(_requests(image_files[:2], [OTHER] * 2)).matrix
+    a = enc.encode_items(item_requests(image_files[:2], [PROMPT] * 2)).matrix
+    b = enc.encode_items(item_requests(image_files[:2], [OTHER] * 2)).matrix
     np.testing.assert_allclose(a, b, atol=1e-6)
     assert (a[0] * a[1]).sum() < 1 - 1e-4       # still an image feature
 
@@ -130,7 +119,7 @@ def test_matches_the_plain_transformers_computation(vlm, image_files, image_firs
     """Cached vision-tower output, our expansion and mask inputs (Gemma-3: token_type_ids, so the image tokens
     attend to each other as in training) give what the processor + full forward give."""
     enc = FVEEncoder(vlm, pooling="reference_image_first" if image_first else "image_after_prompt")
-    got = enc.encode_items(_requests(image_files[:2], [PROMPT, OTHER])).matrix
+    got = enc.encode_items(item_requests(image_files[:2], [PROMPT, OTHER])).matrix
     kwargs = vlm.family.images_kwargs(vlm.image_processor, enc.min_pixels, enc.max_pixels)
     for k, prompt in enumerate([PROMPT, OTHER]):
         np.testing.assert_allclose(got[k], _hf_embedding(vlm, image_files[k], prompt, image_first, kwargs), atol=2e-5)
@@ -141,7 +130,7 @@ def test_gemma_image_tokens_attend_to_each_other(tmp_path, image_files):
     bidirectional one (it equals the processor path above, which passes token_type_ids)."""
     vlm = load_vlm(build_tiny_gemma3(str(tmp_path / "g")), device="cpu")
     enc = FVEEncoder(vlm)
-    ours = enc.encode_items(_requests(image_files[:1], [PROMPT])).matrix[0]
+    ours = enc.encode_items(item_requests(image_files[:1], [PROMPT])).matrix[0]
     ids, positions = enc.turn.token_ids(PROMPT, GEMMA3_TINY_TOKENS)
     (feats,) = enc.vision_cache.values()
     inputs = vlm.family.language_inputs(vlm, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long),
@@ -155,7 +144,7 @@ def test_gemma_image_tokens_attend_to_each_other(tmp_path, image_files):
 
 def test_padding_side_and_batching_do_not_change_embeddings(vlm, image_files):
     prompts = [PROMPT + " Detail" + " more" * k + "." for k in range(len(image_files))]
-    requests = _requests(image_files, prompts)
+    requests = item_requests(image_files, prompts)
     one = FVEEncoder(vlm, batch_size=1).encode_items(requests).matrix
     right = FVEEncoder(vlm, batch_size=4, padding_side="right").encode_items(requests).matrix
     left = FVEEncoder(vlm, batch_size=4, padding_side="left").encode_items(requests).matrix
@@ -181,7 +170,7 @@ def test_internvl_pixel_budget_sets_the_tiles(tmp_path, image_files):
     tile = 32 * 32
     one = FVEEncoder(vlm, max_pixels=tile)
     four = FVEEncoder(vlm, max_pixels=4 * tile)
-    wide = _requests([image_files[1]], [PROMPT])             # 200 x 100: 2 x 1 tiles + thumbnail
+    wide = item_requests([image_files[1]], [PROMPT])             # 200 x 100: 2 x 1 tiles + thumbnail
     a, b = one.encode_items(wide).matrix, four.encode_items(wide).matrix
     (fa,), (fb,) = one.vision_cache.values(), four.vision_cache.values()
     assert fa.grid == (1,) and fa.pooler.shape[0] == 16
@@ -193,8 +182,8 @@ def test_internvl_pixel_budget_sets_the_tiles(tmp_path, image_files):
 
 def test_gemma_ignores_the_pixel_budget(tmp_path, image_files):
     vlm = load_vlm(build_tiny_gemma3(str(tmp_path / "g")), device="cpu")
-    small = FVEEncoder(vlm, min_pixels=16, max_pixels=32 * 32).encode_items(_requests(image_files[:1], [PROMPT]))
-    large = FVEEncoder(vlm, min_pixels=16, max_pixels=512 * 512).encode_items(_requests(image_files[:1], [PROMPT]))
+    small = FVEEncoder(vlm, min_pixels=16, max_pixels=32 * 32).encode_items(item_requests(image_files[:1], [PROMPT]))
+    large = FVEEncoder(vlm, min_pixels=16, max_pixels=512 * 512).encode_items(item_requests(image_files[:1], [PROMPT]))
     np.testing.assert_allclose(small.matrix, large.matrix, atol=1e-6)
 
 

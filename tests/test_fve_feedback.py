@@ -17,18 +17,6 @@ from recbole_reveal.fve.feedback import (
 L2, L3, L5 = math.log(2), math.log(3), math.log(5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The tiny models gain nothing from threads; on a shared machine extra threads cost several
-    times the run time."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def hand_rankings():
     """Items 1..5 (0 = padding); every row ranks all five items.
 

@@ -27,14 +27,6 @@ NEW_PROMPT = "Describe the fabric, colour and shape of this product."
 ANSWER = ["ANALYSIS:", " The image hides the material.\n", "NEW_PROMPT:", " " + NEW_PROMPT]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_data(root, edit_reviews=None):
     """A tiny generated dataset (24 users, 12 items, 32x32 images); ``edit_reviews(rows)`` may rewrite the
     review rows ``[user, item, timestamp, text]`` in place."""

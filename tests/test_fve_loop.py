@@ -26,16 +26,6 @@ N_ITEMS = 24
 NAME = "fveloop"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("fve_loop_data"))

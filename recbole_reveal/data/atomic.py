@@ -39,6 +39,24 @@ def read_atomic(path, field_separator="\t"):
     return columns, types, list(rows)
 
 
+def iter_interactions(inter_path, extra=None):
+    """``(user, item, timestamp or None, extra value or None)`` of each row of a ``.inter`` file, streamed
+    (``extra``: the name of one more column, when the file has it). A file without ``user_id`` or
+    ``item_id`` is a :class:`ConfigError`."""
+    from recbole_reveal.errors import ConfigError
+
+    columns, _, rows = iter_atomic(inter_path)
+    for needed in ("user_id", "item_id"):
+        if needed not in columns:
+            raise ConfigError(f"{inter_path}: no {needed} column (columns: {columns})")
+    u, i = columns.index("user_id"), columns.index("item_id")
+    t = columns.index("timestamp") if "timestamp" in columns else None
+    e = columns.index(extra) if extra in columns else None
+    for row in rows:
+        yield (row[u], row[i], float(row[t]) if t is not None and row[t] != "" else None,
+               row[e] if e is not None else None)
+
+
 # ---------------------------------------------------------------------------------------------
 # what RecBole's loader would trip over, said with the file and the line
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import numpy as np
 from recbole_reveal.data.atomic import read_atomic
 from recbole_reveal.data.dataset_yaml import machine_sizes, write_starter
 from recbole_reveal.data.feature_store import save_item_features
-from recbole_reveal.errors import USER_ERRORS, ConfigError, DatasetNotFoundError
+from recbole_reveal.errors import ConfigError, DatasetNotFoundError, exit_status
 from recbole_reveal.locations import property_file, read_yaml
 from recbole_reveal.features.encoders import ENCODERS, build_encoder
 
@@ -231,12 +231,7 @@ def main(argv=None):
 def cli(argv=None):
     """``python -m recbole_reveal.features.extract``: :func:`main`, with a user error as one ``error:`` line
     and exit status 2."""
-    try:
-        main(argv)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(main, argv)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ class FVEContext:
         settings = run_settings(config)
         from recbole_reveal.fve.stages import training_plan
 
-        training_plan(config)       # --nproc: each cycle's backbone trains on N processes (checked here)
+        training_plan(config, check_port=False)     # --nproc: each cycle's training on N processes (checked here)
         if settings["vlm_path"]:
             check_vlm_path(settings["vlm_path"])       # before any stage is recorded
         else:

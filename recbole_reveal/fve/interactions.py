@@ -29,7 +29,7 @@ import struct
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from recbole_reveal.data.atomic import iter_atomic
+from recbole_reveal.data.atomic import iter_atomic, iter_interactions
 from recbole_reveal.data.interaction_tokens import derive_tokens, format_timestamp
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.prompts import (
@@ -68,21 +68,15 @@ def read_interactions(inter_path, field=DEFAULT_FIELD):
     ``history``). A ``field`` column, when present, must hold unique non-empty tokens."""
     if not os.path.isfile(inter_path):
         raise FileNotFoundError(f"interaction file not found: {inter_path}")
-    columns, _, rows = iter_atomic(inter_path)
-    for needed in ("user_id", "item_id"):
-        if needed not in columns:
-            raise ValueError(f"{inter_path}: no {needed} column (columns: {columns})")
-    u, i = columns.index("user_id"), columns.index("item_id")
-    t = columns.index("timestamp") if "timestamp" in columns else None
-    f = columns.index(field) if field in columns else None
+    has_field = field in iter_atomic(inter_path)[0]
     users, items, stamps, given = [], [], [], []
-    for row in rows:
-        users.append(row[u])
-        items.append(row[i])
-        stamps.append(float(row[t]) if t is not None and row[t] != "" else None)
-        if f is not None:
-            given.append(row[f].strip())
-    if f is None:
+    for user, item, ts, token in iter_interactions(inter_path, extra=field):
+        users.append(user)
+        items.append(item)
+        stamps.append(ts)
+        if has_field:
+            given.append(token.strip())
+    if not has_field:
         tokens = derive_tokens(users, items, stamps)
     else:
         tokens = given

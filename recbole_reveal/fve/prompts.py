@@ -56,8 +56,8 @@ import numpy as np
 import yaml
 
 from recbole_reveal import locations
-from recbole_reveal.data.atomic import iter_atomic, read_atomic
-from recbole_reveal.errors import USER_ERRORS, ConfigError, DatasetNotFoundError
+from recbole_reveal.data.atomic import iter_atomic, iter_interactions, read_atomic
+from recbole_reveal.errors import ConfigError, DatasetNotFoundError, exit_status
 from recbole_reveal.files import atomic_open, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -179,19 +179,12 @@ def evaluation_holdout(inter_path, n_holdout=2):
     """``{(user, item, timestamp)}`` of each user's last ``n_holdout`` interactions (timestamp order,
     ties by file order): the leave-one-out validation and test targets. The file is streamed and only
     each user's latest ``n_holdout`` interactions are kept in memory."""
-    columns, _, rows = iter_atomic(inter_path)
-    for needed in ("user_id", "item_id"):
-        if needed not in columns:
-            raise ValueError(f"{inter_path}: no {needed} column (columns: {columns})")
-    u, i = columns.index("user_id"), columns.index("item_id")
-    t = columns.index("timestamp") if "timestamp" in columns else None
     latest = {}                                   # user -> up to n_holdout (order key, item, ts), ascending
-    for line, row in enumerate(rows):
-        ts = float(row[t]) if t is not None and row[t] != "" else None
-        event = ((ts if ts is not None else 0.0, line), row[i], ts)
-        kept = latest.get(row[u])
+    for line, (user, item, ts, _) in enumerate(iter_interactions(inter_path)):
+        event = ((ts if ts is not None else 0.0, line), item, ts)
+        kept = latest.get(user)
         if kept is None:
-            latest[row[u]] = [event]
+            latest[user] = [event]
         elif len(kept) < n_holdout or event[0] > kept[0][0]:
             bisect.insort(kept, event, key=lambda e: e[0])
             if len(kept) > n_holdout:
@@ -659,12 +652,7 @@ def main(argv=None):
 def cli(argv=None):
     """``python -m recbole_reveal.fve.prompts``: :func:`main`, with a user error as one ``error:`` line and
     exit status 2."""
-    try:
-        main(argv)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(main, argv)
 
 
 if __name__ == "__main__":

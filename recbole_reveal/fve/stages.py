@@ -222,13 +222,13 @@ class Train(Stage):
         return trainer, valid_data
 
 
-def training_plan(config):
+def training_plan(config, check_port=True):
     """How a cycle's backbone trains: ``None`` for one process, else the :class:`distributed.Plan` of
     ``--nproc=N`` on this machine. The loop itself runs once, so a torchrun launch or several machines
     (``world_size`` > ``nproc``) are refused."""
     from recbole_reveal.distributed import plan_from_config
 
-    launch = plan_from_config(config)
+    launch = plan_from_config(config, check_port=check_port)
     if launch is not None and (launch.launcher == "torchrun" or launch.world_size != launch.nproc):
         raise ConfigError("the FVE loop trains each cycle's backbone on the processes of this machine: use "
                           f"--nproc=N alone (got world_size={launch.world_size}, nproc={launch.nproc}"
