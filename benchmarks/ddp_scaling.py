@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 def train_epochs(model, dataset, epochs, out_dir, config_dict=None):
     """On every rank: build the run as run_recbole_reveal does, time ``epochs`` training epochs, write
     ``rank<r>.json``."""
-    from recbole_reveal.cost import peak_rss_mb, reset_peak_rss
+    from recbole_reveal.infra.cost import peak_rss_mb, reset_peak_rss
     from recbole_reveal.distributed import global_rank
     from recbole_reveal.quick_start import prepare_run
 

@@ -105,7 +105,7 @@ def measure(model, root, name, steps, eval_batches, threads, setup_only=False):
 
     torch.set_num_threads(threads)
     sys.path.insert(0, ROOT)
-    from recbole_reveal.cost import peak_rss_mb, reset_peak_rss
+    from recbole_reveal.infra.cost import peak_rss_mb, reset_peak_rss
     from recbole_reveal.quick_start import prepare_run
 
     reset_peak_rss()

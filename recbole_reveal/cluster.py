@@ -17,7 +17,7 @@ import ast
 import math
 import os
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 
 
 def worker_runtime_env():

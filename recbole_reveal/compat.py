@@ -89,7 +89,7 @@ def load_checkpoint(f, map_location=None, **kwargs):
     import os
     import pickle
 
-    from recbole_reveal.errors import CheckpointError
+    from recbole_reveal.infra.errors import CheckpointError
 
     kwargs.pop("weights_only", None)
     if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):

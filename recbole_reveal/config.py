@@ -36,9 +36,10 @@ compat.apply()
 from recbole.config import Config as RecBoleConfig  # noqa: E402
 from recbole.model.abstract_recommender import AbstractRecommender  # noqa: E402
 
-from recbole_reveal import config_keys, locations  # noqa: E402
-from recbole_reveal.arguments import parse_overrides, split_override  # noqa: E402
-from recbole_reveal.errors import ConfigError, RevealUserError  # noqa: E402
+from recbole_reveal import config_keys  # noqa: E402
+from recbole_reveal.infra import locations  # noqa: E402
+from recbole_reveal.infra.arguments import parse_overrides, split_override  # noqa: E402
+from recbole_reveal.infra.errors import ConfigError, RevealUserError  # noqa: E402
 from recbole_reveal.utils import get_model  # noqa: E402
 
 

@@ -40,9 +40,9 @@ from typing import Callable, Optional, Tuple
 
 import yaml
 
-from recbole_reveal import locations
-from recbole_reveal.arguments import _ConfigValueLoader
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra import locations
+from recbole_reveal.infra.arguments import _ConfigValueLoader
+from recbole_reveal.infra.errors import ConfigError
 
 EXTRA_KEYS = "extra_config_keys"
 MODALITIES = ("text", "vision")

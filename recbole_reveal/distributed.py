@@ -36,7 +36,7 @@ import tempfile
 import traceback
 from dataclasses import dataclass, field, replace
 
-from recbole_reveal.errors import ConfigError, RevealUserError
+from recbole_reveal.infra.errors import ConfigError, RevealUserError
 
 # RecBole's distributed config keys, plus how long a collective may wait
 DIST_KEYS = ("nproc", "world_size", "offset", "ip", "port", "ddp_timeout")

@@ -10,8 +10,8 @@ from recbole.utils import set_color
 
 from recbole_reveal import distributed
 from recbole_reveal.config import build_config, fve_requested, property_files  # noqa: F401  (public here)
-from recbole_reveal.cost import CostMeter, cost_path, format_cost, write_cost
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.cost import CostMeter, cost_path, format_cost, write_cost
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.training import (  # noqa: F401  (prepare_run, unique_checkpoint_file: public here)
     close_run_logs, fit_and_test, prepare_run, unique_checkpoint_file,
 )
@@ -21,7 +21,7 @@ def run_recbole_reveal(model, dataset, config_file_list=None, config_dict=None, 
     """Train ``model`` on ``dataset`` and evaluate it; returns a dict with ``best_valid_score``,
     ``valid_score_bigger``, ``best_valid_result``, ``test_result``, ``masked_test_results``
     (test results with each modality in ``eval_zeroed_modalities`` zeroed at inference),
-    ``cost`` (seconds per stage and peak memory, see :mod:`recbole_reveal.cost`), ``cost_file`` (that
+    ``cost`` (seconds per stage and peak memory, see :mod:`recbole_reveal.infra.cost`), ``cost_file`` (that
     report as JSON beside the checkpoint) and ``config``. This is also the objective RecBole's
     HyperTuning calls (see ``objective_function``).
     """

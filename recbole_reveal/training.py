@@ -1,6 +1,6 @@
 """One training run's life, shared by ``run_recbole_reveal`` and the FVE loop's train stage:
 :func:`prepare_run` (config, seeded data loaders, model, trainer), :func:`fit_and_test` (RecBole's
-``fit`` then the test evaluation, timed into a :class:`~recbole_reveal.cost.CostMeter`) and
+``fit`` then the test evaluation, timed into a :class:`~recbole_reveal.infra.cost.CostMeter`) and
 :func:`close_run_logs` (RecBole's log handlers of the run)."""
 
 import logging
@@ -17,7 +17,7 @@ from recbole.utils import init_logger, init_seed  # noqa: E402
 
 from recbole_reveal import config_report  # noqa: E402
 from recbole_reveal.config import build_config  # noqa: E402
-from recbole_reveal.errors import ConfigError, RevealUserError  # noqa: E402
+from recbole_reveal.infra.errors import ConfigError, RevealUserError  # noqa: E402
 from recbole_reveal.utils import create_dataset, get_model, get_trainer  # noqa: E402
 
 

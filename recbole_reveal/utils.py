@@ -18,7 +18,7 @@ from recbole.utils import get_trainer as recbole_get_trainer  # noqa: E402
 
 from recbole_reveal.data.atomic import load_errors_explained  # noqa: E402
 from recbole_reveal.data.dataset import MultimodalDataset, MultimodalSequentialDataset  # noqa: E402
-from recbole_reveal.errors import UnknownModelError  # noqa: E402
+from recbole_reveal.infra.errors import UnknownModelError  # noqa: E402
 from recbole_reveal.model import general_recommender, sequential_recommender  # noqa: E402
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender  # noqa: E402
 

@@ -8,8 +8,9 @@ import sys
 import pytest
 import yaml
 
-from recbole_reveal import build_config, locations, run_recbole_reveal
-from recbole_reveal.errors import ConfigError, DatasetNotFoundError, UnknownModelError
+from recbole_reveal import build_config, run_recbole_reveal
+from recbole_reveal.infra import locations
+from recbole_reveal.infra.errors import ConfigError, DatasetNotFoundError, UnknownModelError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -123,7 +124,7 @@ def test_config_file_loaded_from_the_command_line(tiny_config, tmp_path):
 
 
 def test_fve_switch(tiny_root, tmp_path, capsys):
-    from recbole_reveal.errors import ConfigError
+    from recbole_reveal.infra.errors import ConfigError
     from recbole_reveal.quick_start import fve_requested
 
     base = {"data_path": tiny_root}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recbole_reveal import build_config, get_model, run_recbole_reveal
-from recbole_reveal.errors import UnknownModelError
+from recbole_reveal.infra.errors import UnknownModelError
 from recbole_reveal.experiments.cli import main as cli_main
 from recbole_reveal.trainer import AVLTrainer, PluginTrainer
 from helpers import TINY_ITEMS, assert_full_sort_matches_predict, build_pipeline, first_batch

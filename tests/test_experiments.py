@@ -12,7 +12,7 @@ import torch
 
 import run_experiments  # noqa: F401  (the entry script imports)
 import run_hyper
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.experiments import protocols
 from recbole_reveal.experiments.cli import main as cli_main
 from recbole_reveal.experiments.hyper import tune
@@ -20,7 +20,7 @@ from recbole_reveal.experiments.plots import plot_modality, plot_sensitivity, se
 from recbole_reveal.experiments.runs import SCHEMA, ResultStore, RunSpec, execute, load_records
 from recbole_reveal.experiments.stats import paired_ttest
 from recbole_reveal.experiments.tables import render_csv, render_markdown, summarise
-from recbole_reveal.locations import property_file
+from recbole_reveal.infra.locations import property_file
 from recbole_reveal.quick_start import prepare_run
 
 FAST = {"epochs": 1, "hidden_size": 16, "inner_size": 32, "n_heads": 2, "train_batch_size": 64,

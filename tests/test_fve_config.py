@@ -2,7 +2,7 @@
 
 import pytest
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.fve.config import DEFAULTS_FILE, build_fve_encoder, fve_settings
 from recbole_reveal.fve.vlm import VLMUnavailable, build_tiny_qwen2_5_vl
 

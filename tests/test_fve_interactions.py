@@ -117,7 +117,7 @@ def test_keywords_come_from_the_interactions_own_review_and_never_a_test_review(
 
 
 def test_item_level_reviews_give_every_interaction_its_items_prompt_and_a_bad_file_is_one_error(tmp_path, caplog):
-    from recbole_reveal.errors import ConfigError
+    from recbole_reveal.infra.errors import ConfigError
 
     inter, review = tmp_path / "x.inter", tmp_path / "x.review"
     inter.write_text("user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\t1\nu1\ti2\t2\n")

@@ -12,12 +12,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 LIGHT = [
     "recbole_reveal",
-    "recbole_reveal.errors",
-    "recbole_reveal.files",
+    "recbole_reveal.infra.errors",
+    "recbole_reveal.infra.files",
     "recbole_reveal.config_keys",
-    "recbole_reveal.arguments",
-    "recbole_reveal.locations",
-    "recbole_reveal.cost",
+    "recbole_reveal.infra.arguments",
+    "recbole_reveal.infra.locations",
+    "recbole_reveal.infra.cost",
     "recbole_reveal.data.atomic",
     "recbole_reveal.data.feature_store",
     "recbole_reveal.data.synthetic",

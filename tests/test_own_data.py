@@ -14,7 +14,7 @@ import torch
 from helpers import write_tiny_dataset
 from recbole_reveal import build_config, config_report
 from recbole_reveal.data.dataset_yaml import longest_history, starter_text, write_starter
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -238,7 +238,7 @@ def test_contract_mistakes_are_one_line_errors(own_root, tmp_path, capsys, mista
 def test_mask_modality_only_knows_text_and_vision(tiny_config):
     from helpers import build_pipeline
 
-    from recbole_reveal.errors import ModelContractError
+    from recbole_reveal.infra.errors import ModelContractError
     from recbole_reveal.training import close_run_logs
 
     _, _, model, _ = build_pipeline("M3SRec", dict(tiny_config, epochs=1))

@@ -14,7 +14,7 @@ from helpers import write_tiny_dataset
 from recbole_reveal import build_config
 from recbole_reveal.config_keys import RANGES, declared_keys, keys_read_by, plugin_yaml_files
 from recbole_reveal.data.feature_store import feature_paths, load_item_features, save_item_features
-from recbole_reveal.errors import ConfigError, FeatureFileError
+from recbole_reveal.infra.errors import ConfigError, FeatureFileError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -287,7 +287,7 @@ def test_checkpoints_load_with_weights_only_and_code_in_one_is_refused(tiny_conf
     import torch
 
     from recbole_reveal import compat
-    from recbole_reveal.errors import CheckpointError
+    from recbole_reveal.infra.errors import CheckpointError
     from recbole_reveal.training import close_run_logs, prepare_run
 
     compat.apply()

@@ -25,8 +25,9 @@ SOURCES = ("setup.py", "setup.cfg", "pyproject.toml", "README.md", "recbole_reve
 TRAIN = r"""
 import json, sys
 import recbole_reveal
-from recbole_reveal import locations, run_recbole_reveal
-from recbole_reveal.errors import DatasetNotFoundError
+from recbole_reveal import run_recbole_reveal
+from recbole_reveal.infra import locations
+from recbole_reveal.infra.errors import DatasetNotFoundError
 
 result = run_recbole_reveal("M3SRec_REVEAL", "tiny", config_dict={
     "data_path": sys.argv[1], "checkpoint_dir": "saved", "epochs": 1, "hidden_size": 16, "inner_size": 32,

@@ -16,7 +16,7 @@ insists on a VLM.
 
 import sys
 
-from recbole_reveal.arguments import Option, UsageError, parse_command_line
+from recbole_reveal.infra.arguments import Option, UsageError, parse_command_line
 
 OPTIONS = (
     Option("model", required=True),
@@ -57,7 +57,7 @@ def main(argv=None):
     from recbole_reveal.commands.console import show_fve_progress
     from recbole_reveal.config import fve_requested
     from recbole_reveal.distributed import DistributedRunError
-    from recbole_reveal.errors import USER_ERRORS
+    from recbole_reveal.infra.errors import USER_ERRORS
 
     try:
         if fve_requested(build_config(model, dataset, config_files, cmd_args=rest)):

@@ -17,7 +17,7 @@ the same histories, faster.
 
 import os
 
-from recbole_reveal import locations
+from recbole_reveal.infra import locations
 from recbole_reveal.data.atomic import iter_atomic
 
 STARTER_MARK = "# Starter dataset YAML written by"

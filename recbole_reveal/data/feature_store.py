@@ -25,8 +25,8 @@ import os
 
 import numpy as np
 
-from recbole_reveal.errors import FeatureFileError
-from recbole_reveal.files import atomic_open, lock_file, write_json_atomic
+from recbole_reveal.infra.errors import FeatureFileError
+from recbole_reveal.infra.files import atomic_open, lock_file, write_json_atomic
 
 # a writer (reader) of a feature set waits for another writer to finish its three files, however long:
 # writing a set takes seconds and the lock is released when its holder ends, even when it is killed

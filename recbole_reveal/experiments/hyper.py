@@ -11,7 +11,7 @@ import ast
 import math
 import os
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.experiments.runs import ResultStore, RunSpec, execute
 
 # RecBole's params-file types; "choice" values are Python literals (RecBole eval()s them)

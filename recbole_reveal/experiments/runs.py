@@ -14,8 +14,8 @@ import json
 import os
 import time
 
-from recbole_reveal.errors import ConfigError
-from recbole_reveal.files import write_json_atomic
+from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.infra.files import write_json_atomic
 
 SCHEMA = 1
 # keys whose value never changes a run's numbers; they are left out of a run's identity

@@ -33,8 +33,8 @@ import numpy as np
 from recbole_reveal.data.atomic import read_atomic
 from recbole_reveal.data.dataset_yaml import machine_sizes, write_starter
 from recbole_reveal.data.feature_store import save_item_features
-from recbole_reveal.errors import ConfigError, DatasetNotFoundError, exit_status
-from recbole_reveal.locations import property_file, read_yaml
+from recbole_reveal.infra.errors import ConfigError, DatasetNotFoundError, exit_status
+from recbole_reveal.infra.locations import property_file, read_yaml
 from recbole_reveal.features.encoders import ENCODERS, build_encoder
 
 logger = logging.getLogger(__name__)

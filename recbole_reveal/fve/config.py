@@ -7,8 +7,8 @@ plain dict, whose missing keys take the same file's defaults) and checks them. L
 RecBole.
 """
 
-from recbole_reveal import locations
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra import locations
+from recbole_reveal.infra.errors import ConfigError
 
 DEFAULTS_FILE = locations.property_file("fve", "fve.yaml")
 

@@ -5,7 +5,7 @@ can still be trusted.
 written atomically after the stage's files (themselves written atomically) and keeps the SHA-256 of those
 files, so a resumed run trusts a finished stage only while its files are there unchanged. The fingerprint
 covers every result-relevant config key (:func:`fingerprint_config`); a different one is a
-:class:`~recbole_reveal.errors.ConfigError` naming the changed keys.
+:class:`~recbole_reveal.infra.errors.ConfigError` naming the changed keys.
 """
 
 import hashlib
@@ -13,8 +13,8 @@ import json
 import logging
 import os
 
-from recbole_reveal.errors import ConfigError
-from recbole_reveal.files import locked_folders, write_json_atomic
+from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.infra.files import locked_folders, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

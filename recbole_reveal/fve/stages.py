@@ -14,8 +14,8 @@ import torch
 from recbole_reveal.data.atomic import iter_atomic
 from recbole_reveal.data.dataset import check_items_covered
 from recbole_reveal.data.feature_store import feature_paths
-from recbole_reveal.errors import ConfigError
-from recbole_reveal.files import atomic_open, write_json_atomic
+from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.infra.files import atomic_open, write_json_atomic
 from recbole_reveal.fve.cache import EmbeddingCache
 from recbole_reveal.fve.critic import (
     acceptance, apply_rewrites, build_requests, check_acceptance, run_critic, write_critic_log,
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 class Stage:
     kind = None
-    cost = None                 # the stage's name in the cost report (recbole_reveal.cost)
+    cost = None                 # the stage's name in the cost report (recbole_reveal.infra.cost)
 
     def __init__(self, x=None):
         self.x = x
@@ -243,7 +243,7 @@ def fit_cycle(model, dataset, config_file_list, cmd_args, model_path, warm_from=
     ``warm_from`` (the previous cycle's weights), fit, test; the main process writes the best weights to
     ``model_path``. Returns ``(trainer, valid_data, record)`` in one process, the record alone on rank 0 of
     a distributed run (None on the others)."""
-    from recbole_reveal.cost import CostMeter
+    from recbole_reveal.infra.cost import CostMeter
     from recbole_reveal.distributed import is_main_process
     from recbole_reveal.training import prepare_run
 

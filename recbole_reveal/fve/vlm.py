@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from recbole_reveal.errors import ConfigError, RevealUserError
+from recbole_reveal.infra.errors import ConfigError, RevealUserError
 from recbole_reveal.fve.families import (  # noqa: F401 (QWEN_SPECIAL_TOKENS, image_only_processor_class: re-exported)
     FAMILIES, NEAR_MISSES, QWEN_SPECIAL_TOKENS, image_only_processor_class,
 )

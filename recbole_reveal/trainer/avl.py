@@ -34,7 +34,7 @@ import torch
 from recbole.utils import set_color
 
 from recbole_reveal.distributed import all_reduce_weighted_mean, is_distributed
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
 from recbole_reveal.trainer.trainer import PluginTrainer
 

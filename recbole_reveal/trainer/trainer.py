@@ -6,8 +6,8 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 from recbole_reveal.compat import load_checkpoint
-from recbole_reveal.errors import ConfigError
-from recbole_reveal.files import atomic_open
+from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.infra.files import atomic_open
 
 TRAINER_STATE_KEY = "plugin_trainer_state"
 

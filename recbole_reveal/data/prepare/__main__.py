@@ -8,7 +8,7 @@ from recbole_reveal.data.prepare.images import MIN_IMAGE_SIDE
 from recbole_reveal.data.prepare.pipeline import DATASETS, Options, PrepareError, prepare
 from recbole_reveal.data.prepare.rawio import RawFileError
 from recbole_reveal.data.prepare.sources import DEFAULT_PHOTO_LABELS
-from recbole_reveal.errors import EncoderUnavailable
+from recbole_reveal.infra.errors import EncoderUnavailable
 
 
 def build_parser():

@@ -31,7 +31,7 @@ import urllib.error
 import urllib.request
 from collections import namedtuple
 
-from recbole_reveal.files import atomic_open, write_bytes_atomic
+from recbole_reveal.infra.files import atomic_open, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 

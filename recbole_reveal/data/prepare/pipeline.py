@@ -31,7 +31,7 @@ from recbole_reveal.data.prepare.interactions import (
     InteractionLog, ReviewSpool, first_of_duplicates, k_core, output_order)
 from recbole_reveal.data.prepare.rawio import RawFileError, find_raw_file
 from recbole_reveal.data.prepare.stats import PAPER_TABLE1, compute_stats, format_table, table1_rows
-from recbole_reveal.files import atomic_open
+from recbole_reveal.infra.files import atomic_open
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import os
 
 import yaml
 
-from recbole_reveal.errors import ConfigError, DatasetNotFoundError
+from recbole_reveal.infra.errors import ConfigError, DatasetNotFoundError
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # recbole_reveal/
 
 
 def checkout_root():

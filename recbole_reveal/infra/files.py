@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 
-from recbole_reveal.errors import FolderInUseError
+from recbole_reveal.infra.errors import FolderInUseError
 
 LOCK_NAME = ".reveal.lock"
 _MAX_NAME = 255
