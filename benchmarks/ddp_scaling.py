@@ -32,7 +32,7 @@ def train_epochs(model, dataset, epochs, out_dir, config_dict=None):
     """On every rank: build the run as run_recbole_reveal does, time ``epochs`` training epochs, write
     ``rank<r>.json``."""
     from recbole_reveal.infra.cost import peak_rss_mb, reset_peak_rss
-    from recbole_reveal.distributed import global_rank
+    from recbole_reveal.infra.collectives import global_rank
     from recbole_reveal.quick_start import prepare_run
 
     import torch
@@ -54,7 +54,8 @@ def train_epochs(model, dataset, epochs, out_dir, config_dict=None):
 
 
 def run(nproc, model, dataset, epochs, overrides):
-    from recbole_reveal.distributed import Plan, _free_port, uses_cuda
+    from recbole_reveal.adaptation.launch import Plan, _free_port
+    from recbole_reveal.infra.collectives import uses_cuda
     from recbole_reveal.quick_start import build_config
 
     out = tempfile.mkdtemp(prefix="ddp_scaling_")

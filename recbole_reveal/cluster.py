@@ -27,7 +27,7 @@ def worker_runtime_env():
 
 
 def _prepare_worker():
-    from recbole_reveal.compat import restore_numpy_aliases
+    from recbole_reveal.adaptation.compat import restore_numpy_aliases
 
     restore_numpy_aliases()
 

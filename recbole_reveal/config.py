@@ -29,7 +29,7 @@ from logging import getLogger
 
 import yaml
 
-from recbole_reveal import compat
+from recbole_reveal.adaptation import compat
 
 compat.apply()
 

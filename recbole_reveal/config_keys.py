@@ -55,7 +55,7 @@ RECBOLE_INTERNAL_KEYS = {
     "model", "dataset", "config_files", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "single_spec",
     "local_rank", "nproc", "world_size", "offset", "ip", "port", "valid_neg_sample_args",
     "test_neg_sample_args", "verbose",
-    "ddp_init_method",      # set by recbole_reveal.distributed for its workers (env:// or tcp://ip:port)
+    "ddp_init_method",      # set by recbole_reveal.adaptation.launch for its workers (env:// or tcp://ip:port)
 }
 # Keys earlier versions read: an error saying what replaced them (before the closest-name guess).
 REMOVED_KEYS = {

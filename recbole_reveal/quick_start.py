@@ -8,7 +8,8 @@ from logging import getLogger
 
 from recbole.utils import set_color
 
-from recbole_reveal import distributed
+from recbole_reveal.adaptation.launch import plan_from_config
+from recbole_reveal.infra.collectives import is_main_process
 from recbole_reveal.config import build_config, fve_requested, property_files  # noqa: F401  (public here)
 from recbole_reveal.infra.cost import CostMeter, cost_path, format_cost, write_cost
 from recbole_reveal.infra.errors import ConfigError
@@ -27,7 +28,7 @@ def run_recbole_reveal(model, dataset, config_file_list=None, config_dict=None, 
     """
     launch = None
     if not (config_dict and "local_rank" in config_dict):      # not yet a worker of a distributed run
-        launch = distributed.plan_from_config(build_config(model, dataset, config_file_list, config_dict, cmd_args))
+        launch = plan_from_config(build_config(model, dataset, config_file_list, config_dict, cmd_args))
     if launch is not None:      # nproc / world_size / torchrun: this call runs on every rank
         return launch.run(run_recbole_reveal, model, dataset, config_file_list, config_dict=config_dict,
                           saved=saved, cmd_args=cmd_args)
@@ -59,7 +60,7 @@ def run_recbole_reveal(model, dataset, config_file_list=None, config_dict=None, 
         cost = meter.report(device=config["device"], model=config["model"], dataset=config["dataset"],
                             seed=config["seed"], test_users=_n_users(test_data))
         cost_file = (write_cost(cost_path(trainer.saved_model_file), cost)
-                     if distributed.is_main_process(config) else None)
+                     if is_main_process(config) else None)
 
         logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
         logger.info(set_color("test result", "yellow") + f": {test_result}")

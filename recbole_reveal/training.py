@@ -8,7 +8,7 @@ import os
 from logging import getLogger
 from typing import Any, NamedTuple
 
-from recbole_reveal import compat
+from recbole_reveal.adaptation import compat
 
 compat.apply()
 

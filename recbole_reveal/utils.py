@@ -7,7 +7,7 @@ import pkgutil
 import re
 import sys
 
-from recbole_reveal import compat
+from recbole_reveal.adaptation import compat
 
 compat.apply()
 
@@ -170,7 +170,7 @@ def get_trainer(model_type, model_name):
 
         return AVLTrainer
     if is_plugin_model(model_class):
-        from recbole_reveal.trainer import PluginTrainer
+        from recbole_reveal.adaptation.trainer import PluginTrainer
 
         return PluginTrainer
     return recbole_get_trainer(model_type, model_name)

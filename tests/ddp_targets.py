@@ -13,7 +13,7 @@ import torch
 def train_and_record(runs, out_dir, dataset="tiny", config_dict=None):
     """``runs``: ``{label: (model, overrides)}``. Writes ``<out_dir>/<label>-rank<r>.pt``; returns rank
     0's metrics per label."""
-    from recbole_reveal.distributed import global_rank
+    from recbole_reveal.infra.collectives import global_rank
     from recbole_reveal.training import close_run_logs, prepare_run
 
     reported = {}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from recbole_reveal.distributed import Plan
+from recbole_reveal.adaptation.launch import Plan
 from helpers import build_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -286,7 +286,7 @@ def test_python_m_commands_print_no_runpy_warning(own_root):
 def test_recbole_future_warnings_are_hidden_only_where_recbole_raises_them():
     import warnings
 
-    from recbole_reveal import compat
+    from recbole_reveal.adaptation import compat
 
     compat.apply()
     message = "A value is trying to be set on a copy of a DataFrame or Series through chained assignment"

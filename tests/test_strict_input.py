@@ -286,7 +286,7 @@ class _OpensAFile:
 def test_checkpoints_load_with_weights_only_and_code_in_one_is_refused(tiny_config, tmp_path):
     import torch
 
-    from recbole_reveal import compat
+    from recbole_reveal.adaptation import compat
     from recbole_reveal.infra.errors import CheckpointError
     from recbole_reveal.training import close_run_logs, prepare_run
 

@@ -56,7 +56,7 @@ def main(argv=None):
     from recbole_reveal import build_config, run_recbole_reveal
     from recbole_reveal.commands.console import show_fve_progress
     from recbole_reveal.config import fve_requested
-    from recbole_reveal.distributed import DistributedRunError
+    from recbole_reveal.adaptation.launch import DistributedRunError
     from recbole_reveal.infra.errors import USER_ERRORS
 
     try:

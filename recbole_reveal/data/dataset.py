@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from recbole_reveal import compat
+from recbole_reveal.adaptation import compat
 
 compat.apply()
 

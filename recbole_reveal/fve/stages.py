@@ -226,7 +226,7 @@ def training_plan(config, check_port=True):
     """How a cycle's backbone trains: ``None`` for one process, else the :class:`distributed.Plan` of
     ``--nproc=N`` on this machine. The loop itself runs once, so a torchrun launch or several machines
     (``world_size`` > ``nproc``) are refused."""
-    from recbole_reveal.distributed import plan_from_config
+    from recbole_reveal.adaptation.launch import plan_from_config
 
     launch = plan_from_config(config, check_port=check_port)
     if launch is not None and (launch.launcher == "torchrun" or launch.world_size != launch.nproc):
@@ -244,7 +244,7 @@ def fit_cycle(model, dataset, config_file_list, cmd_args, model_path, warm_from=
     ``model_path``. Returns ``(trainer, valid_data, record)`` in one process, the record alone on rank 0 of
     a distributed run (None on the others)."""
     from recbole_reveal.infra.cost import CostMeter
-    from recbole_reveal.distributed import is_main_process
+    from recbole_reveal.infra.collectives import is_main_process
     from recbole_reveal.training import prepare_run
 
     config, loaders, net, trainer = prepare_run(model, dataset, config_file_list, config_dict, cmd_args)

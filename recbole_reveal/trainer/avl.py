@@ -33,10 +33,10 @@ import torch
 
 from recbole.utils import set_color
 
-from recbole_reveal.distributed import all_reduce_weighted_mean, is_distributed
+from recbole_reveal.infra.collectives import all_reduce_weighted_mean, is_distributed
 from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
-from recbole_reveal.trainer.trainer import PluginTrainer
+from recbole_reveal.adaptation.trainer import PluginTrainer
 
 # a stacked probe must agree with the two separate probes to this relative tolerance (float rounding)
 STACKED_PROBE_RTOL = 1e-4
