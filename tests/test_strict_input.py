@@ -12,7 +12,8 @@ import pytest
 
 from helpers import write_tiny_dataset
 from recbole_reveal import build_config
-from recbole_reveal.config_keys import RANGES, declared_keys, keys_read_by, plugin_yaml_files
+from recbole_reveal.config_keys.declared import declared_keys, keys_read_by, plugin_yaml_files
+from recbole_reveal.config_keys.schema import RANGES
 from recbole_reveal.data.feature_store import feature_paths, load_item_features, save_item_features
 from recbole_reveal.infra.errors import ConfigError, FeatureFileError
 
@@ -250,7 +251,7 @@ def test_every_plugin_key_declares_its_type():
 
 
 def test_every_ranged_key_exists_and_every_key_the_plugin_reads_is_declared():
-    from recbole_reveal.config_keys import recbole_general_keys
+    from recbole_reveal.config_keys.declared import recbole_general_keys
 
     declared = set().union(*(declared_keys(p) for p in plugin_yaml_files())) | recbole_general_keys()
     assert not sorted(set(RANGES) - declared - {"embedding_size", "mask_ratio", "ft_ratio", "dropout_prob"})

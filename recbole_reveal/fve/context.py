@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from recbole_reveal.config import build_config
-from recbole_reveal.config_keys import check_vlm_path
+from recbole_reveal.config_keys.check import check_vlm_path
 from recbole_reveal.infra.cost import CostMeter
 from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.fve.config import build_fve_encoder, fve_settings
