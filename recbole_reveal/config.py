@@ -102,6 +102,8 @@ class Config(RecBoleConfig):
             if not os.path.isfile(path):
                 raise ConfigError(f"config file not found: {path}")
         self._cmd_args = list(cmd_args or ())
+        # what the config was built from: a worker process of a distributed run builds its own from them
+        self.inputs = (model, dataset, list(config_file_list or []), dict(config_dict or {}), list(cmd_args or ()))
         self.key_sources = {}           # key -> where the user set it ("--k=v", "file:line", "config_dict")
         self._internal_sources = {}     # key -> the property file that last set it
         self.files_read = []            # every property file read, lowest precedence first (RecBole's too)

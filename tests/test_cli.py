@@ -125,7 +125,7 @@ def test_config_file_loaded_from_the_command_line(tiny_config, tmp_path):
 
 def test_fve_switch(tiny_root, tmp_path, capsys):
     from recbole_reveal.infra.errors import ConfigError
-    from recbole_reveal.quick_start import fve_requested
+    from recbole_reveal.config import fve_requested
 
     base = {"data_path": tiny_root}
     assert fve_requested(build_config("M3SRec_REVEAL", "tiny", config_dict=base)) is False

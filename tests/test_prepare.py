@@ -206,7 +206,7 @@ def test_converted_dataset_trains_through_the_entry_script(sports, tmp_path, cap
 
 
 def test_recbole_reads_the_files_and_keeps_the_tie_order(sports):
-    from recbole_reveal.quick_start import build_config
+    from recbole_reveal.config import build_config
     from recbole_reveal.utils import create_dataset
 
     config = build_config("SASRec", "Sports", config_dict={

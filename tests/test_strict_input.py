@@ -94,7 +94,7 @@ def test_booleans_accept_the_usual_words_and_become_bools(tiny_root, word, value
 def test_avl_off_really_turns_avl_off(tiny_config):
     from recbole_reveal.training import close_run_logs, prepare_run
 
-    _, _, _, trainer = prepare_run("M3SRec_REVEAL", "tiny", config_dict=dict(tiny_config, avl="off"))
+    _, _, _, trainer = prepare_run(build_config("M3SRec_REVEAL", "tiny", config_dict=dict(tiny_config, avl="off")))
     close_run_logs()
     assert trainer.avl_enabled is False
 
@@ -295,7 +295,7 @@ def test_checkpoints_load_with_weights_only_and_code_in_one_is_refused(tiny_conf
     import recbole.trainer.trainer as recbole_trainer
 
     # a real checkpoint of the plugin (RecBole's Config, enums, the model class, AVL's state) loads safely
-    config, loaders, _, trainer = prepare_run("M3SRec_REVEAL", "tiny", config_dict=dict(tiny_config, epochs=1))
+    config, loaders, _, trainer = prepare_run(build_config("M3SRec_REVEAL", "tiny", config_dict=dict(tiny_config, epochs=1)))
     trainer.fit(loaders[0], loaders[1], saved=True, show_progress=False)
     close_run_logs()
     checkpoint = recbole_trainer.torch.load(trainer.saved_model_file, map_location="cpu")

@@ -164,7 +164,7 @@ def execute(spec, seed, dataset, store, config_files=(), log=print):
     if record is not None:
         return record, False
     from recbole_reveal.config import build_config, fve_requested
-    from recbole_reveal.quick_start import run_recbole_reveal
+    from recbole_reveal.quick_start import run_with_config
 
     config_dict = dict(spec.overrides, seed=seed)
     config_dict.setdefault("checkpoint_dir", os.path.join(store.root, "checkpoints"))
@@ -173,7 +173,7 @@ def execute(spec, seed, dataset, store, config_files=(), log=print):
     if fve_requested(config):
         result = _run_fve(spec, seed, dataset, store, list(config_files), config_dict, config)
     else:
-        result = run_recbole_reveal(spec.model, dataset, list(config_files), config_dict)
+        result = run_with_config(config)
     record = {
         "schema": SCHEMA, "model": spec.model, "dataset": dataset, "seed": seed,
         "overrides": spec.overrides, "config_files": list(config_files),

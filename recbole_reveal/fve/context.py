@@ -147,5 +147,5 @@ class FVEContext:
 
     def prepare_training(self, overrides):
         """Config, loaders, model and trainer of a backbone run with ``overrides`` on the run's config."""
-        return prepare_run(self.model, self.dataset, self.config_file_list, dict(self.config_dict, **overrides),
-                           self.cmd_args)
+        return prepare_run(build_config(self.model, self.dataset, self.config_file_list,
+                                        dict(self.config_dict, **overrides), self.cmd_args))
