@@ -1,5 +1,5 @@
 """Time per training epoch on your own dataset: the models' own (the paper's) sizes against the CPU sizes
-of the starter dataset YAML (``python -m recbole_reveal.features.extract`` writes it), side by side.
+of the starter dataset YAML (``python -m recbole_reveal.commands.extract_features`` writes it), side by side.
 
     python benchmarks/own_data_epoch.py --dataset mydata --data_path dataset_atomic \
         [--models M3SRec M3SRec_REVEAL] [--batches 8] [--threads 1]

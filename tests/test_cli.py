@@ -107,7 +107,7 @@ def test_script_reports_user_errors_without_traceback(tiny_root):
     )
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
-    assert "absent.npy" in out.stderr and "recbole_reveal.features.extract" in out.stderr
+    assert "absent.npy" in out.stderr and "recbole_reveal.commands.extract_features" in out.stderr
 
 
 def test_recbole_builtin_models_run_through_the_same_entry_point(tiny_config):

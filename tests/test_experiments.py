@@ -14,7 +14,7 @@ import run_experiments  # noqa: F401  (the entry script imports)
 import run_hyper
 from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.experiments import protocols
-from recbole_reveal.experiments.cli import main as cli_main
+from recbole_reveal.commands.run_experiments import main as cli_main
 from recbole_reveal.experiments.hyper import tune
 from recbole_reveal.experiments.plots import plot_modality, plot_sensitivity, sensitivity_series
 from recbole_reveal.experiments.runs import SCHEMA, ResultStore, RunSpec, execute, load_records

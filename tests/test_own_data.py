@@ -158,7 +158,7 @@ def test_starter_yaml_fits_the_machine_and_the_histories(own_root, tmp_path):
 
 
 def test_extractor_writes_the_starter_yaml_once(own_root, caplog):
-    from recbole_reveal.features.extract import main
+    from recbole_reveal.commands.extract_features import main
 
     folder = own_root / "tiny"
     (folder / "tiny.item").write_text("item_id:token\ttitle:token_seq\n" +
@@ -177,7 +177,7 @@ def test_extractor_writes_the_starter_yaml_once(own_root, caplog):
 
 
 def test_extractor_errors_are_one_line(own_root, capsys):
-    from recbole_reveal.features.extract import cli
+    from recbole_reveal.commands.extract_features import cli
 
     assert cli(["--dataset", "tiny", "--data_path", str(own_root), "--encoder", "efficientnet-lite0"]) == 2
     err = capsys.readouterr().err
@@ -277,7 +277,7 @@ def test_run_hyper_and_run_experiments_take_data_path_and_log_plainly(own_root, 
 
 
 def test_python_m_commands_print_no_runpy_warning(own_root):
-    for module in ("recbole_reveal.fve.prompts", "recbole_reveal.features.extract", "recbole_reveal.data.synthetic"):
+    for module in ("recbole_reveal.fve.prompts", "recbole_reveal.commands.extract_features", "recbole_reveal.commands.synthetic_data"):
         out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=300,
                              env=dict(os.environ, PYTHONPATH=REPO))
         assert out.returncode == 0 and "RuntimeWarning" not in out.stderr, (module, out.stderr)

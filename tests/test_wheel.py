@@ -91,7 +91,7 @@ def test_wheel_installed_outside_the_checkout_trains_with_its_properties(tmp_pat
     assert out["data_path"] == os.path.join("data", "tiny")
     assert out["test_metrics"] == ["ndcg@10", "ndcg@20", "recall@10", "recall@20"]
     assert "installed recbole-reveal carries no datasets" in out["demo"]
-    assert "python -m recbole_reveal.data.synthetic --out dataset_atomic" in out["demo"]
+    assert "python -m recbole_reveal.commands.synthetic_data --out dataset_atomic" in out["demo"]
     assert (work / "saved").is_dir()
 
     # the commands are installed as console scripts

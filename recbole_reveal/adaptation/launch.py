@@ -22,7 +22,7 @@ import shutil
 import socket
 import tempfile
 import traceback
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from recbole_reveal.adaptation.ddp import INIT_KEY, patch_recbole
 from recbole_reveal.infra.collectives import process_group, uses_cuda

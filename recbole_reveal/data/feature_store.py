@@ -90,7 +90,7 @@ def load_item_features(feature_dir, name, expected_dim=None):
         if not os.path.isfile(path):
             raise FeatureFileError(
                 f"feature file not found: {path}. Create it with "
-                f"`python -m recbole_reveal.features.extract` (see docs/data-format.md)."
+                f"`python -m recbole_reveal.commands.extract_features` (see docs/data-format.md)."
             )
     with _reading(feature_dir, name):
         tokens, matrix = _read_set(npy_path, items_path)

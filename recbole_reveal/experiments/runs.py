@@ -15,26 +15,13 @@ import os
 import time
 
 from recbole_reveal.infra.errors import ConfigError
-from recbole_reveal.infra.files import write_json_atomic
+from recbole_reveal.infra.files import jsonable, write_json_atomic
 
 SCHEMA = 1
 # keys whose value never changes a run's numbers; they are left out of a run's identity
 _NOT_IDENTITY = {"checkpoint_dir", "show_progress", "state", "fve_run_dir", "fve_cache_dir",
                  "fve_vision_cache_dir", "fve_preprocess_workers", "fve_vision_cache_mb", "fve_num_processes",
                  "ip", "port", "ddp_timeout"}
-
-
-def jsonable(value):
-    """``value`` with every leaf a JSON type: numpy scalars become numbers, anything else its ``str``."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        return value.item()
-    return str(value)
 
 
 def _digest(obj, n=10):

@@ -15,7 +15,7 @@ from recbole_reveal.data.atomic import iter_atomic
 from recbole_reveal.data.dataset import check_items_covered
 from recbole_reveal.data.feature_store import feature_paths
 from recbole_reveal.infra.errors import ConfigError
-from recbole_reveal.infra.files import atomic_open, write_json_atomic
+from recbole_reveal.infra.files import atomic_open, jsonable, write_json_atomic
 from recbole_reveal.fve.cache import EmbeddingCache
 from recbole_reveal.fve.critic import (
     acceptance, apply_rewrites, build_requests, check_acceptance, run_critic, write_critic_log,
@@ -31,7 +31,7 @@ from recbole_reveal.fve.parallel import encode_data_parallel, resolve_num_proces
 from recbole_reveal.fve.prompts import (
     build_initial_prompts, keyword_cache_dir, load_stop_words, load_templates, read_prompts, write_prompts,
 )
-from recbole_reveal.fve.run_state import jsonable, read_json
+from recbole_reveal.fve.run_state import read_json
 from recbole_reveal.training import close_run_logs, fit_and_test
 
 logger = logging.getLogger(__name__)

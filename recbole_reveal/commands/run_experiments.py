@@ -7,6 +7,7 @@ import sys
 
 from recbole_reveal.infra.arguments import config_value
 from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.infra.files import atomic_open
 
 DEFAULT_OUT = "results"
 
@@ -268,6 +269,5 @@ def _plot(args):
 
 
 def _write(path, text):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w") as f:     # a table is never half-written (another run may read it)
         f.write(text)
