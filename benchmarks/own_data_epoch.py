@@ -60,9 +60,9 @@ def sizes(model, dataset, data_path):
 
 
 def measure(model, dataset, data_path, overrides, batches):
-    config, (train_data, _, _), model_obj, trainer = prepare_run(
+    config, (train_data, _, _), model_obj, trainer = prepare_run(build_config(
         model, dataset, config_dict=dict(overrides, data_path=data_path, epochs=1, show_progress=False,
-                                         state="WARNING", checkpoint_dir="saved_benchmark"))
+                                         state="WARNING", checkpoint_dir="saved_benchmark")))
     try:
         total = len(train_data)
         n = total if batches <= 0 else min(batches, total)

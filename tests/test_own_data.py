@@ -108,8 +108,8 @@ def test_dataset_yaml_beside_the_data_sets_the_model_size(own_root, tmp_path, ca
     own.write_text("hidden_size: 24\nlearning_rate: 0.004\n")
     # data_path comes from the command line here: it is resolved before the dataset's YAML is looked for
     with caplog.at_level(logging.INFO):
-        config, _, model, _ = prepare_run("M3SRec", "tiny", config_dict=dict(SMALL, checkpoint_dir=str(tmp_path)),
-                                          cmd_args=[f"--data_path={own_root}"])
+        config, _, model, _ = prepare_run(build_config(
+            "M3SRec", "tiny", config_dict=dict(SMALL, checkpoint_dir=str(tmp_path)), cmd_args=[f"--data_path={own_root}"]))
     close_run_logs()
     assert config["hidden_size"] == 24 and config["learning_rate"] == 0.004
     assert any(m.weight.shape == (model.n_items, 24) for m in model.modules()     # the model has the dataset's size

@@ -245,9 +245,10 @@ def fit_cycle(model, dataset, config_file_list, cmd_args, model_path, warm_from=
     a distributed run (None on the others)."""
     from recbole_reveal.infra.cost import CostMeter
     from recbole_reveal.infra.collectives import is_main_process
+    from recbole_reveal.config import build_config
     from recbole_reveal.training import prepare_run
 
-    config, loaders, net, trainer = prepare_run(model, dataset, config_file_list, config_dict, cmd_args)
+    config, loaders, net, trainer = prepare_run(build_config(model, dataset, config_file_list, config_dict, cmd_args))
     try:
         if warm_from:
             previous = torch.load(warm_from, map_location=config["device"], weights_only=True)
