@@ -77,3 +77,15 @@ def test_the_api_applies_the_recbole_fixes_on_first_use():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", "False"]
+
+
+def test_the_import_contracts_hold():
+    """``lint-imports`` with setup.cfg's contracts (the floors of docs/design.md, backbones that import no
+    other backbone, nothing in the library importing ``recbole_reveal.testing``): an import that runs
+    back up fails here, as in CI (README's test command runs it first)."""
+    code = ("import sys; from importlinter.cli import lint_imports_command; "
+            "sys.argv = ['lint-imports', '--no-cache']; sys.exit(lint_imports_command())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=REPO))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "0 broken" in out.stdout
