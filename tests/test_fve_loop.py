@@ -16,7 +16,7 @@ import pytest
 
 from recbole_reveal.data.feature_store import load_item_features, save_item_features
 from recbole_reveal.data.synthetic import generate_dataset
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.fve.critic import read_critic_log
 from recbole_reveal.fve.loop import run_fve, stage_names
 from recbole_reveal.fve.prompts import read_prompts
