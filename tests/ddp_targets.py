@@ -45,11 +45,12 @@ def uneven_avl_step(out_dir, dataset="tiny", config_dict=None, rows=(5, 27)):
     """One AVL step on batches of different sizes per rank (``rows[r]`` rows on rank r): writes
     ``uneven-rank<r>.pt`` with this rank's own ``(L_v, L_t)``, its rows, the balance state before the step
     and the K the step applied, so a test can recompute K from the ranks' losses."""
-    from recbole_reveal.distributed import global_rank
+    from recbole_reveal.config import build_config
+    from recbole_reveal.infra.collectives import global_rank
     from recbole_reveal.training import close_run_logs, prepare_run
 
-    config, (train_data, _, _), _, trainer = prepare_run(
-        "M3SRec_REVEAL", dataset, config_dict=dict(config_dict or {}, avl_alpha=1.0, avl_clamp=None))
+    config, (train_data, _, _), _, trainer = prepare_run(build_config(
+        "M3SRec_REVEAL", dataset, config_dict=dict(config_dict or {}, avl_alpha=1.0, avl_clamp=None)))
     rank = global_rank(config)
     batch = next(iter(train_data))
     interaction = batch[torch.arange(rows[rank])]

@@ -1,4 +1,4 @@
-"""Atomic writes (recbole_reveal/files.py): a reader never sees half a file, a failed write leaves the old
+"""Atomic writes (recbole_reveal/infra/files.py): a reader never sees half a file, a failed write leaves the old
 file whole and no temporary file behind."""
 
 import os
@@ -6,9 +6,14 @@ import threading
 
 import pytest
 
-from recbole_reveal.files import atomic_open, atomic_path, write_bytes_atomic, write_json_atomic
+from recbole_reveal.infra.files import atomic_open, atomic_path, write_json_atomic
 
 OLD, NEW = b"old content\n" * 1000, b"new content\n" * 2000
+
+
+def _write(path, data):
+    with atomic_open(path, "wb") as f:
+        f.write(data)
 
 
 def _leftovers(folder):
@@ -45,7 +50,7 @@ def test_concurrent_readers_only_ever_see_complete_versions(tmp_path):
     """A writer replacing the file many times while a reader reads it: every read is one whole version."""
     path = str(tmp_path / "features.bin")
     versions = [bytes([v]) * (256 * 1024) for v in range(1, 21)]
-    write_bytes_atomic(path, versions[0])
+    _write(path, versions[0])
     done, seen = threading.Event(), []
 
     def read():
@@ -57,7 +62,7 @@ def test_concurrent_readers_only_ever_see_complete_versions(tmp_path):
     reader.start()
     try:
         for v in versions[1:]:
-            write_bytes_atomic(path, v)
+            _write(path, v)
     finally:
         done.set()
         reader.join()

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from recbole.model.layers import TransformerEncoder
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from helpers import build_pipeline, first_batch, write_tiny_dataset
 
 DATASET = "tinytime"
