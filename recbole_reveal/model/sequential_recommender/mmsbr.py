@@ -57,7 +57,7 @@ class MMSBR(MultimodalSequentialRecommender):
     """
 
     input_type = InputType.POINTWISE
-    vision_modules = ("vision_table", "vision_tokenizers", "vision_layers", "pseudo_vision_table")
+    vision_modules = ("vision_table", "vision_tokenizers", "vision_layers")
     vision_feature_tables = ("vision_table",)
 
     def __init__(self, config, dataset):
@@ -95,6 +95,8 @@ class MMSBR(MultimodalSequentialRecommender):
         self.vision_table = nn.Embedding(self.n_items, vision.shape[1], padding_idx=0)
         self.pseudo_text_table = nn.Embedding(self.n_items, text.shape[1]) if "text" in pseudo else None
         self.pseudo_vision_table = nn.Embedding(self.n_items, vision.shape[1]) if "vision" in pseudo else None
+        if self.pseudo_vision_table is not None:
+            self.vision_modules = (*type(self).vision_modules, "pseudo_vision_table")
         self.text_tokenizers = nn.ModuleList(FeatureTokenizer(text.shape[1], h, token_dropout)
                                              for _ in range(config["n_tokens"]))
         self.vision_tokenizers = nn.ModuleList(FeatureTokenizer(vision.shape[1], h, token_dropout)

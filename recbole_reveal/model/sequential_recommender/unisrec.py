@@ -93,7 +93,7 @@ class UniSRec(MultimodalSequentialRecommender, SASRec):
         own = self.state_dict()
         transferred = {k: v for k, v in (state or {}).items()
                        if k in own and not k.startswith(("plm_embedding", "item_embedding")) and v.shape == own[k].shape}
-        if not any(k.startswith("moe_adaptor.") for k in transferred):
+        if not all(k in transferred for k in own if k.startswith("moe_adaptor.")):
             raise ConfigError(f"config key 'pretrained_file': {path} holds no UniSRec adaptor of this size "
                               f"(moe_adaptor.* with text dim {self.plm_embedding.embedding_dim}, hidden_size "
                               f"{self.hidden_size}); pre-train with train_stage: pretrain and the same sizes")
