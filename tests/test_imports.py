@@ -22,6 +22,7 @@ LIGHT = [
     "recbole_reveal.data.feature_store",
     "recbole_reveal.data.synthetic",
     "recbole_reveal.data.prepare",
+    "recbole_reveal.data.merge",
     "recbole_reveal.fve",
     "recbole_reveal.fve.config",
     "recbole_reveal.fve.prompts",
