@@ -10,9 +10,9 @@ import torch
 
 from helpers import assert_full_sort_matches_predict, build_pipeline, first_batch, write_tiny_dataset
 from recbole_reveal import run_recbole_reveal
-from recbole_reveal.data.merge import main as merge_main
+from recbole_reveal.commands.merge_datasets import main as merge_main
 from recbole_reveal.data.merge import merge_datasets
-from recbole_reveal.errors import ConfigError, exit_status
+from recbole_reveal.infra.errors import ConfigError, exit_status
 
 
 def _learns(result):

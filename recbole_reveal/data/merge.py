@@ -2,22 +2,20 @@
 on five Amazon categories at once): users and items of dataset ``k`` become ``<k>-<token>``, as in the
 reference's pre-training data, and every named feature set is merged the same way.
 
-    python -m recbole_reveal.data.merge --data_path dataset_atomic --datasets Beauty Sports --name pretrain_BS
+    python -m recbole_reveal.commands.merge_datasets --data_path dataset_atomic --datasets Beauty Sports --name pretrain_BS
     python run_recbole_reveal.py --model=UniSRec --dataset=pretrain_BS --train_stage=pretrain
     python run_recbole_reveal.py --model=UniSRec --dataset=Home --pretrained_file=saved/UniSRec-....pth
 
 Light: no torch, no RecBole (numpy for the feature sets)."""
 
-import argparse
-import json
 import os
 
 import numpy as np
 
 from recbole_reveal.data.atomic import read_atomic, write_atomic
 from recbole_reveal.data.feature_store import load_item_features, save_item_features
-from recbole_reveal.errors import ConfigError, exit_status
-from recbole_reveal.files import write_json_atomic
+from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.infra.files import write_json_atomic
 
 MERGED_FIELDS = ("user_id", "item_id")
 
@@ -63,18 +61,3 @@ def merge_datasets(data_path, datasets, name, feature_sets=("text_minilm",)):
                "items": len(set(merged["item_id:token"])), "feature_sets": list(feature_sets)}
     write_json_atomic(os.path.join(folder, "merge.json"), summary)
     return summary
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Merge atomic datasets (users and items prefixed by their dataset's "
-                                "index) for UniSRec's multi-domain pre-training.")
-    p.add_argument("--data_path", default="dataset_atomic", help="folder holding the datasets (RecBole data_path)")
-    p.add_argument("--datasets", nargs="+", required=True, help="datasets to merge, in order (index 0, 1, ...)")
-    p.add_argument("--name", required=True, help="name of the merged dataset (a new folder under data_path)")
-    p.add_argument("--features", nargs="+", default=["text_minilm"], help="feature sets to merge (default text_minilm)")
-    a = p.parse_args(argv)
-    print(json.dumps(merge_datasets(a.data_path, a.datasets, a.name, a.features), indent=2))
-
-
-if __name__ == "__main__":
-    raise SystemExit(exit_status(main))

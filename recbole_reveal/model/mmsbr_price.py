@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 
 from recbole_reveal.data.atomic import read_atomic
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

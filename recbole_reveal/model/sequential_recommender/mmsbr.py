@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
 from recbole_reveal.model.mmsbr_layers import (
     FeatureTokenizer, PivotTransformerLayer, PriceAttention, masked_session_mean, pseudo_modality_contrast,

@@ -13,7 +13,7 @@ Item texts (the configured ``text_feature`` set, frozen) pass through a mixture 
 experts (the MoE adaptor); a SASRec Transformer encodes the adapted history. ``train_stage`` picks the
 setting: ``transductive_ft`` (text + item ID, the reference default), ``inductive_ft`` (text only), or
 ``pretrain`` (the sequence-item and sequence-sequence contrastive losses, on one dataset or on several
-merged by ``python -m recbole_reveal.data.merge``). A fine-tuning run starts from a pre-trained model
+merged by ``python -m recbole_reveal.commands.merge_datasets``). A fine-tuning run starts from a pre-trained model
 with ``pretrained_file`` (its Transformer and position embeddings frozen, as the reference's
 ``fix_enc``) or from scratch. Differences from the reference code: docs/models/baselines.md, UniSRec.
 """
@@ -24,8 +24,8 @@ from recbole.model.sequential_recommender.sasrec import SASRec
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_reveal import compat
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.adaptation import compat
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
 from recbole_reveal.model.reference_mode import reference_switch
 from recbole_reveal.model.unisrec_layers import MoEAdaptor
