@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from recbole_reveal.data.feature_store import load_item_features
-from recbole_reveal.fve.cache import EmbeddingCache, _Shard, embedding_key
-from recbole_reveal.fve.encoder import FVEEncoder, ItemRequest, item_requests, save_encoding
-from recbole_reveal.fve.prompts import build_initial_prompts, read_items
-from recbole_reveal.fve.vlm import load_vlm
+from recbole_reveal.fve.encoding.cache.embeddings import EmbeddingCache, _Shard, embedding_key
+from recbole_reveal.fve.encoding.encoder import FVEEncoder, ItemRequest, item_requests, save_encoding
+from recbole_reveal.fve.prompts.keywords import build_initial_prompts, read_items
+from recbole_reveal.fve.vlm.load import load_vlm
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -251,7 +251,7 @@ def test_a_reader_sees_whole_shards_while_another_process_appends(tmp_path, capl
 
     root, n = str(tmp_path / "c"), 1200
     os.makedirs(root)
-    import recbole_reveal.fve.cache as module
+    import recbole_reveal.fve.encoding.cache.embeddings as module
 
     writer = subprocess.Popen([sys.executable, "-c", _WRITER.format(module=module.__file__, root=root, n=n)])
     reader = EmbeddingCache(root)
@@ -277,9 +277,9 @@ def test_a_reader_sees_whole_shards_while_another_process_appends(tmp_path, capl
 def test_the_old_per_item_layout_is_converted_on_open(tmp_path, caplog):
     from fve_reference import old_cache_put
 
-    from recbole_reveal.fve.cache import legacy_entries, main
+    from recbole_reveal.fve.encoding.cache.embeddings import legacy_entries, main
 
-    caplog.set_level(logging.INFO, logger="recbole_reveal.fve.cache")
+    caplog.set_level(logging.INFO, logger="recbole_reveal.fve.encoding.cache.embeddings")
     root = str(tmp_path / "old")
     keys = _keys(5)
     for k in keys:
@@ -302,7 +302,7 @@ def test_the_old_per_item_layout_is_converted_on_open(tmp_path, caplog):
 def test_image_digests_hash_in_threads_and_notice_changed_files(tmp_path):
     import hashlib
 
-    from recbole_reveal.fve.cache import image_digests
+    from recbole_reveal.fve.encoding.cache.embeddings import image_digests
 
     paths = []
     for k in range(20):
@@ -326,7 +326,7 @@ def test_image_digests_hash_in_threads_and_notice_changed_files(tmp_path):
 def test_the_vision_cache_on_disk_keeps_to_its_size_limit_evicting_the_least_recently_used(tmp_path):
     import torch
 
-    from recbole_reveal.fve.cache import VisionFeatureCache, VisionFeatures
+    from recbole_reveal.fve.encoding.cache.embeddings import VisionFeatureCache, VisionFeatures
 
     def feats(k):
         return VisionFeatures(torch.full((16, 32), float(k)), [], (1, 8, 8))

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from recbole_reveal.errors import ConfigError
-from recbole_reveal.fve.prompts import (
+from recbole_reveal.fve.prompts.keywords import (
     DEFAULT_TEMPLATES, ENGLISH_STOP_WORDS, ItemMeta, build_initial_prompts, evaluation_holdout,
     extract_keywords, initial_prompt, load_stop_words, load_templates, main, read_items, read_prompts,
     render, tokenize_review, write_prompts,
@@ -168,7 +168,7 @@ def test_demo_prompts_are_deterministic_via_the_command(tmp_path):
 
 
 def test_streamed_counts_give_the_keywords_of_the_texts(tmp_path):
-    from recbole_reveal.fve.prompts import extract_keywords, review_keyword_counts, top_keywords
+    from recbole_reveal.fve.prompts.keywords import extract_keywords, review_keyword_counts, top_keywords
 
     texts = {"a": ["Great zipper, strong ZIPPER!", "zipper broke; strap fine", "The strap is strong"],
              "b": ["Lovely colour", "colour faded after washing, colour"]}
@@ -248,7 +248,7 @@ def test_streamed_holdout_equals_the_old_one_on_ties_and_missing_timestamps(tmp_
 def test_the_keyword_cache_is_reused_and_keyed_by_content(tmp_path, monkeypatch, caplog):
     from recbole_reveal.fve import prompts
 
-    caplog.set_level("INFO", logger="recbole_reveal.fve.prompts")
+    caplog.set_level("INFO", logger="recbole_reveal.fve.prompts.keywords")
     _write_dataset(str(tmp_path / "data"))
     cache = str(tmp_path / "kw")
     first = build_initial_prompts("toy", str(tmp_path / "data"), keyword_cache=cache)

@@ -277,7 +277,7 @@ def test_run_hyper_and_run_experiments_take_data_path_and_log_plainly(own_root, 
 
 
 def test_python_m_commands_print_no_runpy_warning(own_root):
-    for module in ("recbole_reveal.fve.prompts", "recbole_reveal.features.extract", "recbole_reveal.data.synthetic"):
+    for module in ("recbole_reveal.fve.prompts.keywords", "recbole_reveal.features.extract", "recbole_reveal.data.synthetic"):
         out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=300,
                              env=dict(os.environ, PYTHONPATH=REPO))
         assert out.returncode == 0 and "RuntimeWarning" not in out.stderr, (module, out.stderr)
@@ -306,7 +306,7 @@ def test_fve_console_handler_prints_between_trainings_only():
             logging.getLogger("recbole_reveal.fve").removeHandler(h)
     stream = io.StringIO()
     show_fve_progress(stream)
-    fve = logging.getLogger("recbole_reveal.fve.stages")
+    fve = logging.getLogger("recbole_reveal.fve.loop.stages")
     level = logging.getLogger("recbole_reveal.fve").level
     logging.getLogger("recbole_reveal.fve").setLevel(logging.INFO)
     root = logging.getLogger()

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from recbole_reveal.errors import ConfigError
-from recbole_reveal.fve.prompts import build_initial_prompts, cli
+from recbole_reveal.fve.prompts.keywords import build_initial_prompts, cli
 
 ITEM_HEADER = "item_id:token\ttitle:token_seq\tcategories:token_seq\tbrand:token"
 # u1: a(1) b(2) a(3) b(4) -> validation a@3 and test b@4 are evaluation interactions; u2: a(5) b(6) a(7)
@@ -48,7 +48,7 @@ def keywords(root, reviews="exclude_eval", name="rv"):
 @pytest.mark.parametrize("shape", ["review_4col", "review_2col", "item_column"])
 def test_every_shape_feeds_keywords_into_the_initial_prompts(tmp_path, caplog, shape):
     write(tmp_path, shape)
-    with caplog.at_level(logging.INFO, logger="recbole_reveal.fve.prompts"):
+    with caplog.at_level(logging.INFO, logger="recbole_reveal.fve.prompts.keywords"):
         held = keywords(tmp_path)
     for item, word in (("a", "sturdy"), ("b", "glossy")):
         assert word in held[item]["keywords"] and word in held[item]["prompt"]
@@ -75,7 +75,7 @@ def test_a_review_file_without_timestamps_leaves_out_by_user_and_item(tmp_path):
 
 def test_no_reviews_at_all_says_where_it_looked(tmp_path, caplog):
     folder = write(tmp_path, "none")
-    with caplog.at_level(logging.WARNING, logger="recbole_reveal.fve.prompts"):
+    with caplog.at_level(logging.WARNING, logger="recbole_reveal.fve.prompts.keywords"):
         records = keywords(tmp_path)
     assert all(r["keywords"] == [] for r in records.values())
     assert f"no review file {folder / 'rv.review'}" in caplog.text and "no review column" in caplog.text

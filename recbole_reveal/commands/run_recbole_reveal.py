@@ -61,7 +61,7 @@ def main(argv=None):
 
     try:
         if fve_requested(build_config(model, dataset, config_files, cmd_args=rest)):
-            from recbole_reveal.fve.loop import run_fve
+            from recbole_reveal.fve.loop.run import run_fve
 
             show_fve_progress()
             print(run_fve(model, dataset, config_file_list=config_files, cmd_args=rest)["table_text"])

@@ -1,5 +1,5 @@
 """FVE (paper §4.3): initial prompts, the VLM, the prompt-conditioned vision encoder and its caches,
-feedback and critic, and the resumable refinement loop ``run_fve`` (recbole_reveal.fve.loop). See
+feedback and critic, and the resumable refinement loop ``run_fve`` (recbole_reveal.fve.loop.run). See
 docs/fve.md.
 
 The names below are imported on first use, so that the light modules (``fve.config``, ``fve.prompts``)

@@ -77,7 +77,7 @@ def fve_settings(config=None):
 
 def load_fve_vlm(settings):
     """Load ``vlm_path`` as the settings say (device, dtype, attention kernel, quantization)."""
-    from recbole_reveal.fve.vlm import load_vlm
+    from recbole_reveal.fve.vlm.load import load_vlm
 
     return load_vlm(settings["vlm_path"], device=settings["fve_device"], dtype=settings["fve_dtype"],
                     attn_implementation=settings["fve_attn_implementation"],
@@ -86,8 +86,8 @@ def load_fve_vlm(settings):
 
 def build_fve_encoder(settings, vlm=None, vision_cache=None):
     """Load ``vlm_path`` (unless ``vlm`` is given) and build the encoder the settings describe."""
-    from recbole_reveal.fve.cache import VisionFeatureCache
-    from recbole_reveal.fve.encoder import FVEEncoder
+    from recbole_reveal.fve.encoding.cache.embeddings import VisionFeatureCache
+    from recbole_reveal.fve.encoding.encoder import FVEEncoder
 
     if vlm is None:
         vlm = load_fve_vlm(settings)

@@ -1,5 +1,5 @@
 """Load a local VLM folder for FVE (Qwen2.5-VL, Qwen3-VL, Gemma-3, InternVL3: the families of
-:mod:`recbole_reveal.fve.families`), without torchvision.
+:mod:`recbole_reveal.fve.vlm.families`), without torchvision.
 
 * :func:`load_vlm` checks the folder (:func:`check_vlm_folder`: a clear error naming the missing
   files and the download command), loads the model with ``local_files_only=True`` (bf16 on GPU,
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from recbole_reveal.errors import ConfigError, RevealUserError
-from recbole_reveal.fve.families import (  # noqa: F401 (QWEN_SPECIAL_TOKENS, image_only_processor_class: re-exported)
+from recbole_reveal.fve.vlm.families import (  # noqa: F401 (QWEN_SPECIAL_TOKENS, image_only_processor_class: re-exported)
     FAMILIES, NEAR_MISSES, QWEN_SPECIAL_TOKENS, image_only_processor_class,
 )
 
@@ -56,7 +56,7 @@ class LoadedVLM:
 
     @property
     def family(self):
-        """The :class:`~recbole_reveal.fve.families.Family` of this model (chat layout, image tokens)."""
+        """The :class:`~recbole_reveal.fve.vlm.families.Family` of this model (chat layout, image tokens)."""
         return FAMILIES[self.model_type]
 
     @property

@@ -16,22 +16,22 @@ from recbole_reveal.data.dataset import check_items_covered
 from recbole_reveal.data.feature_store import feature_paths
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.files import atomic_open, write_json_atomic
-from recbole_reveal.fve.cache import EmbeddingCache
-from recbole_reveal.fve.critic import (
+from recbole_reveal.fve.encoding.cache.embeddings import EmbeddingCache
+from recbole_reveal.fve.critic.critic import (
     acceptance, apply_rewrites, build_requests, check_acceptance, run_critic, write_critic_log,
 )
-from recbole_reveal.fve.encoder import item_requests, save_encoding
-from recbole_reveal.fve.feedback import Rankings, compute_rankings, item_statistics, select_items
-from recbole_reveal.fve.interaction_encoding import (
+from recbole_reveal.fve.encoding.encoder import item_requests, save_encoding
+from recbole_reveal.fve.feedback.rankings import Rankings, compute_rankings, item_statistics, select_items
+from recbole_reveal.fve.encoding.interaction_encoding import (
     cycle_requests, encode_cycle, encode_cycle_parallel, interaction_rows, merge, prompt_changes,
 )
-from recbole_reveal.fve.interactions import feature_set as interaction_feature_set
-from recbole_reveal.fve.interactions import interaction_keywords, read_keywords, write_keywords
-from recbole_reveal.fve.parallel import encode_data_parallel, resolve_num_processes
-from recbole_reveal.fve.prompts import (
+from recbole_reveal.fve.prompts.interactions import feature_set as interaction_feature_set
+from recbole_reveal.fve.prompts.interactions import interaction_keywords, read_keywords, write_keywords
+from recbole_reveal.fve.encoding.parallel import encode_data_parallel, resolve_num_processes
+from recbole_reveal.fve.prompts.keywords import (
     build_initial_prompts, keyword_cache_dir, load_stop_words, load_templates, read_prompts, write_prompts,
 )
-from recbole_reveal.fve.run_state import jsonable, read_json
+from recbole_reveal.fve.loop.run_state import jsonable, read_json
 from recbole_reveal.training import close_run_logs, fit_and_test
 
 logger = logging.getLogger(__name__)

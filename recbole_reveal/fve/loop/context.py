@@ -10,12 +10,12 @@ from recbole_reveal.config_keys import check_vlm_path
 from recbole_reveal.cost import CostMeter
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.config import build_fve_encoder, fve_settings
-from recbole_reveal.fve.critic import critic_settings
-from recbole_reveal.fve.feedback import feedback_settings
-from recbole_reveal.fve.generation import build_generator, generation_settings
-from recbole_reveal.fve.interactions import read_interactions
-from recbole_reveal.fve.prompts import load_templates, read_items
-from recbole_reveal.fve.vlm import ATTN_IMPLEMENTATIONS, QUANTIZATIONS
+from recbole_reveal.fve.critic.critic import critic_settings
+from recbole_reveal.fve.feedback.rankings import feedback_settings
+from recbole_reveal.fve.critic.generation.factory import build_generator, generation_settings
+from recbole_reveal.fve.prompts.interactions import read_interactions
+from recbole_reveal.fve.prompts.keywords import load_templates, read_items
+from recbole_reveal.fve.vlm.load import ATTN_IMPLEMENTATIONS, QUANTIZATIONS
 from recbole_reveal.training import prepare_run
 
 
@@ -54,7 +54,7 @@ class FVEContext:
         config_dict = dict(config_dict or {})
         config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
         settings = run_settings(config)
-        from recbole_reveal.fve.stages import training_plan
+        from recbole_reveal.fve.loop.stages import training_plan
 
         training_plan(config, check_port=False)     # --nproc: each cycle's training on N processes (checked here)
         if settings["vlm_path"]:
@@ -118,7 +118,7 @@ class FVEContext:
 
     @property
     def interactions(self):
-        """The ``.inter`` rows as :class:`~recbole_reveal.fve.interactions.Interaction` (token, history flag)."""
+        """The ``.inter`` rows as :class:`~recbole_reveal.fve.prompts.interactions.Interaction` (token, history flag)."""
         if self._interactions is None:
             self._interactions = read_interactions(self.inter_path, self.settings["fve_interaction_field"])
         return self._interactions

@@ -35,7 +35,7 @@ Prompt files are JSON lines, UTF-8, one object per item in ``.item`` order::
     {"item_id": "i0000", "prompt": "An item image of a Backpacks. ...", "keywords": ["blue", ...]}
 
 ``item_id`` and ``prompt`` (non-empty strings) are required; other keys are kept as they are (the
-cycle loop adds its own). ``python -m recbole_reveal.fve.prompts --dataset NAME`` writes the initial
+cycle loop adds its own). ``python -m recbole_reveal.fve.prompts.keywords --dataset NAME`` writes the initial
 prompts of a dataset.
 """
 
@@ -650,7 +650,7 @@ def main(argv=None):
 
 
 def cli(argv=None):
-    """``python -m recbole_reveal.fve.prompts``: :func:`main`, with a user error as one ``error:`` line and
+    """``python -m recbole_reveal.fve.prompts.keywords``: :func:`main`, with a user error as one ``error:`` line and
     exit status 2."""
     return exit_status(main, argv)
 

@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from recbole_reveal.fve.images import read_image_bytes
+from recbole_reveal.fve.encoding.images import read_image_bytes
 
 from recbole_reveal.files import atomic_open
 
@@ -357,7 +357,7 @@ def migrate_legacy(root, shard_entries=4096):
     except OSError as e:
         raise RuntimeError(
             f"FVE embedding cache {root} holds entries in the per-item layout of an earlier version and cannot "
-            f"be converted here ({e}); run `python -m recbole_reveal.fve.cache migrate {root}` where the folder "
+            f"be converted here ({e}); run `python -m recbole_reveal.fve.encoding.cache.embeddings migrate {root}` where the folder "
             "is writable, or point fve_cache_dir at a new folder") from e
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from recbole_reveal.data.atomic import iter_atomic, iter_interactions
 from recbole_reveal.data.interaction_tokens import derive_tokens, format_timestamp
 from recbole_reveal.errors import ConfigError
-from recbole_reveal.fve.prompts import (
+from recbole_reveal.fve.prompts.keywords import (
     ENGLISH_STOP_WORDS, item_fields, render, template_fields, tokenize_review, top_keywords,
 )
 
@@ -153,7 +153,7 @@ def interaction_keywords(review_path, interactions, top_k=5, stop_words=ENGLISH_
 
 def write_keywords(path, keywords):
     """``{token: [keyword, ...]}`` as JSON lines (sorted by token), written atomically."""
-    from recbole_reveal.fve.prompts import write_jsonl
+    from recbole_reveal.fve.prompts.keywords import write_jsonl
 
     write_jsonl(path, [{"interaction": token, "keywords": keywords[token]} for token in sorted(keywords)])
 

@@ -60,7 +60,7 @@ def fingerprint_config(config, settings):
     keys.update(settings)
     relevant = {k: jsonable(v) for k, v in keys.items() if k not in IGNORED_KEYS}
     if settings.get("vlm_path"):            # a moved model folder resumes; another model does not
-        from recbole_reveal.fve.vlm import vlm_model_id
+        from recbole_reveal.fve.vlm.load import vlm_model_id
 
         relevant["vlm_model_id"] = vlm_model_id(settings["vlm_path"])
     blob = json.dumps(relevant, sort_keys=True)
