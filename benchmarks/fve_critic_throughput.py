@@ -37,7 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_reveal.fve.critic.critic import CriticRequest, run_critic  # noqa: E402
 from recbole_reveal.fve.critic.generation.endpoint import EndpointGenerator  # noqa: E402
 from recbole_reveal.fve.critic.generation.transformers_backend import TransformersGenerator  # noqa: E402
-from recbole_reveal.fve.prompts.keywords import build_initial_prompts, load_templates, read_items  # noqa: E402
+from recbole_reveal.fve.prompts.records import read_items  # noqa: E402
+from recbole_reveal.fve.prompts.templates import build_initial_prompts, load_templates  # noqa: E402
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl  # noqa: E402
 from recbole_reveal.fve.vlm.load import load_vlm  # noqa: E402
 

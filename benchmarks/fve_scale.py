@@ -111,7 +111,7 @@ def _rss_mb(field):
 
 
 def stage_keywords(args, version, prepared=None):
-    from recbole_reveal.fve import prompts
+    from recbole_reveal.fve.prompts import keywords as prompts
 
     if version == "before":
         from fve_reference import old_item_keywords
@@ -125,15 +125,15 @@ def stage_keywords(args, version, prepared=None):
 
 
 def stage_init(args, version, prepared=None):
-    from recbole_reveal.fve import prompts
+    from recbole_reveal.fve.prompts import templates
 
     if version == "before":                  # the init stage with the old keyword reader
         from fve_reference import old_item_keywords
 
         folder = os.path.join(args.work, NAME)
         old = old_item_keywords(os.path.join(folder, f"{NAME}.review"), os.path.join(folder, f"{NAME}.inter"))
-        prompts.item_keywords = lambda *a, **k: old
-    records = prompts.build_initial_prompts(NAME, args.work)
+        templates.item_keywords = lambda *a, **k: old
+    records = templates.build_initial_prompts(NAME, args.work)
     return {"prompts": len(records), "digest": _digest(records)}
 
 
@@ -161,14 +161,14 @@ def synthetic_rankings(n_items, n_rows, top_n=50, seed=1):
 
 
 def prepare_feedback(args, version):
-    from recbole_reveal.fve.prompts.keywords import read_items
+    from recbole_reveal.fve.prompts.records import read_items
 
     items = read_items(os.path.join(args.work, NAME, f"{NAME}.item"))
     return items, synthetic_rankings(len(items) + 1, round(len(items) * YELP_USERS_PER_ITEM))
 
 
 def stage_feedback(args, version, prepared):
-    from recbole_reveal.fve import feedback
+    from recbole_reveal.fve.feedback import rankings as feedback
     from recbole_reveal.fve.critic.critic import build_requests
 
     items, rankings = prepared

@@ -43,6 +43,7 @@ import yaml
 from recbole_reveal import locations
 from recbole_reveal.arguments import _ConfigValueLoader
 from recbole_reveal.errors import ConfigError
+from recbole_reveal.fve.vlm.folder import check_vlm_folder
 
 EXTRA_KEYS = "extra_config_keys"
 MODALITIES = ("text", "vision")
@@ -637,21 +638,6 @@ def key_lines(text):
 
 
 def check_vlm_path(path, key="vlm_path"):
-    """``vlm_path`` must be a local Hugging Face model folder (a ``config.json`` and weights): checked
-    before the FVE loop records any stage, so a mistyped path costs nothing. Returns the absolute path."""
-    if not isinstance(path, str) or not path:
-        raise ConfigError(f"{key} must be a local VLM folder (Qwen2.5-VL, Qwen3-VL, Gemma-3, InternVL3-hf); "
-                          f"got {path!r}")
-    folder = os.path.abspath(os.path.expanduser(path))
-    download = ("download one with `hf download Qwen/Qwen2.5-VL-7B-Instruct --local-dir "
-                "/models/Qwen2.5-VL-7B-Instruct`")
-    if not os.path.isdir(folder):
-        raise ConfigError(f"{key}={path}: no such folder; {download}")
-    if not os.path.isfile(os.path.join(folder, "config.json")):
-        raise ConfigError(f"{key}={path}: the folder has no config.json, so it is not a Hugging Face model "
-                          f"folder; {download}")
-    weights = [n for n in os.listdir(folder) if n.endswith((".safetensors", ".bin")) or n.endswith(".index.json")]
-    if not weights:
-        raise ConfigError(f"{key}={path}: the folder has a config.json but no weights (*.safetensors); "
-                          f"{download}")
-    return folder
+    """``vlm_path`` must be a complete local VLM folder: the one folder check,
+    :meth:`~recbole_reveal.fve.vlm.folder.VLMFolder.check` (light, no torch). Returns the absolute path."""
+    return os.path.abspath(check_vlm_folder(path, key).path)

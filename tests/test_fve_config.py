@@ -3,8 +3,10 @@
 import pytest
 
 from recbole_reveal.errors import ConfigError
-from recbole_reveal.fve.config import DEFAULTS_FILE, build_fve_encoder, fve_settings
-from recbole_reveal.fve.vlm.load import VLMUnavailable, build_tiny_qwen2_5_vl
+from recbole_reveal.fve.config import DEFAULTS_FILE, fve_settings
+from recbole_reveal.fve.encoding.build import build_fve_encoder
+from recbole_reveal.fve.vlm.folder import VLMUnavailable
+from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
 
 def test_defaults_come_from_the_properties_file():

@@ -14,7 +14,8 @@ from recbole_reveal.fve.critic.critic import (
 )
 from recbole_reveal.fve.critic.generation.transformers_backend import TransformersGenerator
 from recbole_reveal.fve.critic.rewrite_parser import RewriteParseError, parse_rewrite
-from recbole_reveal.fve.prompts.keywords import load_templates, read_prompts, write_prompts
+from recbole_reveal.fve.prompts.records import read_prompts, write_prompts
+from recbole_reveal.fve.prompts.templates import load_templates
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 from recbole_reveal.fve.vlm.load import load_vlm
 
@@ -295,7 +296,7 @@ def test_requests_from_feedback_reach_the_vlm(vlm, templates):
     import numpy as np
 
     from recbole_reveal.fve.feedback.rankings import Rankings, item_statistics, select_items
-    from recbole_reveal.fve.prompts.keywords import read_items
+    from recbole_reveal.fve.prompts.records import read_items
 
     demo = os.path.join(ROOT, "dataset_atomic", "synthetic-demo")
     items = read_items(os.path.join(demo, "synthetic-demo.item"))[:5]

@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from recbole_reveal.fve.encoding.cache.embeddings import VisionFeatureCache
-from recbole_reveal.fve.encoding.encoder import POOLINGS, FVEEncoder, ItemRequest
+from recbole_reveal.fve.encoding.cache.vision import VisionFeatureCache
+from recbole_reveal.fve.encoding.chat import POOLINGS
+from recbole_reveal.fve.encoding.encoder import FVEEncoder, ItemRequest
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl
 from recbole_reveal.fve.vlm.load import load_vlm
 

@@ -12,7 +12,7 @@ from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.critic.critic import CriticRequest, run_critic
 from recbole_reveal.fve.critic.generation.endpoint import EndpointGenerator, GenerationError
 from recbole_reveal.fve.critic.generation.factory import generation_settings
-from recbole_reveal.fve.prompts.keywords import load_templates
+from recbole_reveal.fve.prompts.templates import load_templates
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGES = [os.path.join(ROOT, "dataset_atomic", "synthetic-demo", "images", f"i000{k}.png") for k in range(4)]

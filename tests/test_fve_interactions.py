@@ -18,7 +18,8 @@ from recbole_reveal.fve.prompts.interactions import (
     derive_tokens, instantiate, interaction_keywords, read_interactions, read_keywords,
 )
 from recbole_reveal.fve.loop.run import run_fve
-from recbole_reveal.fve.prompts.keywords import ItemMeta, load_templates
+from recbole_reveal.fve.prompts.records import ItemMeta
+from recbole_reveal.fve.prompts.templates import load_templates
 from recbole_reveal.testing.vlms import build_scripted_qwen2_5_vl, build_tiny_qwen2_5_vl
 from recbole_reveal.training import close_run_logs, prepare_run
 

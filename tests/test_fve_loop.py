@@ -19,7 +19,7 @@ from recbole_reveal.data.synthetic import generate_dataset
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.critic.critic import read_critic_log
 from recbole_reveal.fve.loop.run import run_fve, stage_names
-from recbole_reveal.fve.prompts.keywords import read_prompts
+from recbole_reveal.fve.prompts.records import read_prompts
 from recbole_reveal.testing.vlms import build_scripted_qwen2_5_vl, build_tiny_qwen2_5_vl
 
 N_ITEMS = 24
@@ -383,7 +383,7 @@ def test_the_loop_with_an_endpoint_changes_exactly_the_prompts_the_server_rewrot
     p0 = {r["item_id"]: r["prompt"] for r in read_prompts(os.path.join(fdir, "fve", "prompts_cycle_0.jsonl"))}
     p1 = {r["item_id"]: r["prompt"] for r in read_prompts(os.path.join(fdir, "fve", "prompts_cycle_1.jsonl"))}
     assert {t for t in p0 if p0[t] != p1[t]} == rewritten
-    from recbole_reveal.fve.prompts.keywords import read_items
+    from recbole_reveal.fve.prompts.records import read_items
 
     title_of = {it.item_id: it.title for it in read_items(os.path.join(data_root_of(fdir), f"{NAME}.item"))}
     well_formed = {t for t in titles if not zlib.crc32(t.encode()) % 2}

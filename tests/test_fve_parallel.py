@@ -9,10 +9,12 @@ import pytest
 
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.encoding.cache.embeddings import EmbeddingCache
-from recbole_reveal.fve.config import build_fve_encoder, fve_settings
+from recbole_reveal.fve.config import fve_settings
+from recbole_reveal.fve.encoding.build import build_fve_encoder
 from recbole_reveal.fve.encoding.encoder import ItemRequest, item_requests
 from recbole_reveal.fve.encoding.parallel import encode_data_parallel, resolve_num_processes
-from recbole_reveal.fve.prompts.keywords import build_initial_prompts, read_items
+from recbole_reveal.fve.prompts.records import read_items
+from recbole_reveal.fve.prompts.templates import build_initial_prompts
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,7 +82,7 @@ def test_two_processes_answer_the_critic_as_one_does(settings, tmp_path):
     from recbole_reveal.fve.critic.critic import CriticRequest, run_critic
     from recbole_reveal.fve.critic.generation.transformers_backend import TransformersGenerator
     from recbole_reveal.fve.critic.generation.parallel import ParallelGenerator
-    from recbole_reveal.fve.prompts.keywords import load_templates
+    from recbole_reveal.fve.prompts.templates import load_templates
     from recbole_reveal.fve.vlm.load import load_vlm
 
     settings = dict(settings, fve_rewrite_batch_size=2, fve_rewrite_max_new_tokens=6)

@@ -6,8 +6,9 @@ import numpy as np
 
 from recbole_reveal.fve.critic.critic import build_requests, feedback_summary
 from recbole_reveal.fve.feedback.rankings import Rankings, item_record, item_statistics
-from recbole_reveal.fve.prompts.keywords import ItemMeta, item_fields, load_templates, main as prompts_main, read_items, \
-    read_prompts
+from recbole_reveal.fve.prompts.__main__ import main as prompts_main
+from recbole_reveal.fve.prompts.records import ItemMeta, read_items, read_prompts
+from recbole_reveal.fve.prompts.templates import item_fields, load_templates
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dataset_atomic", "synthetic-demo")
 
@@ -56,7 +57,7 @@ def test_prompt_command_defaults_its_output_and_takes_every_review_choice(tmp_pa
     (folder / "toy.review").write_text("user_id:token\titem_id:token\ttimestamp:float\treview:token\n"
                                        "u1\ta\t1\tgreen canvas\n")
     with caplog.at_level("INFO", logger="recbole_reveal.fve.prompts.keywords"):
-        out = prompts_main(["--dataset", "toy", "--data_path", str(tmp_path), "--reviews", "all", "--top_k", "1"])
+        out = prompts_main(["--dataset", "toy", "--data_path", str(tmp_path), "--fve_keyword_reviews", "all", "--fve_keywords_topk", "1"])
     assert out == str(folder / "fve" / "prompts_initial.jsonl")
     assert [r["keywords"] for r in read_prompts(out)] == [["canvas"], []]
     assert "1 of 2 items have no review keywords" in caplog.text
@@ -69,7 +70,7 @@ def test_prompt_command_defaults_its_output_and_takes_every_review_choice(tmp_pa
 def test_vision_feature_cache_bounds_memory_and_round_trips_through_disk(tmp_path):
     import torch
 
-    from recbole_reveal.fve.encoding.cache.embeddings import VisionFeatureCache, VisionFeatures
+    from recbole_reveal.fve.encoding.cache.vision import VisionFeatureCache, VisionFeatures
 
     def feats(value, deepstack=2):
         return VisionFeatures(torch.full((4, 2), float(value)), [torch.full((4, 2), -float(value) - d) for d in range(deepstack)],

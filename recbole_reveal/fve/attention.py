@@ -193,7 +193,7 @@ def render_heatmaps(image, results, out_path, labels=None, panel_px=PANEL_PX, ti
 def cycle_prompts(dataset, item, data_path="dataset_atomic", feature_dir=None, cycles=None):
     """``[(label, prompt)]`` of ``item`` in the FVE prompt files of ``cycles`` (default: the first and
     the last cycle written) and the item's image path (from ``<dataset>.item``, or ``None``)."""
-    from recbole_reveal.fve.prompts.keywords import read_items, read_prompts
+    from recbole_reveal.fve.prompts.records import read_items, read_prompts
 
     dataset_dir = os.path.join(data_path, dataset)
     fve_dir = os.path.join(feature_dir or os.path.join(dataset_dir, "features"), "fve")

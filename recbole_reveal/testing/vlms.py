@@ -407,9 +407,8 @@ def random_qwen2_5_vl(shape, device="cuda", dtype="auto", seed=0, attn_implement
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from recbole_reveal.fve.vlm.load import (
-        LoadedVLM, _transformers_class, image_only_processor_class, resolve_device, resolve_dtype,
-    )
+    from recbole_reveal.fve.vlm.families import image_only_processor_class
+    from recbole_reveal.fve.vlm.load import LoadedVLM, _transformers_class, resolve_device, resolve_dtype
 
     shapes = dict(REAL_SHAPES, tiny=dict(text=TINY_TEXT, vision=TINY_VISION))
     if shape not in shapes:

@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from recbole_reveal.fve.encoding.cache.embeddings import (
-    VisionFeatureCache, VisionFeatures, embedding_key, image_digests, sha256_bytes,
-)
-from recbole_reveal.fve.encoding.chat import DEFAULT_POOLING, POOLINGS, ChatTurn  # noqa: F401 (POOLINGS: public here)
+from recbole_reveal.fve.encoding.cache.digests import image_digests, sha256_bytes
+from recbole_reveal.fve.encoding.cache.embeddings import embedding_key
+from recbole_reveal.fve.encoding.cache.vision import VisionFeatureCache, VisionFeatures
+from recbole_reveal.fve.encoding.chat import DEFAULT_POOLING, ChatTurn
 from recbole_reveal.fve.encoding.images import decode_image
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class FVEEncoder:
 
     Args:
         vlm: the loaded VLM.
-        pooling: one of :data:`POOLINGS` (``fve_pooling``).
+        pooling: one of :data:`~recbole_reveal.fve.encoding.chat.POOLINGS` (``fve_pooling``).
         layer: hidden-state index (``fve_layer``): 0 = input embeddings, ``k`` = after decoder
             layer k, -1 = the last layer (after the final norm, as the reference code takes it).
         min_pixels, max_pixels: pixel budget per image (``fve_min_pixels`` / ``fve_max_pixels``); the

@@ -174,7 +174,7 @@ def worker(work_dir, run_part):
 
 def _encode_worker(job, settings, work_dir, rank, world):
     from recbole_reveal.fve.encoding.cache.embeddings import EmbeddingCache
-    from recbole_reveal.fve.config import build_fve_encoder
+    from recbole_reveal.fve.encoding.build import build_fve_encoder
 
     from recbole_reveal.fve.encoding.interaction_encoding import merge
 

@@ -96,7 +96,7 @@ def restore_vlm(vlm, settings):
         vlm.model.to(vlm.device)
         logger.info("FVE: VLM moved back to %s", vlm.device)
     elif parked == "free":
-        from recbole_reveal.fve.config import load_fve_vlm
+        from recbole_reveal.fve.vlm.load import load_fve_vlm
 
         loaded = load_fve_vlm(settings)
         if loaded.model_id != vlm.model_id:

@@ -6,15 +6,17 @@ import os
 from dataclasses import dataclass, field
 
 from recbole_reveal.config import build_config
-from recbole_reveal.config_keys import check_vlm_path
 from recbole_reveal.cost import CostMeter
 from recbole_reveal.errors import ConfigError
-from recbole_reveal.fve.config import build_fve_encoder, fve_settings
+from recbole_reveal.fve.config import fve_settings
+from recbole_reveal.fve.encoding.build import build_fve_encoder
 from recbole_reveal.fve.critic.critic import critic_settings
 from recbole_reveal.fve.feedback.rankings import feedback_settings
 from recbole_reveal.fve.critic.generation.factory import build_generator, generation_settings
 from recbole_reveal.fve.prompts.interactions import read_interactions
-from recbole_reveal.fve.prompts.keywords import load_templates, read_items
+from recbole_reveal.fve.prompts.records import read_items
+from recbole_reveal.fve.prompts.templates import load_templates
+from recbole_reveal.fve.vlm.folder import check_vlm_folder, download_hint
 from recbole_reveal.fve.vlm.load import ATTN_IMPLEMENTATIONS, QUANTIZATIONS
 from recbole_reveal.training import prepare_run
 
@@ -58,11 +60,10 @@ class FVEContext:
 
         training_plan(config, check_port=False)     # --nproc: each cycle's training on N processes (checked here)
         if settings["vlm_path"]:
-            check_vlm_path(settings["vlm_path"])       # before any stage is recorded
+            check_vlm_folder(settings["vlm_path"])       # before any stage is recorded
         else:
             raise ConfigError("run_fve needs vlm_path: a local VLM folder (Qwen2.5-VL, Qwen3-VL, Gemma-3, "
-                              "InternVL3-hf; docs/fve.md), e.g. "
-                              "`hf download Qwen/Qwen2.5-VL-7B-Instruct --local-dir /models/Qwen2.5-VL-7B-Instruct`")
+                              "InternVL3-hf; docs/fve.md). " + download_hint())
         return cls(model, dataset, config_file_list, config_dict, cmd_args, config, settings)
 
     # ---- folders and files -------------------------------------------------------------------

@@ -28,9 +28,9 @@ from recbole_reveal.fve.encoding.interaction_encoding import (
 from recbole_reveal.fve.prompts.interactions import feature_set as interaction_feature_set
 from recbole_reveal.fve.prompts.interactions import interaction_keywords, read_keywords, write_keywords
 from recbole_reveal.fve.encoding.parallel import encode_data_parallel, resolve_num_processes
-from recbole_reveal.fve.prompts.keywords import (
-    build_initial_prompts, keyword_cache_dir, load_stop_words, load_templates, read_prompts, write_prompts,
-)
+from recbole_reveal.fve.prompts.keywords import keyword_cache_dir, load_stop_words
+from recbole_reveal.fve.prompts.records import read_prompts, write_prompts
+from recbole_reveal.fve.prompts.templates import build_initial_prompts, load_templates
 from recbole_reveal.fve.loop.run_state import jsonable, read_json
 from recbole_reveal.training import close_run_logs, fit_and_test
 

@@ -32,9 +32,8 @@ from dataclasses import dataclass
 from recbole_reveal.data.atomic import iter_atomic, iter_interactions
 from recbole_reveal.data.interaction_tokens import derive_tokens, format_timestamp
 from recbole_reveal.errors import ConfigError
-from recbole_reveal.fve.prompts.keywords import (
-    ENGLISH_STOP_WORDS, item_fields, render, template_fields, tokenize_review, top_keywords,
-)
+from recbole_reveal.fve.prompts.keywords import ENGLISH_STOP_WORDS, tokenize_review, top_keywords
+from recbole_reveal.fve.prompts.templates import item_fields, render, template_fields
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +152,7 @@ def interaction_keywords(review_path, interactions, top_k=5, stop_words=ENGLISH_
 
 def write_keywords(path, keywords):
     """``{token: [keyword, ...]}`` as JSON lines (sorted by token), written atomically."""
-    from recbole_reveal.fve.prompts.keywords import write_jsonl
+    from recbole_reveal.fve.prompts.records import write_jsonl
 
     write_jsonl(path, [{"interaction": token, "keywords": keywords[token]} for token in sorted(keywords)])
 

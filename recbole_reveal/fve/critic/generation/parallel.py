@@ -7,7 +7,7 @@ import sys
 from dataclasses import asdict
 
 from recbole_reveal.fve.encoding.parallel import launch_workers, run_worker
-from recbole_reveal.fve.vlm.families import family_of
+from recbole_reveal.fve.vlm.folder import VLMFolder
 
 logger = logging.getLogger(__name__)
 
@@ -19,15 +19,16 @@ class ParallelGenerator:
 
     def __init__(self, settings, num_processes):
         from recbole_reveal.fve.critic.generation.transformers_backend import resolve_batch_size
-        from recbole_reveal.fve.vlm.load import resolve_dtype, resolve_device, vlm_model_id
+        from recbole_reveal.fve.vlm.load import resolve_dtype, resolve_device
 
         self.settings, self.num_processes = settings, num_processes
         device = resolve_device("cpu" if str(settings["fve_device"]).startswith("cpu") else "cuda:0")
         self.batch_size = resolve_batch_size(settings, device)
         self.max_new_tokens = settings["fve_rewrite_max_new_tokens"]
-        self.reserved_tokens = tuple(family_of(settings["vlm_path"]).control_tokens())
+        folder = VLMFolder(settings["vlm_path"])
+        self.reserved_tokens = tuple(folder.family.control_tokens())
         ip_size = _preprocessor_size(settings["vlm_path"])
-        self._identity = {"backend": "transformers", "model_id": vlm_model_id(settings["vlm_path"]),
+        self._identity = {"backend": "transformers", "model_id": folder.model_id,
                           "dtype": str(resolve_dtype(settings["fve_dtype"], device)),
                           "max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size,
                           "seed": settings["fve_rewrite_seed"],
@@ -51,18 +52,16 @@ class ParallelGenerator:
 
 def _preprocessor_size(vlm_path):
     """The folder's default pixel budget, as its family reads it (what the workers' generator uses)."""
-    family = family_of(vlm_path)
+    family = VLMFolder(vlm_path).family
     return family.default_budget(family.image_processor(vlm_path))
 
 
 def _critic_worker(job, settings, work_dir, rank, world):
     from recbole_reveal.fve.critic.generation.base import AnswerLog, GenerationItem
     from recbole_reveal.fve.critic.generation.transformers_backend import TransformersGenerator
-    from recbole_reveal.fve.vlm.load import load_vlm
+    from recbole_reveal.fve.vlm.load import load_fve_vlm
 
-    vlm = load_vlm(settings["vlm_path"], device=settings["fve_device"], dtype=settings["fve_dtype"],
-                   attn_implementation=settings["fve_attn_implementation"],
-                   quantization=settings.get("fve_quantization"))
+    vlm = load_fve_vlm(settings)
     generator = TransformersGenerator.from_settings(settings, vlm)
     if generator.identity() != job["identity"]:
         raise RuntimeError(f"worker generator {generator.identity()} differs from the caller's {job['identity']}")

@@ -2,14 +2,13 @@
 ``fve_rewrite_batch_size`` (``auto``: sized to the GPU, 4 on the CPU), images decoded per batch, one user
 turn per item (the instruction, then the image) under a fixed seed."""
 
-import json
 import logging
-import os
 
 import torch
 
 from recbole_reveal.fve.critic.generation.base import Answer, fixed_batches, user_turn
 from recbole_reveal.fve.encoding.images import decode_image
+from recbole_reveal.fve.vlm.folder import VLMFolder
 from recbole_reveal.fve.vlm.load import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -47,11 +46,8 @@ def resolve_batch_size(settings, device=None):
     value = settings["fve_rewrite_batch_size"]
     if value != "auto":
         return int(value)
-    path = settings["vlm_path"]
-    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-        config = json.load(f)
-    weights = sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path)
-                  if n.endswith((".safetensors", ".bin")))
+    folder = VLMFolder(settings["vlm_path"])
+    config, weights = folder.config, folder.weight_bytes()
     if settings.get("fve_quantization") == "4bit":
         weights //= 4
     elif settings.get("fve_quantization") == "8bit":
