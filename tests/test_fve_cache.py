@@ -2,7 +2,6 @@
 whose prompt changed, a re-run re-encodes nothing, and every input of the embedding is in the key."""
 
 import json
-import logging
 import os
 
 import numpy as np

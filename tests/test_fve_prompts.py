@@ -251,7 +251,7 @@ def test_streamed_holdout_equals_the_old_one_on_ties_and_missing_timestamps(tmp_
 def test_the_keyword_cache_is_reused_and_keyed_by_content(tmp_path, monkeypatch, caplog):
     from recbole_reveal.fve.prompts import keywords as prompts
 
-    caplog.set_level("INFO", logger="recbole_reveal.fve.prompts.keywords")
+    caplog.set_level("INFO", logger="recbole_reveal.fve.prompts")
     _write_dataset(str(tmp_path / "data"))
     cache = str(tmp_path / "kw")
     first = build_initial_prompts("toy", str(tmp_path / "data"), keyword_cache=cache)

@@ -56,13 +56,13 @@ def test_prompt_command_defaults_its_output_and_takes_every_review_choice(tmp_pa
     (folder / "toy.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\nu1\ta\t1\n")
     (folder / "toy.review").write_text("user_id:token\titem_id:token\ttimestamp:float\treview:token\n"
                                        "u1\ta\t1\tgreen canvas\n")
-    with caplog.at_level("INFO", logger="recbole_reveal.fve.prompts.keywords"):
+    with caplog.at_level("INFO", logger="recbole_reveal.fve.prompts"):
         out = prompts_main(["--dataset", "toy", "--data_path", str(tmp_path), "--fve_keyword_reviews", "all", "--fve_keywords_topk", "1"])
     assert out == str(folder / "fve" / "prompts_initial.jsonl")
     assert [r["keywords"] for r in read_prompts(out)] == [["canvas"], []]
     assert "1 of 2 items have no review keywords" in caplog.text
     (folder / "toy.review").unlink()
-    with caplog.at_level("INFO", logger="recbole_reveal.fve.prompts.keywords"):
+    with caplog.at_level("INFO", logger="recbole_reveal.fve.prompts"):
         prompts_main(["--dataset", "toy", "--data_path", str(tmp_path)])
     assert f"no review file {folder / 'toy.review'}" in caplog.text
 

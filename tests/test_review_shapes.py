@@ -49,7 +49,7 @@ def keywords(root, reviews="exclude_eval", name="rv"):
 @pytest.mark.parametrize("shape", ["review_4col", "review_2col", "item_column"])
 def test_every_shape_feeds_keywords_into_the_initial_prompts(tmp_path, caplog, shape):
     write(tmp_path, shape)
-    with caplog.at_level(logging.INFO, logger="recbole_reveal.fve.prompts.keywords"):
+    with caplog.at_level(logging.INFO, logger="recbole_reveal.fve.prompts"):
         held = keywords(tmp_path)
     for item, word in (("a", "sturdy"), ("b", "glossy")):
         assert word in held[item]["keywords"] and word in held[item]["prompt"]
@@ -76,7 +76,7 @@ def test_a_review_file_without_timestamps_leaves_out_by_user_and_item(tmp_path):
 
 def test_no_reviews_at_all_says_where_it_looked(tmp_path, caplog):
     folder = write(tmp_path, "none")
-    with caplog.at_level(logging.WARNING, logger="recbole_reveal.fve.prompts.keywords"):
+    with caplog.at_level(logging.WARNING, logger="recbole_reveal.fve.prompts"):
         records = keywords(tmp_path)
     assert all(r["keywords"] == [] for r in records.values())
     assert f"no review file {folder / 'rv.review'}" in caplog.text and "no review column" in caplog.text
