@@ -43,7 +43,6 @@ import yaml
 from recbole_reveal import locations
 from recbole_reveal.arguments import _ConfigValueLoader
 from recbole_reveal.errors import ConfigError
-from recbole_reveal.fve.vlm.folder import check_vlm_folder
 
 EXTRA_KEYS = "extra_config_keys"
 MODALITIES = ("text", "vision")
@@ -635,9 +634,3 @@ def key_lines(text):
     if not isinstance(node, yaml.MappingNode):
         return {}
     return {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
-
-
-def check_vlm_path(path, key="vlm_path"):
-    """``vlm_path`` must be a complete local VLM folder: the one folder check,
-    :meth:`~recbole_reveal.fve.vlm.folder.VLMFolder.check` (light, no torch). Returns the absolute path."""
-    return os.path.abspath(check_vlm_folder(path, key).path)
