@@ -39,8 +39,8 @@ from recbole_reveal.fve.critic.generation.endpoint import EndpointGenerator  # n
 from recbole_reveal.fve.critic.generation.transformers_backend import TransformersGenerator  # noqa: E402
 from recbole_reveal.fve.prompts.records import read_items  # noqa: E402
 from recbole_reveal.fve.prompts.templates import build_initial_prompts, load_templates  # noqa: E402
-from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl  # noqa: E402
 from recbole_reveal.fve.vlm.load import load_vlm  # noqa: E402
+from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "dataset_atomic", "synthetic-demo")

@@ -16,8 +16,8 @@ from recbole_reveal.fve.critic.generation.transformers_backend import Transforme
 from recbole_reveal.fve.critic.rewrite_parser import RewriteParseError, parse_rewrite
 from recbole_reveal.fve.prompts.records import read_prompts, write_prompts
 from recbole_reveal.fve.prompts.templates import load_templates
-from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 from recbole_reveal.fve.vlm.load import load_vlm
+from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGES = [os.path.join(ROOT, "dataset_atomic", "synthetic-demo", "images", f"i000{k}.png") for k in range(3)]

@@ -15,8 +15,8 @@ from PIL import Image
 from recbole_reveal.fve.encoding.cache.vision import VisionFeatureCache
 from recbole_reveal.fve.encoding.chat import POOLINGS
 from recbole_reveal.fve.encoding.encoder import FVEEncoder, ItemRequest
-from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl
 from recbole_reveal.fve.vlm.load import load_vlm
+from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl
 
 from helpers import DEMO_IMAGES, demo_images, item_requests
 BUDGET = dict(min_pixels=56 * 56, max_pixels=112 * 112)   # <= 16 image tokens: fast on CPU

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from recbole_reveal.fve.encoding.encoder import FVEEncoder, ItemRequest
 from recbole_reveal.fve.critic.generation.transformers_backend import TransformersGenerator, _stop_ids
+from recbole_reveal.fve.encoding.encoder import FVEEncoder, ItemRequest
 from recbole_reveal.fve.vlm.folder import VLMUnavailable, check_vlm_folder
 from recbole_reveal.fve.vlm.load import load_vlm
 from recbole_reveal.testing.vlms import (

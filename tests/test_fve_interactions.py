@@ -14,10 +14,10 @@ import torch
 from recbole_reveal.data.atomic import read_atomic
 from recbole_reveal.data.feature_store import load_item_features, save_item_features
 from recbole_reveal.data.synthetic import generate_dataset
+from recbole_reveal.fve.loop.run import run_fve
 from recbole_reveal.fve.prompts.interactions import (
     derive_tokens, instantiate, interaction_keywords, read_interactions, read_keywords,
 )
-from recbole_reveal.fve.loop.run import run_fve
 from recbole_reveal.fve.prompts.records import ItemMeta
 from recbole_reveal.fve.prompts.templates import load_templates
 from recbole_reveal.testing.vlms import build_scripted_qwen2_5_vl, build_tiny_qwen2_5_vl

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from recbole_reveal.errors import ConfigError
-from recbole_reveal.fve.encoding.cache.embeddings import EmbeddingCache
 from recbole_reveal.fve.config import fve_settings
 from recbole_reveal.fve.encoding.build import build_fve_encoder
+from recbole_reveal.fve.encoding.cache.embeddings import EmbeddingCache
 from recbole_reveal.fve.encoding.encoder import ItemRequest, item_requests
 from recbole_reveal.fve.encoding.parallel import encode_data_parallel, resolve_num_processes
 from recbole_reveal.fve.prompts.records import read_items

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from recbole_reveal.errors import RevealUserError
-from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl
 from recbole_reveal.fve.vlm.folder import VLMUnavailable, check_vlm_folder, vlm_model_id
 from recbole_reveal.fve.vlm.load import load_vlm
+from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = os.path.join(ROOT, "dataset_atomic", "synthetic-demo", "images", "i0000.png")

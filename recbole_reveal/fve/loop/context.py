@@ -9,10 +9,11 @@ from recbole_reveal.config import build_config
 from recbole_reveal.cost import CostMeter
 from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.config import fve_settings
-from recbole_reveal.fve.encoding.build import build_fve_encoder
 from recbole_reveal.fve.critic.critic import critic_settings
-from recbole_reveal.fve.feedback.rankings import feedback_settings
 from recbole_reveal.fve.critic.generation.factory import build_generator, generation_settings
+from recbole_reveal.fve.encoding.build import build_fve_encoder
+from recbole_reveal.fve.feedback.rankings import feedback_settings
+from recbole_reveal.fve.loop.scope import scope_of
 from recbole_reveal.fve.prompts.interactions import read_interactions
 from recbole_reveal.fve.prompts.records import read_items
 from recbole_reveal.fve.prompts.templates import load_templates
@@ -97,9 +98,9 @@ class FVEContext:
         return os.path.join(self.run_dir, f"cycle_{x}")
 
     @property
-    def interaction_scope(self):
-        """``fve_prompt_scope: interaction``: one prompt and embedding per interaction at history positions."""
-        return self.settings["fve_prompt_scope"] == "interaction"
+    def scope(self):
+        """What ``fve_prompt_scope`` adds to the stages (:mod:`~recbole_reveal.fve.loop.scope`)."""
+        return scope_of(self.settings)
 
     @property
     def keywords_path(self):
