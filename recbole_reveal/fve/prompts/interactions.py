@@ -37,7 +37,6 @@ from recbole_reveal.fve.prompts.templates import item_fields, render, template_f
 
 logger = logging.getLogger(__name__)
 
-SCOPES = ("item", "interaction")
 DEFAULT_FIELD = "interaction_id"
 DEFAULT_CLAUSE = "Users often mention: {keywords}."
 
@@ -197,8 +196,3 @@ def interaction_prompts(interactions, keywords, items, records, initial_records,
     return {it.token: instantiate(meta[it.item], now[it.item], first[it.item], keywords.get(it.token, []), templates)
             for it in interactions if it.history}
 
-
-def check_scope(scope):
-    if scope not in SCOPES:
-        raise ConfigError(f"fve_prompt_scope must be one of {', '.join(SCOPES)}; got {scope!r}")
-    return scope
