@@ -176,7 +176,9 @@ def load_vlm(path, device="auto", dtype="auto", attn_implementation=None, quanti
     folder = check_vlm_folder(path)
     model_type = folder.model_type
     model_cls = _transformers_class(folder.family.model_class)
-    kwargs = {"local_files_only": True, "dtype": dtype}
+    # use_kernels=False: transformers >= 5.25 otherwise swaps layers for hub kernels on a GPU, which asks the
+    # hub at load time (fails offline, and would run downloaded code)
+    kwargs = {"local_files_only": True, "dtype": dtype, "use_kernels": False}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if bnb is not None:
