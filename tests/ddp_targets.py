@@ -13,13 +13,14 @@ import torch
 def train_and_record(runs, out_dir, dataset="tiny", config_dict=None):
     """``runs``: ``{label: (model, overrides)}``. Writes ``<out_dir>/<label>-rank<r>.pt``; returns rank
     0's metrics per label."""
-    from recbole_reveal.distributed import global_rank
+    from recbole_reveal.infra.collectives import global_rank
+    from recbole_reveal.config import build_config
     from recbole_reveal.training import close_run_logs, prepare_run
 
     reported = {}
     for label, (model, overrides) in runs.items():
-        config, (train_data, valid_data, test_data), model_obj, trainer = prepare_run(
-            model, dataset, config_dict=dict(config_dict or {}, **overrides))
+        config, (train_data, valid_data, test_data), model_obj, trainer = prepare_run(build_config(
+            model, dataset, config_dict=dict(config_dict or {}, **overrides)))
         ks = []
         trainer.optimizer.register_step_pre_hook(
             lambda optimizer, args, kwargs: ks.append(getattr(trainer, "current_k", None)))

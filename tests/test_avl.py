@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recbole_reveal import run_recbole_reveal
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.trainer import AVLTrainer, ModalityBalance
 from helpers import build_pipeline, first_batch
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from recbole_reveal.distributed import Plan
+from recbole_reveal.adaptation.launch import Plan
 from helpers import build_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -221,7 +221,7 @@ def test_the_fve_loop_trains_each_cycle_on_n_processes(tmp_path):
 
 
 def test_the_fve_loop_refuses_torchrun_and_several_machines(tiny_root):
-    from recbole_reveal.errors import ConfigError
+    from recbole_reveal.infra.errors import ConfigError
     from recbole_reveal.fve.loop.run import run_fve
 
     with pytest.raises(ConfigError, match="FVE loop trains each cycle's backbone on the processes of this machine"):

@@ -2,10 +2,10 @@
 
 import pytest
 
-from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.config import DEFAULTS_FILE, fve_settings
 from recbole_reveal.fve.encoding.build import build_fve_encoder
 from recbole_reveal.fve.vlm.folder import VLMUnavailable
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
 
@@ -23,7 +23,7 @@ def test_overrides_and_validation():
         fve_settings({"fve_poling": "last_token"})
     with pytest.raises(ConfigError, match="fve_pooling must be one of .*reference_image_first"):
         fve_settings({"fve_pooling": "mean"})
-    with pytest.raises(ConfigError, match="fve_batch_size must be an integer >= 1"):
+    with pytest.raises(ConfigError, match="fve_batch_size must be >= 1; got 0"):
         fve_settings({"fve_batch_size": 0})
     with pytest.raises(ConfigError, match="fve_max_pixels .* is below fve_min_pixels"):
         fve_settings({"fve_max_pixels": 100})

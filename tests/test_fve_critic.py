@@ -7,7 +7,6 @@ import os
 
 import pytest
 
-from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.critic.critic import (
     CriticRecord, CriticRequest, LowAcceptance, acceptance, apply_rewrites, check_acceptance, critic_settings,
     critic_text, feedback_summary, read_critic_log, review_summary, run_critic, write_critic_log,
@@ -17,6 +16,7 @@ from recbole_reveal.fve.critic.rewrite_parser import RewriteParseError, parse_re
 from recbole_reveal.fve.prompts.records import read_prompts, write_prompts
 from recbole_reveal.fve.prompts.templates import load_templates
 from recbole_reveal.fve.vlm.load import load_vlm
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

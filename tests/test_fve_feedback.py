@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from helpers import build_pipeline
-from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.feedback.rankings import (
     Rankings, compute_rankings, feedback_examples, feedback_settings, item_record, item_statistics,
     select_items,
 )
+from recbole_reveal.infra.errors import ConfigError
 
 L2, L3, L5 = math.log(2), math.log(3), math.log(5)
 

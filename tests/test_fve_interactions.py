@@ -21,6 +21,7 @@ from recbole_reveal.fve.prompts.interactions import (
 from recbole_reveal.fve.prompts.records import ItemMeta
 from recbole_reveal.fve.prompts.templates import load_templates
 from recbole_reveal.testing.vlms import build_scripted_qwen2_5_vl, build_tiny_qwen2_5_vl
+from recbole_reveal.config import build_config
 from recbole_reveal.training import close_run_logs, prepare_run
 
 NAME = "fveinter"
@@ -118,7 +119,7 @@ def test_keywords_come_from_the_interactions_own_review_and_never_a_test_review(
 
 
 def test_item_level_reviews_give_every_interaction_its_items_prompt_and_a_bad_file_is_one_error(tmp_path, caplog):
-    from recbole_reveal.errors import ConfigError
+    from recbole_reveal.infra.errors import ConfigError
 
     inter, review = tmp_path / "x.inter", tmp_path / "x.review"
     inter.write_text("user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\t1\nu1\ti2\t2\n")
@@ -246,7 +247,7 @@ def test_same_item_in_two_histories_is_personal_exactly_when_the_reviews_differ(
     train_cfg = dict(cfg, vision_feature="fve/cycle_0", vision_interaction_feature="fve/interactions_cycle_0",
                      vision_feature_dim=64)
     train_cfg.pop("fve_stop_after")
-    _, (_, _, test), model, _ = prepare_run("M3SRec_REVEAL", NAME, config_dict=train_cfg)
+    _, (_, _, test), model, _ = prepare_run(build_config("M3SRec_REVEAL", NAME, config_dict=train_cfg))
     close_run_logs()
     data = test._dataset
     uid = {t: i for i, t in enumerate(data.field2id_token["user_id"])}
@@ -339,7 +340,7 @@ def test_every_backbone_reads_history_features_and_candidates_stay_item_level(fu
                      vision_feature_dim=64)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     name = os.path.join(root, model) if model.startswith("examples/") else model
-    _, (_, _, test_data), net, _ = prepare_run(name, NAME, config_dict=train_cfg)
+    _, (_, _, test_data), net, _ = prepare_run(build_config(name, NAME, config_dict=train_cfg))
     close_run_logs()
     net.eval()
     batch = next(iter(test_data))[0].to(net.device if hasattr(net, "device") else "cpu")
@@ -391,7 +392,7 @@ def test_the_history_table_can_stay_in_host_memory(full_run):
     for where in ("model", "cpu"):
         train_cfg = dict(cfg, vision_feature="fve/cycle_0", vision_interaction_feature="fve/interactions_cycle_0",
                          vision_feature_dim=64, fve_history_table_device=where)
-        _, (_, _, test_data), net, _ = prepare_run("M3SRec_REVEAL", NAME, config_dict=train_cfg)
+        _, (_, _, test_data), net, _ = prepare_run(build_config("M3SRec_REVEAL", NAME, config_dict=train_cfg))
         close_run_logs()
         net.eval()
         with torch.no_grad():

@@ -16,10 +16,10 @@ import pytest
 
 from recbole_reveal.data.feature_store import load_item_features, save_item_features
 from recbole_reveal.data.synthetic import generate_dataset
-from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.critic.critic import read_critic_log
 from recbole_reveal.fve.loop.run import run_fve, stage_names
 from recbole_reveal.fve.prompts.records import read_prompts
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.testing.vlms import build_scripted_qwen2_5_vl, build_tiny_qwen2_5_vl
 
 N_ITEMS = 24

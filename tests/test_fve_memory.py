@@ -10,12 +10,12 @@ import weakref
 import numpy as np
 import pytest
 
-from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.config import fve_settings
 from recbole_reveal.fve.encoding.build import build_fve_encoder
 from recbole_reveal.fve.encoding.encoder import ItemRequest
 from recbole_reveal.fve.encoding.residency import park_vlm, place_vlm, restore_vlm, stage_needs_vlm
 from recbole_reveal.fve.prompts import keywords as prompts
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pytest
 
-from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.config import fve_settings
 from recbole_reveal.fve.encoding.build import build_fve_encoder
 from recbole_reveal.fve.encoding.cache.embeddings import EmbeddingCache
@@ -15,6 +14,7 @@ from recbole_reveal.fve.encoding.encoder import ItemRequest, item_requests
 from recbole_reveal.fve.encoding.parallel import encode_data_parallel, resolve_num_processes
 from recbole_reveal.fve.prompts.records import read_items
 from recbole_reveal.fve.prompts.templates import build_initial_prompts
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,7 +5,6 @@ import os
 
 import pytest
 
-from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.prompts.__main__ import main
 from recbole_reveal.fve.prompts.keywords import (
     ENGLISH_STOP_WORDS, evaluation_holdout, extract_keywords, load_stop_words, tokenize_review,
@@ -14,6 +13,7 @@ from recbole_reveal.fve.prompts.records import ItemMeta, read_items, read_prompt
 from recbole_reveal.fve.prompts.templates import (
     DEFAULT_TEMPLATES, build_initial_prompts, initial_prompt, load_templates, render,
 )
+from recbole_reveal.infra.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_PATH = os.path.join(ROOT, "dataset_atomic")

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from recbole_reveal.errors import RevealUserError
 from recbole_reveal.fve.vlm.folder import VLMUnavailable, check_vlm_folder, vlm_model_id
 from recbole_reveal.fve.vlm.load import load_vlm
+from recbole_reveal.infra.errors import RevealUserError
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,7 +159,7 @@ def test_random_model_in_bf16_encodes():
 def test_gpu_only_load_options_fail_clearly_without_a_gpu(tiny_folder):
     """flash_attention_2 and 4/8-bit weights are CUDA features: on the CPU a ConfigError says so (and
     what to install) before anything loads; sdpa / eager / auto load."""
-    from recbole_reveal.errors import ConfigError
+    from recbole_reveal.infra.errors import ConfigError
 
     for kwargs, match in (({"attn_implementation": "flash_attention_2"}, "flash_attention_2 runs on CUDA only"),
                           ({"quantization": "4bit"}, "4bit \\(bitsandbytes\\) runs on CUDA only"),
@@ -179,7 +179,7 @@ def test_cuda_requested_without_a_gpu_is_a_clear_error(tiny_folder):
         pytest.skip("a GPU is present")
     from recbole_reveal.fve.critic.generation.transformers_backend import auto_batch_size
 
-    from recbole_reveal.errors import ConfigError
+    from recbole_reveal.infra.errors import ConfigError
 
     with pytest.raises(ConfigError, match="CUDA is not available"):
         load_vlm(tiny_folder, device="cuda")

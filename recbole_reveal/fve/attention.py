@@ -42,8 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.encoding.chat import POOLINGS, ChatTurn
+from recbole_reveal.infra.errors import ConfigError
 
 DEFAULT_POOLING = "last_token"
 PANEL_PX, TITLE_PX, PAD_PX, DPI = 384, 72, 3, 100
@@ -291,7 +291,7 @@ def _fill_from_config(args):
 def main(argv=None):
     from PIL import Image
 
-    from recbole_reveal.errors import USER_ERRORS
+    from recbole_reveal.infra.errors import USER_ERRORS
     from recbole_reveal.fve.vlm.load import load_vlm
 
     args = parse_args(argv)

@@ -11,7 +11,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.model.reference_mode import reference_switch
 from recbole_reveal.model.wasserstein_layers import (
     WassersteinTransformerEncoder,

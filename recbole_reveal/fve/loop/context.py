@@ -6,8 +6,6 @@ import os
 from dataclasses import dataclass, field
 
 from recbole_reveal.config import build_config
-from recbole_reveal.cost import CostMeter
-from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.config import fve_settings
 from recbole_reveal.fve.critic.critic import critic_settings
 from recbole_reveal.fve.critic.generation.factory import build_generator, generation_settings
@@ -19,6 +17,8 @@ from recbole_reveal.fve.prompts.records import read_items
 from recbole_reveal.fve.prompts.templates import load_templates
 from recbole_reveal.fve.vlm.folder import check_vlm_folder, download_hint
 from recbole_reveal.fve.vlm.load import ATTN_IMPLEMENTATIONS, QUANTIZATIONS
+from recbole_reveal.infra.cost import CostMeter
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.training import prepare_run
 
 
@@ -149,5 +149,5 @@ class FVEContext:
 
     def prepare_training(self, overrides):
         """Config, loaders, model and trainer of a backbone run with ``overrides`` on the run's config."""
-        return prepare_run(self.model, self.dataset, self.config_file_list, dict(self.config_dict, **overrides),
-                           self.cmd_args)
+        return prepare_run(build_config(self.model, self.dataset, self.config_file_list,
+                                        dict(self.config_dict, **overrides), self.cmd_args))

@@ -14,14 +14,14 @@ import os
 import time
 from contextlib import contextmanager
 
-from recbole_reveal.cost import format_cost, write_cost
-from recbole_reveal.errors import ConfigError
-from recbole_reveal.files import write_json_atomic
 from recbole_reveal.fve.encoding.residency import place_vlm
 from recbole_reveal.fve.loop.context import FVEContext
 from recbole_reveal.fve.loop.run_state import RunState, fingerprint_config, run_folders_locked
 from recbole_reveal.fve.loop.stages import Critic, Encode, Feedback, Init, Train
 from recbole_reveal.fve.loop.table import cycle_table, format_table
+from recbole_reveal.infra.cost import format_cost, write_cost
+from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.infra.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from recbole_reveal.errors import exit_status
+from recbole_reveal.infra.errors import exit_status
 from recbole_reveal.fve.prompts.records import write_prompts
 from recbole_reveal.fve.prompts.templates import DEFAULT_TEMPLATES, build_initial_prompts
 

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 from recbole_reveal.data.atomic import iter_atomic, iter_interactions
 from recbole_reveal.data.interaction_tokens import derive_tokens, format_timestamp
-from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.prompts.keywords import ENGLISH_STOP_WORDS, tokenize_review, top_keywords
 from recbole_reveal.fve.prompts.templates import item_fields, render, template_fields
+from recbole_reveal.infra.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from recbole_reveal.data.atomic import iter_atomic, iter_interactions
-from recbole_reveal.errors import ConfigError
-from recbole_reveal.files import file_sha256, write_json_atomic
+from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.infra.files import file_sha256, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

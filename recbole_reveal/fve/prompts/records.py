@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 
 from recbole_reveal.data.atomic import read_atomic
-from recbole_reveal.errors import ConfigError, DatasetNotFoundError
-from recbole_reveal.files import atomic_open
+from recbole_reveal.infra.errors import ConfigError, DatasetNotFoundError
+from recbole_reveal.infra.files import atomic_open
 
 
 @dataclass(frozen=True)

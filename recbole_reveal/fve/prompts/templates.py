@@ -13,8 +13,8 @@ import string
 
 import yaml
 
-from recbole_reveal import locations
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra import locations
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.fve.prompts.keywords import item_keywords, load_stop_words
 from recbole_reveal.fve.prompts.records import read_items
 

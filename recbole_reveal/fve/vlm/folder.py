@@ -12,7 +12,7 @@ import json
 import os
 from functools import cached_property
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.fve.vlm.families import FAMILIES, NEAR_MISSES
 
 DEFAULT_FOLDER = "/models/Qwen2.5-VL-7B-Instruct"

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from recbole_reveal.errors import ConfigError
 from recbole_reveal.fve.vlm.families import FAMILIES
 from recbole_reveal.fve.vlm.folder import check_vlm_folder
+from recbole_reveal.infra.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

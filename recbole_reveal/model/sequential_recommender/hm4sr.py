@@ -26,7 +26,7 @@ from recbole.model.layers import TransformerEncoder
 from recbole.utils import FeatureType, InputType
 from torch import nn
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
 from recbole_reveal.model.hm4sr_layers import (
     SAME_TARGET_NEGATIVES,

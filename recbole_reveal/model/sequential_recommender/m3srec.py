@@ -20,7 +20,7 @@ import torch
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
 from recbole_reveal.model.gaussian_recommender import GaussianSequentialRecommender
 from recbole_reveal.model.m3srec_layers import MLPExperts, MultimodalMoEFusion, ReferenceStreamAttention

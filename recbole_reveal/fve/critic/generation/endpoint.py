@@ -28,10 +28,10 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from recbole_reveal.errors import ConfigError, RevealUserError
 from recbole_reveal.fve.critic.generation.base import Answer, user_turn
 from recbole_reveal.fve.encoding.images import decode_image
 from recbole_reveal.fve.vlm.folder import VLMFolder
+from recbole_reveal.infra.errors import ConfigError, RevealUserError
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@
 Both send one user turn per item: the instruction text, then the image (a common prefix that serving
 engines can cache), decoded greedily (temperature 0) under a fixed seed.
 """
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 
 BACKENDS = ("transformers", "endpoint")
 

@@ -26,7 +26,7 @@ import zlib
 
 import numpy as np
 
-from recbole_reveal.files import atomic_open
+from recbole_reveal.infra.files import atomic_open
 
 logger = logging.getLogger(__name__)
 

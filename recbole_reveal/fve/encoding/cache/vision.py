@@ -7,7 +7,7 @@ import logging
 import os
 from collections import OrderedDict
 
-from recbole_reveal.files import atomic_open
+from recbole_reveal.infra.files import atomic_open
 
 logger = logging.getLogger(__name__)
 
