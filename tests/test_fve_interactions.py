@@ -217,6 +217,31 @@ def test_resume_in_interaction_scope_gives_the_same_files(full_run, data_root, s
     assert [r["interactions_reencoded"] for r in second["table"]] == [r["interactions_reencoded"] for r in out["table"]]
 
 
+def test_a_custom_stop_word_file_reaches_the_interaction_keywords(data_root, scripted_vlm, tmp_path):
+    """``fve_stopwords`` replaces the built-in list for the interactions' keywords as for the items'."""
+    from collections import Counter
+
+    from recbole_reveal.fve.prompts import ENGLISH_STOP_WORDS
+
+    def init_keywords(name, **extra):
+        fdir = feature_dir(data_root, tmp_path / name)
+        run_fve("M3SRec_REVEAL", NAME, config_dict=config(data_root, scripted_vlm, fdir, fve_stop_after="init",
+                                                          fve_run_dir=str(tmp_path / f"run_{name}"), **extra))
+        return read_keywords(os.path.join(fdir, "fve", "interaction_keywords.jsonl"))
+
+    default = init_keywords("default")
+    common = Counter(w for words in default.values() for w in words).most_common(2)
+    stop_file = tmp_path / "stop.txt"
+    stop_file.write_text("# the built-in list and two frequent review words\n"
+                         + "\n".join(sorted(ENGLISH_STOP_WORDS) + [w.upper() for w, _ in common]) + "\n")
+    custom = init_keywords("custom", fve_stopwords=str(stop_file))
+    dropped = {w for w, _ in common}
+    assert set(custom) <= set(default) and sum(map(len, custom.values())) > 0
+    assert not any(dropped & set(words) for words in custom.values())
+    for token, words in default.items():                  # the other words keep their order
+        assert [w for w in words if w not in dropped] == custom.get(token, [])[:len(words) - len(dropped & set(words))]
+
+
 # ---- two users, one item ---------------------------------------------------------------------------------
 def test_same_item_in_two_histories_is_personal_exactly_when_the_reviews_differ(tmp_path):
     """Users A, B, C all have item X in their history; A and B wrote the same review of X, C another one. The

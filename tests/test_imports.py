@@ -24,6 +24,8 @@ LIGHT = [
     "recbole_reveal.data.feature_store",
     "recbole_reveal.data.synthetic",
     "recbole_reveal.prepare",
+    "recbole_reveal.data.merge",
+    "recbole_reveal.commands.merge_datasets",
     "recbole_reveal.fve",
     "recbole_reveal.fve.config",
     "recbole_reveal.fve.prompts.keywords",
