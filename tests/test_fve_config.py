@@ -60,7 +60,7 @@ def test_a_changed_avl_key_refuses_the_finished_stages(tmp_path, key):
     """A rerun with another alpha (or any AVL key) must not resume stages trained with the old one."""
     from types import SimpleNamespace
 
-    from recbole_reveal.fve.run_state import RunState, fingerprint_config
+    from recbole_reveal.fve.loop.run_state import RunState, fingerprint_config
 
     base = {"model": "M3SRec_REVEAL", "avl": True, "avl_alpha": 0.1, "avl_clamp": [0.1, 10.0], "avl_mode": "grad",
             "avl_probe_mode": "eval", "avl_probe_every": 1}
@@ -75,7 +75,7 @@ def test_a_changed_avl_key_refuses_the_finished_stages(tmp_path, key):
 def test_no_model_or_avl_key_is_ignored_by_the_run_fingerprint():
     from types import SimpleNamespace
 
-    from recbole_reveal.fve.run_state import fingerprint_config
+    from recbole_reveal.fve.loop.run_state import fingerprint_config
 
     keys = _model_keys()
     assert {"avl_alpha", "avl_clamp", "hidden_size", "pvn_weight"} <= set(keys)

@@ -221,7 +221,7 @@ def test_a_custom_stop_word_file_reaches_the_interaction_keywords(data_root, scr
     """``fve_stopwords`` replaces the built-in list for the interactions' keywords as for the items'."""
     from collections import Counter
 
-    from recbole_reveal.fve.prompts import ENGLISH_STOP_WORDS
+    from recbole_reveal.fve.prompts.keywords import ENGLISH_STOP_WORDS
 
     def init_keywords(name, **extra):
         fdir = feature_dir(data_root, tmp_path / name)
