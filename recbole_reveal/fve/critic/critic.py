@@ -6,9 +6,9 @@ goal, then the item image, and answers::
     ANALYSIS: <text>
     NEW_PROMPT: <text>
 
-The answers come from a generation backend (:mod:`~recbole_reveal.fve.generation`: the run's VLM with
+The answers come from a generation backend (:mod:`~recbole_reveal.fve.critic.generation.transformers_backend`: the run's VLM with
 transformers, or an OpenAI-compatible endpoint), each appended to an answer log as it arrives so an
-interrupted critic resumes at the next item. :mod:`~recbole_reveal.fve.rewrite_parser` reads each answer
+interrupted critic resumes at the next item. :mod:`~recbole_reveal.fve.critic.rewrite_parser` reads each answer
 (tolerant of the common shapes of a correct one, strict about truncation and special tokens); a rejected
 answer keeps the old prompt and records the reason. Items whose image is unusable get no critic (their
 embedding is the missing-image row whatever the prompt) and keep their prompt, with the reason recorded.
@@ -20,11 +20,12 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from recbole_reveal.fve.critic.generation.base import AnswerLog, GenerationItem, item_key
+from recbole_reveal.fve.critic.rewrite_parser import RewriteParseError, parse_rewrite
+from recbole_reveal.fve.prompts.records import write_jsonl
+from recbole_reveal.fve.prompts.templates import render
+from recbole_reveal.fve.vlm.families import QWEN_SPECIAL_TOKENS
 from recbole_reveal.infra.errors import ConfigError, RevealUserError
-from recbole_reveal.fve.generation import AnswerLog, GenerationItem, item_key
-from recbole_reveal.fve.prompts import render, write_jsonl
-from recbole_reveal.fve.rewrite_parser import RewriteParseError, parse_rewrite
-from recbole_reveal.fve.vlm import QWEN_SPECIAL_TOKENS
 from recbole_reveal.infra.locations import fve_defaults
 
 logger = logging.getLogger(__name__)
@@ -110,8 +111,8 @@ def review_summary(keywords):
 def feedback_summary(label, stat, examples, names, feedback_k=(10, 20)):
     """One paragraph comparing the ground truth with the recommendation result for an item.
 
-    ``stat`` is :func:`~recbole_reveal.fve.feedback.item_record` output, ``examples`` the ids from
-    :func:`~recbole_reveal.fve.feedback.feedback_examples`, ``names`` maps an id to a display name.
+    ``stat`` is :func:`~recbole_reveal.fve.feedback.rankings.item_record` output, ``examples`` the ids from
+    :func:`~recbole_reveal.fve.feedback.rankings.feedback_examples`, ``names`` maps an id to a display name.
     """
     k1, k2 = feedback_k
     shown = "; ".join(names(i) for i in examples)
@@ -130,13 +131,13 @@ def build_requests(selection, stats, rankings, item_tokens, items, prompt_record
                    feedback_k=(10, 20), n_examples=3):
     """:class:`CriticRequest` per selected item.
 
-    ``selection``: :func:`~recbole_reveal.fve.feedback.select_items` output (internal ids, labels);
+    ``selection``: :func:`~recbole_reveal.fve.feedback.rankings.select_items` output (internal ids, labels);
     ``stats``/``rankings``: its inputs; ``item_tokens``: internal id -> item token (e.g.
     ``dataset.field2id_token[iid_field]``); ``items``: ``read_items`` output; ``prompt_records``: the
     current prompts (their ``keywords`` become the review summary); image paths are relative to
     ``dataset_dir``.
     """
-    from recbole_reveal.fve.feedback import feedback_examples, item_record
+    from recbole_reveal.fve.feedback.rankings import feedback_examples, item_record
 
     meta = {it.item_id: it for it in items}
     prompts = {r["item_id"]: r for r in prompt_records}
@@ -164,9 +165,9 @@ def build_requests(selection, stats, rankings, item_tokens, items, prompt_record
 
 def run_critic(generator, requests, templates, max_words=None, answers_dir=None):
     """Critique and rewrite the prompts of ``requests`` ([:class:`CriticRequest`]) with ``generator``
-    (a backend of :mod:`~recbole_reveal.fve.generation`).
+    (a backend of :mod:`~recbole_reveal.fve.critic.generation.transformers_backend`).
 
-    Answers already in ``answers_dir`` (an :class:`~recbole_reveal.fve.generation.AnswerLog` folder) for
+    Answers already in ``answers_dir`` (an :class:`~recbole_reveal.fve.critic.generation.base.AnswerLog` folder) for
     the same requests are reused; new ones are appended there as they come. Returns ``(records,
     counts)``: one :class:`CriticRecord` per request, in order, and a Counter with ``accepted``,
     ``changed``, ``fallback``, ``fallback: <reason>`` per reason and ``note: <tolerance>`` (also logged).

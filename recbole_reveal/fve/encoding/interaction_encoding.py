@@ -20,8 +20,8 @@ interactions get their own embedding, each user's last interaction (never a hist
 
 import numpy as np
 
-from recbole_reveal.fve.encoder import EncodeResult, ItemRequest, item_requests
-from recbole_reveal.fve.interactions import interaction_prompts
+from recbole_reveal.fve.encoding.encoder import EncodeResult, ItemRequest, item_requests
+from recbole_reveal.fve.prompts.interactions import interaction_prompts
 
 CHUNK_ITEMS = 256
 

@@ -3,9 +3,9 @@ prompt, train the backbone on those features, rank the validation users, and let
 rewrite the prompts of the selected items for cycle x + 1.
 
 Every finished stage is recorded in the run folder (``fve_run_dir``, default ``<feature_dir>/fve/run``)
-with a fingerprint of the config (:mod:`~recbole_reveal.fve.run_state`); calling :func:`run_fve` again
+with a fingerprint of the config (:mod:`~recbole_reveal.fve.loop.run_state`); calling :func:`run_fve` again
 with the same config resumes at the first unfinished stage (a finished run loads its saved results and
-runs nothing, not even the VLM load). The stages and their files: :mod:`~recbole_reveal.fve.stages`.
+runs nothing, not even the VLM load). The stages and their files: :mod:`~recbole_reveal.fve.loop.stages`.
 See docs/fve.md ("The cycle loop").
 """
 
@@ -14,14 +14,14 @@ import os
 import time
 from contextlib import contextmanager
 
+from recbole_reveal.fve.encoding.residency import place_vlm
+from recbole_reveal.fve.loop.context import FVEContext
+from recbole_reveal.fve.loop.run_state import RunState, fingerprint_config, run_folders_locked
+from recbole_reveal.fve.loop.stages import Critic, Encode, Feedback, Init, Train
+from recbole_reveal.fve.loop.table import cycle_table, format_table
 from recbole_reveal.infra.cost import format_cost, write_cost
 from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.infra.files import write_json_atomic
-from recbole_reveal.fve.context import FVEContext
-from recbole_reveal.fve.residency import place_vlm
-from recbole_reveal.fve.run_state import RunState, fingerprint_config, run_folders_locked
-from recbole_reveal.fve.stages import Critic, Encode, Feedback, Init, Train
-from recbole_reveal.fve.table import cycle_table, format_table
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from recbole_reveal.fve.families import QWEN_SPECIAL_TOKENS
+from recbole_reveal.fve.vlm.families import QWEN_SPECIAL_TOKENS
 
 _EMPH = r"(?:\*\*|__|\*|_)?"
 # a marker at the start of a line: optional heading / list / quote prefix, optional emphasis, the

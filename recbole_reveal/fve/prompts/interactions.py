@@ -31,14 +31,12 @@ from dataclasses import dataclass
 
 from recbole_reveal.data.atomic import iter_atomic, iter_interactions
 from recbole_reveal.data.interaction_tokens import derive_tokens, format_timestamp
+from recbole_reveal.fve.prompts.keywords import ENGLISH_STOP_WORDS, tokenize_review, top_keywords
+from recbole_reveal.fve.prompts.templates import item_fields, render, template_fields
 from recbole_reveal.infra.errors import ConfigError
-from recbole_reveal.fve.prompts import (
-    ENGLISH_STOP_WORDS, item_fields, render, template_fields, tokenize_review, top_keywords,
-)
 
 logger = logging.getLogger(__name__)
 
-SCOPES = ("item", "interaction")
 DEFAULT_FIELD = "interaction_id"
 DEFAULT_CLAUSE = "Users often mention: {keywords}."
 
@@ -153,7 +151,7 @@ def interaction_keywords(review_path, interactions, top_k=5, stop_words=ENGLISH_
 
 def write_keywords(path, keywords):
     """``{token: [keyword, ...]}`` as JSON lines (sorted by token), written atomically."""
-    from recbole_reveal.fve.prompts import write_jsonl
+    from recbole_reveal.fve.prompts.records import write_jsonl
 
     write_jsonl(path, [{"interaction": token, "keywords": keywords[token]} for token in sorted(keywords)])
 
@@ -198,8 +196,3 @@ def interaction_prompts(interactions, keywords, items, records, initial_records,
     return {it.token: instantiate(meta[it.item], now[it.item], first[it.item], keywords.get(it.token, []), templates)
             for it in interactions if it.history}
 
-
-def check_scope(scope):
-    if scope not in SCOPES:
-        raise ConfigError(f"fve_prompt_scope must be one of {', '.join(SCOPES)}; got {scope!r}")
-    return scope

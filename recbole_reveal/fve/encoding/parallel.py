@@ -1,5 +1,5 @@
-"""Data-parallel FVE encoding and critic generation: one process per GPU, each encoding a shard of the
-items (merged into one result in request order), or answering its share of the critic's batches.
+"""Data-parallel FVE encoding (and the worker launch the critic's data-parallel generation shares): one
+process per GPU, each encoding a shard of the items (merged into one result in request order).
 
 The calling process writes the job (requests, FVE settings, cache folder) to a work folder and starts
 ``fve_num_processes`` workers with torchrun (``torch.distributed.run --standalone``, what
@@ -24,10 +24,9 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
+from recbole_reveal.fve.encoding.encoder import EncodeResult, ItemRequest
 from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.infra.files import atomic_open
-from recbole_reveal.fve.encoder import EncodeResult, ItemRequest
-from recbole_reveal.fve.families import family_of
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +72,9 @@ def encode_data_parallel(requests, settings, cache_dir, work_dir, num_processes,
     return result, description
 
 
-def launch_workers(work_dir, job, num_processes):
-    """Write ``job`` to ``work_dir`` and run ``num_processes`` workers on it with torchrun; their output
+def launch_workers(work_dir, job, num_processes, module=__name__):
+    """Write ``job`` to ``work_dir`` and run ``num_processes`` workers of ``module`` (``python -m module
+    work_dir`` calls :func:`run_worker`) on it with torchrun; their output
     goes to ``workers.log`` (progress lines also to this module's logger). A failed worker is an error
     quoting each worker's exception (or the log's tail)."""
     os.makedirs(work_dir, exist_ok=True)
@@ -85,7 +85,7 @@ def launch_workers(work_dir, job, num_processes):
     with open(os.path.join(work_dir, JOB_FILE), "w", encoding="utf-8") as f:
         json.dump(job, f)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}",
-           "-m", "recbole_reveal.fve.parallel", work_dir]
+           "-m", module, work_dir]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
     log_path = os.path.join(work_dir, LOG_FILE)
@@ -108,49 +108,6 @@ def launch_workers(work_dir, job, num_processes):
         what = {"encode": "encoding", "critic": "critic generation"}[job["kind"]]
         raise RuntimeError(f"FVE data-parallel {what} failed (exit {code}); full worker log: {log_path}\n"
                            + "\n".join(errors))
-
-
-class ParallelGenerator:
-    """The transformers critic backend over ``num_processes`` worker processes (one per GPU, as encoding):
-    the fixed batches of the item list are dealt round-robin to the workers, each loading the VLM and
-    appending its answers to its own file of the answer log."""
-
-    def __init__(self, settings, num_processes):
-        from recbole_reveal.fve.generation import resolve_batch_size
-        from recbole_reveal.fve.vlm import resolve_dtype, resolve_device, vlm_model_id
-
-        self.settings, self.num_processes = settings, num_processes
-        device = resolve_device("cpu" if str(settings["fve_device"]).startswith("cpu") else "cuda:0")
-        self.batch_size = resolve_batch_size(settings, device)
-        self.max_new_tokens = settings["fve_rewrite_max_new_tokens"]
-        self.reserved_tokens = tuple(family_of(settings["vlm_path"]).control_tokens())
-        ip_size = _preprocessor_size(settings["vlm_path"])
-        self._identity = {"backend": "transformers", "model_id": vlm_model_id(settings["vlm_path"]),
-                          "dtype": str(resolve_dtype(settings["fve_dtype"], device)),
-                          "max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size,
-                          "seed": settings["fve_rewrite_seed"],
-                          "pixels": [int(settings["fve_min_pixels"] or ip_size[0]),
-                                     int(settings["fve_max_pixels"] or ip_size[1])]}
-
-    def identity(self):
-        """As the workers' :meth:`TransformersGenerator.identity` (checked by each worker)."""
-        return self._identity
-
-    def generate(self, items, done, log, keys):
-        if log.folder is None:
-            raise ValueError("the data-parallel critic needs an answer-log folder (run_critic's answers_dir)")
-        work_dir = os.path.join(log.folder, "workers")
-        logger.info("FVE critic: %d items with %d processes (%s)", len(items) - len(done), self.num_processes,
-                    self.settings["fve_device"])
-        launch_workers(work_dir, {"kind": "critic", "settings": dict(self.settings, fve_rewrite_batch_size=self.batch_size),
-                                  "items": [asdict(i) for i in items], "done": sorted(done), "keys": keys,
-                                  "identity": self._identity, "answers_dir": log.folder}, self.num_processes)
-
-
-def _preprocessor_size(vlm_path):
-    """The folder's default pixel budget, as its family reads it (what the workers' generator uses)."""
-    family = family_of(vlm_path)
-    return family.default_budget(family.image_processor(vlm_path))
 
 
 def merge_shards(requests, work_dir, num_processes):
@@ -197,8 +154,9 @@ def _atomic_save(path, write):
         write(f)
 
 
-def worker(work_dir):
-    """One worker: run this rank's part of the job in ``work_dir`` (encode a shard, or answer batches)."""
+def worker(work_dir, run_part):
+    """One worker: run this rank's part of the job in ``work_dir`` with ``run_part(job, settings, work_dir,
+    rank, world)`` (encode a shard, or answer batches)."""
     from accelerate import PartialState
 
     with open(os.path.join(work_dir, JOB_FILE), encoding="utf-8") as f:
@@ -209,19 +167,16 @@ def worker(work_dir):
     rank, world = state.process_index, state.num_processes
     logging.basicConfig(level=logging.INFO, format=f"[rank {rank}] %(message)s", stream=sys.stdout, force=True)
     settings["fve_device"] = "cpu" if on_cpu else str(state.device)
-    if job["kind"] == "critic":
-        _critic_worker(job, settings, rank, world)
-    else:
-        _encode_worker(job, settings, work_dir, rank, world)
+    run_part(job, settings, work_dir, rank, world)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 
 def _encode_worker(job, settings, work_dir, rank, world):
-    from recbole_reveal.fve.cache import EmbeddingCache
-    from recbole_reveal.fve.config import build_fve_encoder
+    from recbole_reveal.fve.encoding.cache.embeddings import EmbeddingCache
+    from recbole_reveal.fve.encoding.build import build_fve_encoder
 
-    from recbole_reveal.fve.interaction_encoding import merge
+    from recbole_reveal.fve.encoding.interaction_encoding import merge
 
     everything = [ItemRequest(**r) for r in job["requests"]]
     encoder = build_fve_encoder(settings)
@@ -242,29 +197,15 @@ def _encode_worker(job, settings, work_dir, rank, world):
     _atomic_save(meta_path, lambda f: f.write(json.dumps(meta).encode()))
 
 
-def _critic_worker(job, settings, rank, world):
-    from recbole_reveal.fve.generation import AnswerLog, GenerationItem, TransformersGenerator
-    from recbole_reveal.fve.vlm import load_vlm
-
-    vlm = load_vlm(settings["vlm_path"], device=settings["fve_device"], dtype=settings["fve_dtype"],
-                   attn_implementation=settings["fve_attn_implementation"],
-                   quantization=settings.get("fve_quantization"))
-    generator = TransformersGenerator.from_settings(settings, vlm)
-    if generator.identity() != job["identity"]:
-        raise RuntimeError(f"worker generator {generator.identity()} differs from the caller's {job['identity']}")
-    keys = {int(k): v for k, v in job["keys"].items()}
-    generator.generate([GenerationItem(**i) for i in job["items"]], set(job["done"]),
-                       AnswerLog(job["answers_dir"], writer=f"answers_rank{rank}"), keys, rank=rank, world=world)
-
-
 def _error_path(work_dir, rank):
     return os.path.join(work_dir, f"shard_{rank}.error")
 
 
-def _main(work_dir):
+def run_worker(work_dir, run_part):
+    """A worker process's main: :func:`worker`, with its exception recorded for the caller's message."""
     rank = int(os.environ.get("RANK", 0))
     try:
-        worker(work_dir)
+        worker(work_dir, run_part)
     except Exception as e:   # recorded for the caller's error message, then re-raised for torchrun
         with open(_error_path(work_dir, rank), "w", encoding="utf-8") as f:
             f.write(f"{type(e).__name__}: {e}")
@@ -272,4 +213,4 @@ def _main(work_dir):
 
 
 if __name__ == "__main__":
-    _main(sys.argv[1])
+    run_worker(sys.argv[1], _encode_worker)

@@ -1,8 +1,8 @@
 """The chat turn FVE encodes: which order the prompt and the image take in the user turn, the token ids
 of the rendered turn with the image expanded to its image tokens, the positions that are pooled, and the
-image preprocessing under the pixel budget, for every VLM family (:mod:`recbole_reveal.fve.families`:
+image preprocessing under the pixel budget, for every VLM family (:mod:`recbole_reveal.fve.vlm.families`:
 the family says what the template writes for an image and what that expands to).
-:class:`~recbole_reveal.fve.encoder.FVEEncoder` runs these turns through the model in batches; the attention
+:class:`~recbole_reveal.fve.encoding.encoder.FVEEncoder` runs these turns through the model in batches; the attention
 heatmaps build the same turns.
 
 ``fve_pooling`` (see docs/fve.md, "The prompt-order issue") picks the layout:

@@ -300,18 +300,6 @@ class InternVLFamily(Family):
         return feats
 
 
-def family_of(path):
-    """The :class:`Family` of the VLM folder ``path`` (its config.json's ``model_type``), or None."""
-    import json
-    import os
-
-    try:
-        with open(os.path.join(str(path), "config.json"), encoding="utf-8") as f:
-            return FAMILIES.get(json.load(f).get("model_type"))
-    except (OSError, ValueError):
-        return None
-
-
 def tokens_per_tile(config):
     """InternVL's image tokens per tile: (image size / patch size)^2 x downsample_ratio^2 (256 for 448 / 14 /
     0.5), from a config dict."""

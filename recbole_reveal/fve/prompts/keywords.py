@@ -1,4 +1,4 @@
-"""FVE's initial prompts (paper §4.3.3): review keywords + item metadata -> one prompt per item.
+"""Review keywords of FVE's initial prompts (paper §4.3.3).
 
 Keywords of an item come from the first of (docs/own-data.md, "Reviews"):
 
@@ -24,62 +24,31 @@ and then:
 Counting is one streaming pass with interned word ids (:class:`KeywordCounts`: about 12 bytes per
 distinct (item, word) pair, so Yelp's reviews fit in a few hundred MB); the keywords can be kept in a
 content-keyed cache (:func:`item_keywords`) that later runs on the same dataset read instead.
-
-Prompts come from the templates in ``properties/fve/templates.yaml`` (see there): ``{title}``,
-``{category}`` (most specific category, i.e. the last of ``categories``), ``{categories}``,
-``{brand}``, ``{keywords}`` (", "-joined), ``{item_id}``. ``token_seq`` fields are space-separated
-tokens in which ``_`` stands for a space.
-
-Prompt files are JSON lines, UTF-8, one object per item in ``.item`` order::
-
-    {"item_id": "i0000", "prompt": "An item image of a Backpacks. ...", "keywords": ["blue", ...]}
-
-``item_id`` and ``prompt`` (non-empty strings) are required; other keys are kept as they are (the
-cycle loop adds its own). ``python -m recbole_reveal.fve.prompts --dataset NAME`` writes the initial
-prompts of a dataset.
 """
 
-import argparse
 import bisect
 import hashlib
 import json
 import logging
 import os
 import re
-import string
-import sys
 from array import array
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
-import yaml
 
-from recbole_reveal.infra import locations
-from recbole_reveal.data.atomic import iter_atomic, iter_interactions, read_atomic
-from recbole_reveal.infra.errors import ConfigError, DatasetNotFoundError, exit_status
-from recbole_reveal.infra.files import atomic_open, write_json_atomic
+from recbole_reveal.data.atomic import iter_atomic, iter_interactions
+from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.infra.files import file_sha256, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TEMPLATES = locations.property_file("fve", "templates.yaml")
 KEYWORD_CACHE_FORMAT = 1   # bump when the keyword rule changes
 ITEM_REVIEW_COLUMNS = ("review", "reviews")     # a .item column holding an item's review text
 REVIEW_HELP = ("a review file is 'user_id:token item_id:token timestamp:float review:token' (or "
                "'item_id:token review:token' for item-level text), docs/own-data.md 'Reviews'")
 
-ITEM_FIELDS = ("title", "category", "categories", "brand", "keywords", "item_id")
-# template key -> the placeholders it may use (None: a mapping or number, not a template)
-TEMPLATE_FIELDS = {
-    "initial_prompt": ITEM_FIELDS,
-    "initial_prompt_no_keywords": ITEM_FIELDS,
-    "evaluation_instruction": (),
-    "rewrite_instruction": ("evaluation_instruction", "prompt", "title", "category", "brand",
-                            "review_summary", "feedback", "goal", "max_words"),
-    "empty_field": None,
-    "rewrite_goals": None,
-    "rewrite_max_words": None,
-}
 
 # A general-purpose English stop-word list: articles, pronouns, auxiliaries, prepositions,
 # conjunctions, common adverbs/determiners, and contractions written without their apostrophe (the
@@ -100,17 +69,9 @@ mightnt mustnt neednt shant shed shes shouldnt thats theres theyd theyll theyre 
 werent weve whats wheres whos wont wouldnt youd youll youre youve
 """.split())
 
+
 _APOSTROPHES = re.compile(r"['\u2019\u02bc`]")
 _WORD = re.compile(r"[^\W_]+")   # runs of letters/digits (any script); "_" and punctuation separate
-
-
-@dataclass(frozen=True)
-class ItemMeta:
-    item_id: str
-    title: str
-    categories: tuple
-    brand: str
-    image: str
 
 
 def review_words(text):
@@ -144,35 +105,6 @@ def load_stop_words(path=None):
         raise ConfigError(f"fve_stopwords: file not found: {path}")
     with open(path, encoding="utf-8") as f:
         return frozenset(w.strip().lower() for w in f if w.strip() and not w.lstrip().startswith("#"))
-
-
-def _clean(value):
-    """An atomic-file value as text: ``_`` inside tokens means a space; whitespace collapsed."""
-    return " ".join(value.replace("_", " ").split())
-
-
-def read_items(item_path):
-    """The items of a ``.item`` file in file order (title / categories / brand / image optional)."""
-    if not os.path.isfile(item_path):
-        raise DatasetNotFoundError(f"item file not found: {item_path}")
-    columns, _, rows = read_atomic(item_path)
-    if "item_id" not in columns:
-        raise ConfigError(f"{item_path}: no item_id column (columns: {columns}); the header names item_id:token")
-    col = {c: columns.index(c) for c in columns}
-
-    def get(row, name):
-        return row[col[name]] if name in col else ""
-
-    items, seen = [], set()
-    for row in rows:
-        token = row[col["item_id"]]
-        if token in seen:
-            raise ConfigError(f"{item_path}: duplicate item_id {token!r}; each item has one row")
-        seen.add(token)
-        items.append(ItemMeta(item_id=token, title=_clean(get(row, "title")),
-                              categories=tuple(_clean(c) for c in get(row, "categories").split() if _clean(c)),
-                              brand=_clean(get(row, "brand")), image=get(row, "image")))
-    return items
 
 
 def evaluation_holdout(inter_path, n_holdout=2):
@@ -405,11 +337,6 @@ def top_keywords(counts, top_k=5):
     return [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]]
 
 
-def file_sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def keyword_cache_key(review_path, inter_path, top_k, reviews, stop_words, text_column="review"):
     """What the keywords depend on: the bytes of the review file (and of the interaction file when
     evaluation reviews are left out), the stop words, ``top_k``, the review rule and the format (and the
@@ -487,173 +414,9 @@ def item_keywords(dataset, data_path, top_k=5, reviews="exclude_eval", stop_word
     return keywords
 
 
-def template_fields(template):
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-
-
-def load_templates(path=None):
-    """The templates file (default ``properties/fve/templates.yaml``), checked: every key of
-    :data:`TEMPLATE_FIELDS` present, placeholders allowed, goals ``pos`` and ``neg``."""
-    path = path or DEFAULT_TEMPLATES
-    if not os.path.isfile(path):
-        raise ConfigError(f"fve_templates: file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        templates = yaml.safe_load(f) or {}
-    missing = [k for k in TEMPLATE_FIELDS if k not in templates]
-    if missing:
-        raise ConfigError(f"{path}: missing template keys {missing}")
-    for key, allowed in TEMPLATE_FIELDS.items():
-        if allowed is None:
-            continue
-        if not isinstance(templates[key], str) or not templates[key].strip():
-            raise ConfigError(f"{path}: {key} must be a non-empty string")
-        try:
-            used = template_fields(templates[key])
-        except ValueError as e:
-            raise ConfigError(f"{path}: {key} is not a valid template ({e})") from e
-        bad = sorted(f for f in used if f not in allowed)
-        if bad:
-            raise ConfigError(f"{path}: {key} uses unknown placeholders {bad}; allowed: {sorted(allowed)}")
-    if not isinstance(templates["empty_field"], dict):
-        raise ConfigError(f"{path}: empty_field must be a mapping (title/category/brand -> text)")
-    goals = templates["rewrite_goals"]
-    if not isinstance(goals, dict) or set(goals) != {"pos", "neg"}:
-        raise ConfigError(f"{path}: rewrite_goals must have exactly the keys pos and neg")
-    if not isinstance(templates["rewrite_max_words"], int) or templates["rewrite_max_words"] < 1:
-        raise ConfigError(f"{path}: rewrite_max_words must be a positive integer")
-    templates["_path"] = path
-    return templates
-
-
-def render(templates, key, **fields):
-    """Fill template ``key``; every placeholder it uses must be given."""
-    template = templates[key]
-    missing = sorted(template_fields(template) - set(fields))
-    if missing:
-        raise ValueError(f"template {key} ({templates.get('_path')}) needs {missing}")
-    return template.format(**fields)
-
-
-def item_fields(item, keywords, templates):
-    """The placeholder values of ``item`` (empty values replaced by ``empty_field``)."""
-    empty = templates["empty_field"]
-    category = item.categories[-1] if item.categories else ""
-    return {"title": item.title or empty.get("title", ""),
-            "category": category or empty.get("category", ""),
-            "categories": ", ".join(item.categories) or empty.get("category", ""),
-            "brand": item.brand or empty.get("brand", ""),
-            "keywords": ", ".join(keywords), "item_id": item.item_id}
-
-
-def initial_prompt(item, keywords, templates):
-    key = "initial_prompt" if keywords else "initial_prompt_no_keywords"
-    return " ".join(render(templates, key, **item_fields(item, keywords, templates)).split())
-
-
 def keyword_cache_dir(settings, fve_dir):
     """The keyword cache folder of a run: ``fve_keyword_cache_dir``, else ``<embedding cache>/keywords``
     (``fve_cache_dir``, else ``<fve_dir>/cache``), so runs sharing an embedding cache share keywords."""
     if settings.get("fve_keyword_cache_dir"):
         return settings["fve_keyword_cache_dir"]
     return os.path.join(settings.get("fve_cache_dir") or os.path.join(fve_dir, "cache"), "keywords")
-
-
-def build_initial_prompts(dataset, data_path, templates=None, top_k=5, reviews="exclude_eval", stop_words=None,
-                          keyword_cache=None):
-    """One record per item of ``<data_path>/<dataset>/<dataset>.item``, in file order:
-    ``{"item_id", "prompt", "keywords"}``. ``keyword_cache``: a folder for :func:`item_keywords`'
-    content-keyed cache (None: count the reviews every time)."""
-    templates = templates if isinstance(templates, dict) else load_templates(templates)
-    stop_words = stop_words if isinstance(stop_words, frozenset) else load_stop_words(stop_words)
-    if int(top_k) < 1:
-        raise ConfigError(f"fve_keywords_topk must be >= 1, got {top_k}")
-    items = read_items(os.path.join(data_path, dataset, f"{dataset}.item"))
-    keywords = item_keywords(dataset, data_path, int(top_k), reviews, stop_words, cache_dir=keyword_cache)
-    records = [{"item_id": it.item_id, "prompt": initial_prompt(it, keywords.get(it.item_id, []), templates),
-                "keywords": keywords.get(it.item_id, [])} for it in items]
-    without = sum(1 for r in records if not r["keywords"])
-    if without:
-        logger.info("%d of %d items have no review keywords (initial_prompt_no_keywords)", without, len(records))
-    return records
-
-
-def write_prompts(path, records):
-    """Write prompt records as JSON lines, atomically (temporary file, then rename)."""
-    records = list(records)
-    _check_records(records, path)
-    return write_jsonl(path, records)
-
-
-def write_jsonl(path, rows):
-    """Write dicts as JSON lines atomically: a crash never leaves a half-written file behind."""
-    with atomic_open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
-
-
-def _check_records(records, where):
-    seen = set()
-    for n, rec in enumerate(records, 1):
-        if not isinstance(rec, dict):
-            raise ValueError(f"{where}: record {n} is not an object")
-        for key in ("item_id", "prompt"):
-            if not isinstance(rec.get(key), str) or not rec[key].strip():
-                raise ValueError(f"{where}: record {n} needs a non-empty string '{key}'")
-        if rec["item_id"] in seen:
-            raise ValueError(f"{where}: record {n}: duplicate item_id {rec['item_id']!r}")
-        seen.add(rec["item_id"])
-
-
-def read_prompts(path):
-    """The records of a prompt file (list, file order); malformed lines are errors naming the line."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"prompt file not found: {path}")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not a JSON object ({e.msg})") from e
-    _check_records(records, path)
-    return records
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Write FVE's initial prompt per item (JSON lines).")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--data_path", default="dataset_atomic")
-    p.add_argument("--out", help="output file (default <data_path>/<dataset>/fve/prompts_initial.jsonl)")
-    # the options are the config keys of the loop (fve.yaml); the short names of earlier versions still work
-    p.add_argument("--fve_templates", "--templates", dest="templates",
-                   help=f"templates file (default {os.path.relpath(DEFAULT_TEMPLATES)})")
-    p.add_argument("--fve_keywords_topk", "--top_k", dest="top_k", type=int, default=5)
-    p.add_argument("--fve_keyword_reviews", "--reviews", dest="reviews", choices=["exclude_eval", "all"],
-                   default="exclude_eval", help="exclude_eval: leave out each user's evaluation-time reviews "
-                   "where the reviews name their user (default); all: every review")
-    p.add_argument("--fve_stopwords", "--stopwords", dest="stopwords",
-                   help="stop-word file, one per line (default: the built-in English list)")
-    p.add_argument("--fve_keyword_cache_dir", "--keyword_cache", dest="keyword_cache",
-                   help="folder of the content-keyed keyword cache (default: none)")
-    a = p.parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    records = build_initial_prompts(a.dataset, a.data_path, a.templates, a.top_k, a.reviews, a.stopwords,
-                                    keyword_cache=a.keyword_cache)
-    out = a.out or os.path.join(a.data_path, a.dataset, "fve", "prompts_initial.jsonl")
-    write_prompts(out, records)
-    logger.info("wrote %d prompts to %s", len(records), out)
-    return out
-
-
-def cli(argv=None):
-    """``python -m recbole_reveal.fve.prompts``: :func:`main`, with a user error as one ``error:`` line and
-    exit status 2."""
-    return exit_status(main, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(cli())

@@ -6,16 +6,19 @@ import os
 from dataclasses import dataclass, field
 
 from recbole_reveal.config import build_config
-from recbole_reveal.config_keys.check import check_vlm_path
+from recbole_reveal.fve.config import fve_settings
+from recbole_reveal.fve.critic.critic import critic_settings
+from recbole_reveal.fve.critic.generation.factory import build_generator, generation_settings
+from recbole_reveal.fve.encoding.build import build_fve_encoder
+from recbole_reveal.fve.feedback.rankings import feedback_settings
+from recbole_reveal.fve.loop.scope import scope_of
+from recbole_reveal.fve.prompts.interactions import read_interactions
+from recbole_reveal.fve.prompts.records import read_items
+from recbole_reveal.fve.prompts.templates import load_templates
+from recbole_reveal.fve.vlm.folder import check_vlm_folder, download_hint
+from recbole_reveal.fve.vlm.load import ATTN_IMPLEMENTATIONS, QUANTIZATIONS
 from recbole_reveal.infra.cost import CostMeter
 from recbole_reveal.infra.errors import ConfigError
-from recbole_reveal.fve.config import build_fve_encoder, fve_settings
-from recbole_reveal.fve.critic import critic_settings
-from recbole_reveal.fve.feedback import feedback_settings
-from recbole_reveal.fve.generation import build_generator, generation_settings
-from recbole_reveal.fve.interactions import read_interactions
-from recbole_reveal.fve.prompts import load_templates, read_items
-from recbole_reveal.fve.vlm import ATTN_IMPLEMENTATIONS, QUANTIZATIONS
 from recbole_reveal.training import prepare_run
 
 
@@ -54,15 +57,14 @@ class FVEContext:
         config_dict = dict(config_dict or {})
         config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
         settings = run_settings(config)
-        from recbole_reveal.fve.stages import training_plan
+        from recbole_reveal.fve.loop.stages import training_plan
 
         training_plan(config, check_port=False)     # --nproc: each cycle's training on N processes (checked here)
         if settings["vlm_path"]:
-            check_vlm_path(settings["vlm_path"])       # before any stage is recorded
+            check_vlm_folder(settings["vlm_path"])       # before any stage is recorded
         else:
             raise ConfigError("run_fve needs vlm_path: a local VLM folder (Qwen2.5-VL, Qwen3-VL, Gemma-3, "
-                              "InternVL3-hf; docs/fve.md), e.g. "
-                              "`hf download Qwen/Qwen2.5-VL-7B-Instruct --local-dir /models/Qwen2.5-VL-7B-Instruct`")
+                              "InternVL3-hf; docs/fve.md). " + download_hint())
         return cls(model, dataset, config_file_list, config_dict, cmd_args, config, settings)
 
     # ---- folders and files -------------------------------------------------------------------
@@ -96,9 +98,9 @@ class FVEContext:
         return os.path.join(self.run_dir, f"cycle_{x}")
 
     @property
-    def interaction_scope(self):
-        """``fve_prompt_scope: interaction``: one prompt and embedding per interaction at history positions."""
-        return self.settings["fve_prompt_scope"] == "interaction"
+    def scope(self):
+        """What ``fve_prompt_scope`` adds to the stages (:mod:`~recbole_reveal.fve.loop.scope`)."""
+        return scope_of(self.settings)
 
     @property
     def keywords_path(self):
@@ -118,7 +120,7 @@ class FVEContext:
 
     @property
     def interactions(self):
-        """The ``.inter`` rows as :class:`~recbole_reveal.fve.interactions.Interaction` (token, history flag)."""
+        """The ``.inter`` rows as :class:`~recbole_reveal.fve.prompts.interactions.Interaction` (token, history flag)."""
         if self._interactions is None:
             self._interactions = read_interactions(self.inter_path, self.settings["fve_interaction_field"])
         return self._interactions

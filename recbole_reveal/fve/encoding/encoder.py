@@ -1,19 +1,19 @@
 """FVE's vision encoding (paper eq. 1): a prompt-conditioned item embedding from a frozen VLM (any family
-of :mod:`recbole_reveal.fve.families`: Qwen2.5-VL, Qwen3-VL, Gemma-3, InternVL3).
+of :mod:`recbole_reveal.fve.vlm.families`: Qwen2.5-VL, Qwen3-VL, Gemma-3, InternVL3).
 
 For each item: the chat template renders one user turn holding the prompt and the image, the
 language model runs on it, the hidden states of one layer (``fve_layer``, default the last) are
 mean-pooled over the positions chosen by ``fve_pooling``, and the vector is L2-normalised.
 
 The user turn's layout (prompt and image order, the pooled positions, ``fve_pooling``) and the
-image preprocessing are :class:`~recbole_reveal.fve.chat.ChatTurn`'s job; this module runs the
+image preprocessing are :class:`~recbole_reveal.fve.encoding.chat.ChatTurn`'s job; this module runs the
 turns through the model in batches and keeps the caches.
 
 Efficiency: the vision tower's output depends on the image and the pixel budget only, so it is
-computed once per image and kept in a :class:`~recbole_reveal.fve.cache.VisionFeatureCache`; the
+computed once per image and kept in a :class:`~recbole_reveal.fve.encoding.cache.embeddings.VisionFeatureCache`; the
 language model then receives it through transformers' ``mm_encoder_outputs``. Sequences are
 tokenised once, sorted by length inside a window and padded per batch. With an
-:class:`~recbole_reveal.fve.cache.EmbeddingCache`, items whose (image, prompt, model, settings) were
+:class:`~recbole_reveal.fve.encoding.cache.embeddings.EmbeddingCache`, items whose (image, prompt, model, settings) were
 encoded before are not run at all.
 
 Missing images: an item whose image file is missing, empty, unreadable, not decodable, or rejected
@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from recbole_reveal.fve.cache import (
-    VisionFeatureCache, VisionFeatures, embedding_key, image_digests, sha256_bytes,
-)
-from recbole_reveal.fve.chat import DEFAULT_POOLING, POOLINGS, ChatTurn  # noqa: F401 (POOLINGS: public here)
-from recbole_reveal.fve.images import decode_image
+from recbole_reveal.fve.encoding.cache.digests import image_digests, sha256_bytes
+from recbole_reveal.fve.encoding.cache.embeddings import embedding_key
+from recbole_reveal.fve.encoding.cache.vision import VisionFeatureCache, VisionFeatures
+from recbole_reveal.fve.encoding.chat import DEFAULT_POOLING, ChatTurn
+from recbole_reveal.fve.encoding.images import decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -95,11 +95,11 @@ class _Job:
 
 
 class FVEEncoder:
-    """Prompt-conditioned item embeddings from a :class:`~recbole_reveal.fve.vlm.LoadedVLM`.
+    """Prompt-conditioned item embeddings from a :class:`~recbole_reveal.fve.vlm.load.LoadedVLM`.
 
     Args:
         vlm: the loaded VLM.
-        pooling: one of :data:`POOLINGS` (``fve_pooling``).
+        pooling: one of :data:`~recbole_reveal.fve.encoding.chat.POOLINGS` (``fve_pooling``).
         layer: hidden-state index (``fve_layer``): 0 = input embeddings, ``k`` = after decoder
             layer k, -1 = the last layer (after the final norm, as the reference code takes it).
         min_pixels, max_pixels: pixel budget per image (``fve_min_pixels`` / ``fve_max_pixels``); the

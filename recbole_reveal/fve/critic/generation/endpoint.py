@@ -28,10 +28,10 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
+from recbole_reveal.fve.critic.generation.base import Answer, user_turn
+from recbole_reveal.fve.encoding.images import decode_image
+from recbole_reveal.fve.vlm.folder import VLMFolder
 from recbole_reveal.infra.errors import ConfigError, RevealUserError
-from recbole_reveal.fve.families import family_of
-from recbole_reveal.fve.generation import Answer, user_turn
-from recbole_reveal.fve.images import decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class EndpointGenerator:
                         settings["fve_rewrite_seed"], settings["fve_min_pixels"],
                         settings["fve_max_pixels"] or 200704, _resize_factor(settings["vlm_path"]),
                         settings["fve_generation_guided_json"])
-        family = family_of(settings["vlm_path"])
+        family = VLMFolder(settings["vlm_path"] or "").family
         # the encoder refuses these in a prompt: the critic's parser rejects an answer holding them
         generator.reserved_tokens = tuple(family.control_tokens()) if family else ()
         return generator
@@ -197,14 +197,10 @@ class EndpointGenerator:
 def _resize_factor(vlm_path):
     """patch size x merge size of the checkpoint's image processor (28 for Qwen2.5-VL, 32 for Qwen3-VL); None
     for a family with fixed-size inputs (Gemma-3, InternVL), whose server-side processor does its own resizing."""
-    config = os.path.join(vlm_path or "", "config.json")
-    if os.path.isfile(config):
-        with open(config, encoding="utf-8") as f:
-            if not str(json.load(f).get("model_type", "qwen")).startswith("qwen"):
-                return None
-    path = os.path.join(vlm_path or "", "preprocessor_config.json")
-    if not os.path.isfile(path):
+    folder = VLMFolder(vlm_path or "")
+    if not str(folder.config.get("model_type", "qwen")).startswith("qwen"):
+        return None
+    cfg = folder.json_file("preprocessor_config.json")
+    if cfg is None:
         return 28
-    with open(path, encoding="utf-8") as f:
-        cfg = json.load(f)
     return int(cfg.get("patch_size", 14)) * int(cfg.get("merge_size", 2))

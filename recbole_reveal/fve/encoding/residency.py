@@ -36,7 +36,7 @@ def stage_needs_vlm(stage, settings):
     """Whether loop stage ``stage`` (``init`` or ``cycle_<x>/<kind>``) runs the VLM in this process: an
     ``encode``, or a ``critic`` with the transformers backend, when ``fve_num_processes`` is 1 (worker
     processes load their own copies)."""
-    from recbole_reveal.fve.parallel import resolve_num_processes
+    from recbole_reveal.fve.encoding.parallel import resolve_num_processes
 
     kind = stage.rsplit("/", 1)[-1]
     if kind == "critic" and settings.get("fve_generation_backend", "transformers") != "transformers":
@@ -48,7 +48,7 @@ def stage_needs_vlm(stage, settings):
 
 def place_vlm(ctx, stage):
     """Before loop stage ``stage``: the run's VLM on its device if the stage needs it, else parked by
-    ``fve_vlm_offload``. ``ctx`` is the loop's :class:`~recbole_reveal.fve.context.FVEContext`; a run
+    ``fve_vlm_offload``. ``ctx`` is the loop's :class:`~recbole_reveal.fve.loop.context.FVEContext`; a run
     that has not loaded the VLM yet is left alone."""
     if ctx._encoder is None:
         return
@@ -59,7 +59,7 @@ def place_vlm(ctx, stage):
 
 
 def park_vlm(vlm, mode="auto"):
-    """Take the :class:`~recbole_reveal.fve.vlm.LoadedVLM`'s model off its device (``cpu``), release it
+    """Take the :class:`~recbole_reveal.fve.vlm.load.LoadedVLM`'s model off its device (``cpu``), release it
     (``free``: ``vlm.model`` becomes None) or leave it (``keep``). The ``LoadedVLM`` object itself, which
     the encoder, its chat turn and the critic's generator share, stays with its processor."""
     if mode not in OFFLOAD_MODES:
@@ -96,7 +96,7 @@ def restore_vlm(vlm, settings):
         vlm.model.to(vlm.device)
         logger.info("FVE: VLM moved back to %s", vlm.device)
     elif parked == "free":
-        from recbole_reveal.fve.config import load_fve_vlm
+        from recbole_reveal.fve.vlm.load import load_fve_vlm
 
         loaded = load_fve_vlm(settings)
         if loaded.model_id != vlm.model_id:

@@ -11,27 +11,21 @@ import os
 
 import torch
 
-from recbole_reveal.data.atomic import iter_atomic
 from recbole_reveal.data.dataset import check_items_covered
 from recbole_reveal.data.feature_store import feature_paths
-from recbole_reveal.infra.errors import ConfigError
-from recbole_reveal.infra.files import atomic_open, jsonable, write_json_atomic
-from recbole_reveal.fve.cache import EmbeddingCache
-from recbole_reveal.fve.critic import (
+from recbole_reveal.fve.critic.critic import (
     acceptance, apply_rewrites, build_requests, check_acceptance, run_critic, write_critic_log,
 )
-from recbole_reveal.fve.encoder import item_requests, save_encoding
-from recbole_reveal.fve.feedback import Rankings, compute_rankings, item_statistics, select_items
-from recbole_reveal.fve.interaction_encoding import (
-    cycle_requests, encode_cycle, encode_cycle_parallel, interaction_rows, merge, prompt_changes,
-)
-from recbole_reveal.fve.interactions import feature_set as interaction_feature_set
-from recbole_reveal.fve.interactions import interaction_keywords, read_keywords, write_keywords
-from recbole_reveal.fve.parallel import encode_data_parallel, resolve_num_processes
-from recbole_reveal.fve.prompts import (
-    build_initial_prompts, keyword_cache_dir, load_stop_words, load_templates, read_prompts, write_prompts,
-)
-from recbole_reveal.fve.run_state import read_json
+from recbole_reveal.fve.encoding.cache.embeddings import EmbeddingCache
+from recbole_reveal.fve.encoding.encoder import save_encoding
+from recbole_reveal.fve.encoding.parallel import encode_data_parallel, resolve_num_processes
+from recbole_reveal.fve.feedback.rankings import Rankings, compute_rankings, item_statistics, select_items
+from recbole_reveal.fve.loop.run_state import read_json
+from recbole_reveal.fve.prompts.keywords import keyword_cache_dir, load_stop_words
+from recbole_reveal.fve.prompts.records import read_prompts, write_prompts
+from recbole_reveal.fve.prompts.templates import build_initial_prompts, load_templates
+from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.infra.files import atomic_open, jsonable, write_json_atomic
 from recbole_reveal.training import close_run_logs, fit_and_test
 
 logger = logging.getLogger(__name__)
@@ -61,7 +55,7 @@ class Init(Stage):
     kind, cost = "init", "fve_init"
 
     def artefacts(self, ctx):
-        return [ctx.prompts_path(0)] + ([ctx.keywords_path] if ctx.interaction_scope else [])
+        return [ctx.prompts_path(0)] + ctx.scope.init_artefacts(ctx)
 
     def run(self, ctx, run):
         s = ctx.settings
@@ -71,17 +65,7 @@ class Init(Stage):
                                         reviews=s["fve_keyword_reviews"], stop_words=stop_words,
                                         keyword_cache=keyword_cache_dir(s, ctx.fve_dir))
         write_prompts(ctx.prompts_path(0), records)
-        out = {"items": len(records), "prompts": ctx.prompts_path(0)}
-        if ctx.interaction_scope:
-            review_path = os.path.join(ctx.dataset_dir, f"{ctx.config['dataset']}.review")
-            keywords, reviews = interaction_keywords(review_path, ctx.interactions, s["fve_keywords_topk"], stop_words)
-            write_keywords(ctx.keywords_path, keywords)
-            history = sum(it.history for it in ctx.interactions)
-            logger.info("FVE interaction scope: %d interactions, %d can be history positions, %d of them with "
-                        "review keywords (reviews: %s)", len(ctx.interactions), history, len(keywords), reviews)
-            out.update(interactions=len(ctx.interactions), history_interactions=history,
-                       with_keywords=len(keywords), reviews=reviews)
-        return out
+        return dict({"items": len(records), "prompts": ctx.prompts_path(0)}, **ctx.scope.init(ctx, stop_words))
 
 
 class Encode(Stage):
@@ -94,10 +78,7 @@ class Encode(Stage):
         return f"fve/cycle_{self.x}"
 
     def artefacts(self, ctx):
-        paths = list(feature_paths(ctx.feature_dir, self.feature_set()))
-        if ctx.interaction_scope:
-            paths += list(feature_paths(ctx.feature_dir, interaction_feature_set(self.x)))
-        return paths
+        return list(feature_paths(ctx.feature_dir, self.feature_set())) + ctx.scope.encode_artefacts(ctx, self.x)
 
     def run(self, ctx, run):
         x = self.x
@@ -115,27 +96,8 @@ class Encode(Stage):
                 return encode_data_parallel(requests, jsonable(ctx.settings), ctx.cache_dir, workers, processes, parts)
             return ctx.encoder.encode_items(requests, cache=cache), ctx.encoder.describe()
 
-        out = {"processes": processes, "feature_set": self.feature_set()}
-        if ctx.interaction_scope:
-            keywords, initial = read_keywords(ctx.keywords_path), read_prompts(ctx.prompts_path(0))
-            items, of_item, prompts = cycle_requests(ctx, records, initial, keywords)
-            if processes > 1:       # one launch: every worker runs each part of its shard as a call of its own
-                result, history, description = encode_cycle_parallel(encode, items, of_item)
-            else:
-                result, history, description = encode_cycle(encode, items, of_item)
-            interactions = interaction_rows(history, result, ctx)
-            save_encoding(interactions, description, ctx.feature_dir, interaction_feature_set(x),
-                          dict(metadata, scope="interaction", keywords=ctx.keywords_path))
-            previous = {} if x == 0 else cycle_requests(ctx, read_prompts(ctx.prompts_path(x - 1)), initial,
-                                                        keywords)[2]
-            inter = interactions.summary()
-            out.update(interaction_feature_set=interaction_feature_set(x), interactions=len(prompts),
-                       interaction_prompts_changed=prompt_changes(previous, prompts),
-                       interactions_reencoded=inter["encoded"], interaction_cache_hits=inter["cache_hits"])
-            total = merge([result, history])
-        else:
-            result, description = encode(item_requests(ctx.items, records, ctx.dataset_dir))
-            total = result
+        result, description, total, scope_out = ctx.scope.encode(ctx, x, records, encode, metadata)
+        out = dict({"processes": processes, "feature_set": self.feature_set()}, **scope_out)
         out["dim"] = int(description["dim"])
         save_encoding(result, description, ctx.feature_dir, self.feature_set(), metadata)
         summary = result.summary()
@@ -145,16 +107,9 @@ class Encode(Stage):
         logger.info("FVE cycle %d: %d prompts changed, %d items encoded, %d cache hits, %d missing images%s; "
                     "%s language-model passes, %s vision-tower passes, %s TFLOP", x, changed, summary["encoded"],
                     summary["cache_hits"], summary["missing_images"],
-                    "" if not ctx.interaction_scope else
-                    f"; interactions: {out['interaction_prompts_changed']} prompts changed, "
-                    f"{out['interactions_reencoded']} encoded, {out['interaction_cache_hits']} cache hits",
+                    ctx.scope.encode_summary(out),
                     work.get("lm_passes", "?"), work.get("vision_passes", "?"), work.get("tflop", "?"))
         return out
-
-
-def read_header(path):
-    """The column names of an atomic file."""
-    return iter_atomic(path)[0]
 
 
 def _prompt_changes(prev, cur):
@@ -176,19 +131,12 @@ class Train(Stage):
         return [self.model_path(ctx)]
 
     def overrides(self, ctx, run):
-        """The cycle's features, their width (the VLM's hidden size) and a checkpoint folder of its own;
-        in interaction scope also the interaction-level set and its field (loaded when the file has it)."""
-        out = {"vision_feature": f"fve/cycle_{self.x}",
-               "vision_feature_dim": run.record(f"cycle_{self.x}/encode")["dim"],
-               "checkpoint_dir": os.path.join(ctx.cycle_dir(self.x), "checkpoints")}
-        if ctx.interaction_scope:
-            field = ctx.settings["fve_interaction_field"]
-            out.update(vision_interaction_feature=interaction_feature_set(self.x), fve_interaction_field=field)
-            columns = read_header(ctx.inter_path)
-            load_col = dict(ctx.config["load_col"] or {})
-            if field in columns and load_col.get("inter") is not None and field not in load_col["inter"]:
-                out["load_col"] = dict(load_col, inter=list(load_col["inter"]) + [field])
-        return out
+        """The cycle's features, their width (the VLM's hidden size) and a checkpoint folder of its own,
+        and what the scope adds (:meth:`~recbole_reveal.fve.loop.scope.ItemScope.train_overrides`)."""
+        return dict({"vision_feature": f"fve/cycle_{self.x}",
+                     "vision_feature_dim": run.record(f"cycle_{self.x}/encode")["dim"],
+                     "checkpoint_dir": os.path.join(ctx.cycle_dir(self.x), "checkpoints")},
+                    **ctx.scope.train_overrides(ctx, self.x))
 
     def run(self, ctx, run):
         x = self.x
@@ -197,18 +145,12 @@ class Train(Stage):
         config_dict = dict(ctx.config_dict, **self.overrides(ctx, run))
         fit = (ctx.model, ctx.dataset, ctx.config_file_list, ctx.cmd_args, self.model_path(ctx), warm_from)
         if launch is None:
-            trainer, valid_data, out = fit_cycle(*fit, config_dict=config_dict, meter=ctx.meter, cycle=x)
+            trainer, valid_data, out = fit_cycle(*fit, config_dict=config_dict, meter=ctx.meter, cycle=x,
+                                                 scope=ctx.scope)
             ctx.trained[x] = (trainer, valid_data)
         else:       # --nproc=N: every process trains its share of each batch; rank 0 writes the weights
             logger.info("FVE cycle %d: training on %d processes (%s)", x, launch.nproc, launch.backend)
-            out = launch.run(fit_cycle, *fit, config_dict=config_dict, cycle=x)
-        reads_history = out.pop("reads_history_vision")
-        if ctx.interaction_scope and not reads_history:
-            logger.warning("FVE cycle %d: %s never called history_vision_features, so it trained on item-level "
-                           "visual features only; the interaction-level features were encoded for nothing "
-                           "(add the call where the model builds its history's visual input, docs/design.md, or "
-                           "set fve_prompt_scope: item)", x, out.pop("model_class"))
-        out.pop("model_class", None)
+            out = launch.run(fit_cycle, *fit, config_dict=config_dict, cycle=x, scope=ctx.scope)
         return out
 
     def trained(self, ctx, run):
@@ -238,10 +180,11 @@ def training_plan(config, check_port=True):
 
 
 def fit_cycle(model, dataset, config_file_list, cmd_args, model_path, warm_from=None, config_dict=None, meter=None,
-              cycle=0):
+              cycle=0, scope=None):
     """One cycle's backbone run, on every process of a distributed run: build it, warm-start it from
-    ``warm_from`` (the previous cycle's weights), fit, test; the main process writes the best weights to
-    ``model_path``. Returns ``(trainer, valid_data, record)`` in one process, the record alone on rank 0 of
+    ``warm_from`` (the previous cycle's weights), fit, test; the main process has ``scope`` check the
+    trained backbone and writes the best weights to ``model_path``. Returns ``(trainer, valid_data,
+    record)`` in one process, the record alone on rank 0 of
     a distributed run (None on the others)."""
     from recbole_reveal.infra.cost import CostMeter
     from recbole_reveal.infra.collectives import is_main_process
@@ -257,15 +200,15 @@ def fit_cycle(model, dataset, config_file_list, cmd_args, model_path, warm_from=
                         "features: %s)", cycle, cycle - 1, ", ".join(kept) or "nothing")
         best_score, best_valid, test_result = fit_and_test(trainer, loaders, meter or CostMeter(), saved=True,
                                                            show_progress=config["show_progress"])
+        if scope is not None and is_main_process(config):
+            scope.check_trained(net, cycle)
     finally:
         close_run_logs()
     if is_main_process(config):
         with atomic_open(model_path, "wb") as f:       # a file object: same weights, same bytes
             torch.save(net.state_dict(), f)
     record = {"best_valid_score": float(best_score), "valid": jsonable(dict(best_valid)),
-              "test": jsonable(dict(test_result)),
-              "reads_history_vision": bool(getattr(net, "reads_history_vision", False)),
-              "model_class": type(net).__name__}
+              "test": jsonable(dict(test_result))}
     if config["single_spec"]:
         return trainer, loaders[1], record
     return record if is_main_process(config) else None

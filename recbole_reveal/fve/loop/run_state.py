@@ -14,7 +14,7 @@ import logging
 import os
 
 from recbole_reveal.infra.errors import ConfigError
-from recbole_reveal.infra.files import jsonable, locked_folders, write_json_atomic
+from recbole_reveal.infra.files import file_sha256, jsonable, locked_folders, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def fingerprint_config(config, settings):
     keys.update(settings)
     relevant = {k: jsonable(v) for k, v in keys.items() if k not in IGNORED_KEYS}
     if settings.get("vlm_path"):            # a moved model folder resumes; another model does not
-        from recbole_reveal.fve.vlm import vlm_model_id
+        from recbole_reveal.fve.vlm.folder import vlm_model_id
 
         relevant["vlm_model_id"] = vlm_model_id(settings["vlm_path"])
     blob = json.dumps(relevant, sort_keys=True)
@@ -60,11 +60,6 @@ def run_folders_locked(run_dir, fve_dir):
     """Hold the run folder and the feature folder's ``fve/`` (prompts, per-cycle features) for one run:
     a second run on either stops at once with a ``FolderInUseError`` naming this one."""
     return locked_folders([run_dir, fve_dir], "running the FVE loop", advice=LOCK_ADVICE)
-
-
-def sha256_file(path):
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def read_json(path):
@@ -104,7 +99,7 @@ class RunState:
 
     def finish(self, name, record, artefacts):
         """Record stage ``name`` as finished with the SHA-256 of its ``artefacts`` (file paths)."""
-        record["artefact_sha256"] = [sha256_file(p) for p in artefacts]
+        record["artefact_sha256"] = [file_sha256(p) for p in artefacts]
         self.state["stages"][name] = record
         write_json_atomic(self.path, self.state, sort_keys=True)
 
@@ -130,7 +125,7 @@ def artefact_problem(paths, digests):
     if missing:
         return f"its files are gone ({', '.join(missing)})"
     if digests is not None:
-        changed = [p for p, d in zip(paths, digests) if sha256_file(p) != d]
+        changed = [p for p, d in zip(paths, digests) if file_sha256(p) != d]
         if changed:
             return (f"{', '.join(changed)} changed since it wrote them (another FVE run with the same "
                     "feature_dir? give each run its own feature_dir and fve_run_dir)")
