@@ -34,7 +34,7 @@ LIGHT = [
     "recbole_reveal.fve.prompts.keywords",
     "recbole_reveal.fve.prompts.templates",
     "recbole_reveal.fve.prompts.records",
-    "recbole_reveal.fve.prompts.__main__",
+    "recbole_reveal.commands.fve_prompts",
     "recbole_reveal.fve.encoding.images",
     "recbole_reveal.fve.encoding.cache.embeddings",
     "recbole_reveal.fve.encoding.cache.digests",
