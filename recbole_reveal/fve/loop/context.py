@@ -43,9 +43,10 @@ class FVEContext:
     _templates: dict = None
 
     @classmethod
-    def build(cls, model, dataset, config_file_list=None, config_dict=None, cmd_args=()):
-        config_dict = dict(config_dict or {})
-        config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
+    def build(cls, config):
+        """The context of a built config; each cycle's backbone run rebuilds it from the same inputs with
+        that cycle's feature set (:meth:`prepare_training`)."""
+        model, dataset, config_file_list, config_dict, cmd_args = config.inputs
         settings = run_settings(config)
         from recbole_reveal.fve.loop.stages import training_plan
 
