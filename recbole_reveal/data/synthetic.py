@@ -25,6 +25,8 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
+from recbole_reveal.infra.files import atomic_open, atomic_path
+
 # (top-level category token, sub-category token, title noun, silhouette)
 CATEGORIES = [
     ("Sports_Outdoors", "Tents", "tent", "triangle"),
@@ -309,7 +311,7 @@ def make_review(item, rng):
 # --------------------------------------------------------------------------- writing
 
 def _write_tsv(path, header, rows):
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
+    with atomic_open(path, "w", newline="\n") as f:
         f.write("\t".join(header) + "\n")
         for row in rows:
             f.write("\t".join(str(v) for v in row) + "\n")
@@ -387,8 +389,8 @@ def generate_dataset(out_dir, name, n_users=1500, n_items=480, seed=2026, image_
           BRANDS[it["brand"]], f"images/{it['token']}.png") for it in items],
     )
     for it in items:
-        render_item_image(it, seed, image_size).save(
-            os.path.join(root, "images", f"{it['token']}.png"), format="PNG", compress_level=9)
+        with atomic_path(os.path.join(root, "images", f"{it['token']}.png"), fsync=False) as tmp:
+            render_item_image(it, seed, image_size).save(tmp, format="PNG", compress_level=9)
 
     time_rng, review_rng = _rng(seed, 4), _rng(seed, 5)
     inter_rows, review_rows = [], []
@@ -423,6 +425,6 @@ def generate_dataset(out_dir, name, n_users=1500, n_items=480, seed=2026, image_
     out_label = os.path.basename(os.path.normpath(out_dir)) or "."
     command = (f"python -m recbole_reveal.commands.synthetic_data --out {out_label} --name {name} "
                f"--users {n_users} --items {n_items} --seed {seed} --image_size {image_size}")
-    with open(os.path.join(root, "README.md"), "w", encoding="utf-8", newline="\n") as f:
+    with atomic_open(os.path.join(root, "README.md"), "w", newline="\n") as f:
         f.write(_readme(name, summary, command, out_label))
     return summary
