@@ -22,7 +22,8 @@ def run_recbole_reveal(model, dataset, config_file_list=None, config_dict=None, 
     ``valid_score_bigger``, ``best_valid_result``, ``test_result``, ``masked_test_results``
     (test results with each modality in ``eval_zeroed_modalities`` zeroed at inference),
     ``cost`` (seconds per stage and peak memory, see :mod:`recbole_reveal.cost`), ``cost_file`` (that
-    report as JSON beside the checkpoint) and ``config``. This is also the objective RecBole's
+    report as JSON beside the checkpoint), ``avl_epochs`` (AVL's per-epoch diagnostics of a ``*_REVEAL``
+    model, :mod:`recbole_reveal.trainer.avl_diagnostics`; empty otherwise) and ``config``. This is also the objective RecBole's
     HyperTuning calls (see ``objective_function``).
     """
     launch = None
@@ -76,6 +77,7 @@ def run_recbole_reveal(model, dataset, config_file_list=None, config_dict=None, 
         "masked_test_results": masked_test_results,
         "cost": cost,
         "cost_file": cost_file,
+        "avl_epochs": list(getattr(trainer, "avl_history", [])),
         "config": config,
     }
 
