@@ -132,12 +132,12 @@ class MultimodalSequentialRecommender(SequentialRecommender):
     # -- (b) vision-related (and text-related) parameters ---------------------------------------
     def vision_parameters(self):
         """``(name, parameter)`` pairs of every parameter of the declared ``vision_modules``."""
-        return self.modality_parameters("vision")
+        return MultimodalSequentialRecommender.modality_parameters(self, "vision")
 
     def text_parameters(self):
         """``(name, parameter)`` pairs of every parameter of the declared ``text_modules`` (the rules that
         modulate both modalities, ``avl_rule: reference | agm | ogm_ge``, and the gradient-norm ratio)."""
-        return self.modality_parameters("text")
+        return MultimodalSequentialRecommender.modality_parameters(self, "text")
 
     def modality_parameters(self, modality):
         """``(name, parameter)`` pairs of the sub-modules the backbone declares for ``modality``."""
