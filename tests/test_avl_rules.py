@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from recbole_reveal import run_recbole_reveal
-from recbole_reveal.config_keys import RANGES
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.config_keys.schema import RANGES
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.trainer import RULES, make_rule
 from helpers import build_pipeline, first_batch
 

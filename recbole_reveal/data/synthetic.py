@@ -19,14 +19,12 @@ column name a wrong brand (less informative text). Left unset they give the demo
 
 Usage::
 
-    python -m recbole_reveal.data.synthetic --out dataset_atomic --name synthetic-demo
-    python -m recbole_reveal.data.synthetic --name imbalance --vision_share 0.95 --text_noise 0.3
+    python -m recbole_reveal.commands.synthetic_data --out dataset_atomic --name synthetic-demo
+    python -m recbole_reveal.commands.synthetic_data --name imbalance --vision_share 0.95 --text_noise 0.3
 
 Same arguments give byte-identical files (PNG included).
 """
 
-import argparse
-import json
 import math
 import os
 
@@ -404,7 +402,7 @@ def generate_dataset(out_dir, name, n_users=1500, n_items=480, seed=2026, image_
     # Only the last path component, so the README (and the byte-identity) does not depend on
     # where the dataset folder lives.
     out_label = os.path.basename(os.path.normpath(out_dir)) or "."
-    command = (f"python -m recbole_reveal.data.synthetic --out {out_label} --name {name} "
+    command = (f"python -m recbole_reveal.commands.synthetic_data --out {out_label} --name {name} "
                f"--users {n_users} --items {n_items} --seed {seed} --image_size {image_size}"
                + (f" --vision_share {vision_share}" if vision_share is not None else "")
                + (f" --text_noise {text_noise}" if text_noise else ""))
@@ -412,24 +410,3 @@ def generate_dataset(out_dir, name, n_users=1500, n_items=480, seed=2026, image_
         f.write(dataset_readme(name, summary, command, out_label, knobs))
     return summary
 
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Generate the SYNTHETIC multimodal demo dataset.")
-    p.add_argument("--out", default="dataset_atomic", help="parent folder (RecBole data_path)")
-    p.add_argument("--name", default="synthetic-demo", help="dataset name (sub-folder and file stem)")
-    p.add_argument("--users", type=int, default=1500)
-    p.add_argument("--items", type=int, default=480)
-    p.add_argument("--seed", type=int, default=2026)
-    p.add_argument("--image_size", type=int, default=128)
-    p.add_argument("--vision_share", type=float, default=None,
-                   help="share of the taste weights only the images carry (default: the demo's 0.81)")
-    p.add_argument("--text_noise", type=float, default=0.0, help="probability an item shows a wrong brand")
-    a = p.parse_args(argv)
-    summary = generate_dataset(a.out, a.name, a.users, a.items, a.seed, a.image_size, a.vision_share,
-                               a.text_noise)
-    print(json.dumps(summary, indent=2))
-    return summary
-
-
-if __name__ == "__main__":
-    main()

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 
-from recbole_reveal.errors import ModelContractError
+from recbole_reveal.infra.errors import ModelContractError
 
 MODALITIES = ("text", "vision")
 

@@ -32,12 +32,12 @@ import torch
 
 from recbole.utils import set_color
 
-from recbole_reveal.distributed import all_reduce_weighted_mean, is_distributed
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.adaptation.trainer import PluginTrainer
+from recbole_reveal.infra.collectives import all_reduce_weighted_mean, is_distributed
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
 from recbole_reveal.trainer.avl_diagnostics import DiagnosticsMixin, _stats
 from recbole_reveal.trainer.avl_rules import PaperRule, avl_scale, make_rule  # noqa: F401  (avl_scale: public here)
-from recbole_reveal.trainer.trainer import PluginTrainer
 
 # a stacked probe must agree with the two separate probes to this relative tolerance (float rounding)
 STACKED_PROBE_RTOL = 1e-4
@@ -45,13 +45,6 @@ STACKED_PROBE_RTOL = 1e-4
 
 # the paper rule's running state, under its earlier name (``trainer.balance`` of a paper-rule run)
 ModalityBalance = PaperRule
-
-
-def _choice(config, key, allowed):
-    value = config[key]
-    if value not in allowed:
-        raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, allowed))}; got {value!r}")
-    return value
 
 
 class AVLTrainer(DiagnosticsMixin, PluginTrainer):
@@ -72,12 +65,12 @@ class AVLTrainer(DiagnosticsMixin, PluginTrainer):
         if self.avl_enabled:
             if not isinstance(model, MultimodalSequentialRecommender):
                 raise TypeError(f"AVL needs a MultimodalSequentialRecommender, got {type(model).__name__}")
-            self.avl_mode = _choice(config, "avl_mode", ("grad", "lr"))
-            self.avl_probe_mode = _choice(config, "avl_probe_mode", ("train", "eval"))
+            # the keys' types and ranges were checked once, when the config was built (config_keys)
+            self.avl_mode = config["avl_mode"]
+            self.avl_probe_mode = config["avl_probe_mode"]
             stacked = config["avl_stacked_probes"]
-            self.avl_stacked_probes = "auto" if stacked is None else _choice(
-                config, "avl_stacked_probes", ("auto", True, False))
-            self.avl_probe_every = _positive_int(config, "avl_probe_every")
+            self.avl_stacked_probes = "auto" if stacked is None else stacked
+            self.avl_probe_every = int(config["avl_probe_every"] or 1)
             self.balance = make_rule(config["avl_rule"] or "paper", float(config["avl_alpha"]), config["avl_clamp"])
             if self.avl_mode == "lr" and self.balance.name == "ogm_ge":
                 raise ConfigError("avl_mode: lr is not defined for avl_rule: ogm_ge (its generalisation noise is a "
@@ -358,11 +351,3 @@ class AVLTrainer(DiagnosticsMixin, PluginTrainer):
             for stat, value in s.items():
                 self.tensorboard.add_scalar(f"AVL/{name}_{stat}", value, epoch_idx)
 
-
-def _positive_int(config, key):
-    value = config[key]
-    if value is None:
-        return 1
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
-        raise ConfigError(f"config key '{key}' must be an integer >= 1, got {value!r}")
-    return int(value)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from recbole.utils import set_color
 
-from recbole_reveal.errors import ModelContractError
+from recbole_reveal.infra.errors import ModelContractError
 
 
 def _stats(values):

@@ -26,7 +26,8 @@ import math
 
 import torch
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.config_keys.schema import require
+from recbole_reveal.infra.errors import ConfigError
 
 # the reference's clamp: M3SRec/main.py's agm_kappa_min / agm_kappa_max defaults
 REFERENCE_CLAMP = (0.2, 2.0)
@@ -69,14 +70,10 @@ class BalanceRule:
     default_clamp = None
 
     def __init__(self, alpha, clamp="auto"):
-        if not alpha >= 0:
-            raise ConfigError(f"config key 'avl_alpha' must be >= 0, got {alpha}")
+        self.alpha = require("avl_alpha", alpha)       # the schema's rules, for a rule built outside a run
+        clamp = require("avl_clamp", clamp)
         if clamp == "auto":
             clamp = self.default_clamp
-        if clamp is not None and not (len(clamp) == 2 and 0 < clamp[0] <= 1 <= clamp[1]):
-            raise ConfigError(f"config key 'avl_clamp' must be auto, ~ or [low, high] with 0 < low <= 1 <= high, "
-                              f"got {clamp}")
-        self.alpha = alpha
         self.clamp = None if clamp is None else tuple(float(c) for c in clamp)
         self.steps = 0
         self.mean_loss_v = 0.0
@@ -190,6 +187,4 @@ RULES = {rule.name: rule for rule in (PaperRule, ReferenceRule, AGMRule, OGMGERu
 
 def make_rule(name, alpha, clamp="auto"):
     """The rule called ``name`` (config key ``avl_rule``)."""
-    if name not in RULES:
-        raise ConfigError(f"config key 'avl_rule' must be one of {', '.join(RULES)}; got {name!r}")
-    return RULES[name](alpha, clamp)
+    return RULES[require("avl_rule", name)](alpha, clamp)
