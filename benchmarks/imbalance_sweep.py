@@ -40,7 +40,7 @@ RULE_ALPHA = {"paper": 0.1, "reference": 1.0, "agm": 1.0, "ogm_ge": 0.1}
 ALPHAS = {"paper": [0.05, 0.5, 2.0], "reference": [0.1, 3.0], "agm": [0.1, 3.0], "ogm_ge": [0.5, 1.0]}
 QUICK_ALPHAS = {"paper": [2.0], "reference": [3.0], "agm": [3.0], "ogm_ge": [1.0]}
 SIZES = {"quick": dict(users=200, items=120, epochs=3, seeds=[1, 2, 3], alphas=QUICK_ALPHAS),
-         "full": dict(users=500, items=160, epochs=8, seeds=[1, 2, 3], alphas=ALPHAS)}
+         "full": dict(users=300, items=150, epochs=6, seeds=[1, 2, 3], alphas=ALPHAS)}
 MODEL = "M3SRec_REVEAL"
 TRAIN = {"hidden_size": 32, "inner_size": 64, "n_heads": 2, "train_batch_size": 128, "eval_batch_size": 512,
          "MAX_ITEM_LIST_LENGTH": 20, "topk": [20], "metrics": ["Recall", "NDCG"], "valid_metric": "NDCG@20",
