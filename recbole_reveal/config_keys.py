@@ -155,6 +155,7 @@ RANGES = {
     "zeroed_modalities": Range(check=_modality_subset),
     "eval_zeroed_modalities": Range(check=_modality_subset),
     "feature_modalities": Range(check=lambda v: _modality_subset(v, non_empty=True)),
+    "missing_modality": Range(choices=("zero", "learned", "mean")),
     "text_feature_dim": AT_LEAST_ONE,
     "vision_feature_dim": AT_LEAST_ONE,
     # RecBole's training and evaluation

@@ -25,7 +25,7 @@ from recbole.utils import FeatureSource, FeatureType  # noqa: E402
 
 from recbole_reveal.data.atomic import iter_atomic  # noqa: E402
 from recbole_reveal.data.feature_store import (  # noqa: E402
-    align_to_item_ids, feature_paths, format_tokens, load_item_features,
+    align_to_item_ids, feature_paths, format_tokens, load_item_features, load_missing_items,
 )
 from recbole_reveal.data.interaction_tokens import derive_tokens  # noqa: E402
 from recbole_reveal.errors import ConfigError, FeatureFileError  # noqa: E402
@@ -46,6 +46,7 @@ class ItemFeaturesMixin:
 
     def __init__(self, config):
         super().__init__(config)
+        self.item_availability = {}
         self.item_features = self.load_item_features()
 
     def feature_modalities(self):
@@ -77,10 +78,17 @@ class ItemFeaturesMixin:
                 self.feature_dir, name, expected_dim=self.config[f"{key}_dim"]
             )
             aligned = align_to_item_ids(tokens, matrix, id2token, source=self.feature_file(modality))
+            missing = set(load_missing_items(self.feature_dir, name, tokens))
+            available = np.fromiter((t not in missing for t in id2token), dtype=bool, count=len(id2token))
+            available[0] = False
+            aligned[~available] = 0.0       # a missing item's row is a placeholder, never a feature
             features[modality] = torch.from_numpy(aligned)
+            self.item_availability[modality] = torch.from_numpy(available)
+            n_missing = len(id2token) - 1 - int(available.sum())
             self.logger.info(
                 f"{modality} features: {self.feature_file(modality)} "
-                f"({matrix.shape[0]} rows, dim {matrix.shape[1]}, {len(id2token) - 1} dataset items)"
+                f"({matrix.shape[0]} rows, dim {matrix.shape[1]}, {len(id2token) - 1} dataset items"
+                + (f", {n_missing} of them without {modality}" if n_missing else "") + ")"
             )
         return features
 

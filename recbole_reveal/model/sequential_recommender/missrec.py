@@ -231,8 +231,9 @@ class MISSRec(MultimodalSequentialRecommender):
         ``item_modalities``: the ``(text, vision)`` embeddings of all items when the caller has them;
         ``interaction_seq``: the histories' interaction ids (interaction-level visual features).
         """
-        if item_modalities is None or interaction_seq is not None:
-            text, vision = self.modality_embeddings(item_seq, interaction_seq)
+        if item_modalities is None or interaction_seq is not None or self.history_rows_differ():
+            with self.reading_history():
+                text, vision = self.modality_embeddings(item_seq, interaction_seq)
         else:
             text, vision = (table[item_seq] for table in item_modalities)
 
