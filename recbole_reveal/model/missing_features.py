@@ -177,6 +177,15 @@ class MissingModalityMixin:
             rows = masked if rows is None else rows | masked.to(rows.device)
         return rows
 
+    def probe_rows(self, interaction):
+        """AVL's probes count only rows whose target has the modality they measure: ``{modality: bool [B]}``,
+        or None when no item of the dataset lacks a modality (the probes then see the whole batch, and may
+        run stacked). Decided by the dataset, not the batch, so every DDP rank takes the same path."""
+        if not any(bool(self.dataset_missing(m).any()) for m in ("text", "vision")):
+            return None
+        targets = interaction[self.POS_ITEM_ID]
+        return {m: self.feature_availability(m).to(targets.device)[targets] for m in ("text", "vision")}
+
     # -- test-time masking (the robustness protocol) ------------------------------------------------------
     @contextmanager
     def reading_history(self):

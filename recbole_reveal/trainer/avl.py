@@ -171,6 +171,10 @@ class AVLTrainer(PluginTrainer):
             self.model.eval()
         try:
             with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=self.enable_amp):
+                # L_v (L_t) over the rows whose target has vision (text): differing rows, no stacking
+                rows = getattr(self.model, "probe_rows", lambda _: None)(interaction)
+                if rows is not None:
+                    return self._separate_probes(interaction, rows)
                 if self._stacked_ok is None and self.avl_stacked_probes != False:  # noqa: E712  (True/'auto')
                     return self._first_stacked_probe(interaction)
                 if self._stacked_ok:
@@ -193,11 +197,17 @@ class AVLTrainer(PluginTrainer):
         loss = self.model.calculate_loss(interaction)
         return sum(loss) if isinstance(loss, tuple) else loss
 
-    def _separate_probes(self, interaction):
+    def _separate_probes(self, interaction, rows=None):
+        """``rows``: {measured modality: bool [B]}, the rows each probe counts (all when None); a probe
+        with no row is NaN (K = 1 for the step)."""
         losses = []
-        for zeroed in ("text", "vision"):
+        for zeroed, measured in (("text", "vision"), ("vision", "text")):
+            batch = interaction if rows is None else interaction[rows[measured]]
+            if rows is not None and not bool(rows[measured].any()):
+                losses.append(math.nan)
+                continue
             with self._forked(), self.model.zeroed_modalities(zeroed):
-                losses.append(float(self._loss_value(interaction)))
+                losses.append(float(self._loss_value(batch)))
         return tuple(losses)
 
     def _stacked_probe(self, interaction):
