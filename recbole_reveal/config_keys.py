@@ -156,6 +156,14 @@ RANGES = {
     "eval_zeroed_modalities": Range(check=_modality_subset),
     "feature_modalities": Range(check=lambda v: _modality_subset(v, non_empty=True)),
     "missing_modality": Range(choices=("zero", "learned", "mean")),
+    "eval_missing_rates": Range(check=lambda v: None if isinstance(v, (list, tuple)) and all(
+        isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r <= 1 for r in v)
+        else "must be a list of fractions in [0, 1], e.g. [0, 0.25, 0.5, 0.75, 1]"),
+    "eval_missing_modalities": Range(check=lambda v: _modality_subset(v, non_empty=True)),
+    "eval_missing_scopes": Range(check=lambda v: None if isinstance(v, (list, tuple)) and v and all(
+        s in ("history", "candidates", "both") for s in v)
+        else "must be a non-empty list drawn from ['history', 'candidates', 'both']"),
+    "eval_missing_seed": Range(low=0),
     "text_feature_dim": AT_LEAST_ONE,
     "vision_feature_dim": AT_LEAST_ONE,
     # RecBole's training and evaluation

@@ -12,6 +12,7 @@ from recbole_reveal import distributed
 from recbole_reveal.config import build_config, fve_requested, property_files  # noqa: F401  (public here)
 from recbole_reveal.cost import CostMeter, cost_path, format_cost, write_cost
 from recbole_reveal.errors import ConfigError
+from recbole_reveal.robustness import robustness_results
 from recbole_reveal.training import (  # noqa: F401  (prepare_run, unique_checkpoint_file: public here)
     close_run_logs, fit_and_test, prepare_run, unique_checkpoint_file,
 )
@@ -56,6 +57,8 @@ def run_recbole_reveal(model, dataset, config_file_list=None, config_dict=None, 
                 masked_test_results[modality] = trainer.evaluate(
                     test_data, load_best_model=False, show_progress=config["show_progress"]
                 )
+        with meter.stage("test_robustness"):       # eval_missing_rates, eval_by_popularity (robustness.py)
+            masked_test_results.update(robustness_results(config, model_obj, trainer, train_data, test_data))
         cost = meter.report(device=config["device"], model=config["model"], dataset=config["dataset"],
                             seed=config["seed"], test_users=_n_users(test_data))
         cost_file = (write_cost(cost_path(trainer.saved_model_file), cost)
