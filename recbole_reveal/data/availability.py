@@ -1,0 +1,82 @@
+"""Which items lack a modality: the seeded draw shared by every model, and a command that makes a copy of
+a feature set with a fraction of its items marked missing (to measure what missing images cost, on
+data that has them all: docs/missing-modalities.md).
+
+    python -m recbole_reveal.data.availability --dataset synthetic-demo --set vision_efficientnet_lite0 \\
+        --fraction 0.3 --name vision_efficientnet_lite0_missing30
+"""
+
+import argparse
+import hashlib
+import os
+import sys
+
+import numpy as np
+
+from recbole_reveal.errors import USER_ERRORS, ConfigError
+
+
+def masked_draw(tokens, modality, rate, seed):
+    """Bool array over ``tokens``: the ``round(rate * n)`` items whose hash of (seed, modality, token) is
+    smallest. Depends on nothing else (not on a model, not on RecBole's ids), and is nested in ``rate``:
+    a larger rate masks a superset."""
+    if not 0 <= rate <= 1:
+        raise ConfigError(f"a masking rate must be in [0, 1], got {rate}")
+    keys = [hashlib.sha256(f"{seed}\0{modality}\0{t}".encode()).digest()[:8] for t in tokens]
+    order = sorted(range(len(tokens)), key=keys.__getitem__)
+    out = np.zeros(len(tokens), dtype=bool)
+    out[order[:int(round(rate * len(tokens)))]] = True
+    return out
+
+
+def mark_missing(feature_dir, source, name, fraction, seed=0, modality=None):
+    """Write set ``name``: ``source`` with the items of :func:`masked_draw` (plus those ``source`` already
+    lacks) marked missing and their rows zeroed; returns the missing tokens."""
+    import json
+
+    from recbole_reveal.data.feature_store import feature_paths, load_item_features, load_missing_items, save_item_features
+
+    tokens, matrix = load_item_features(feature_dir, source)
+    json_path = feature_paths(feature_dir, source)[2]
+    meta = {}
+    if os.path.isfile(json_path):
+        with open(json_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    modality = modality or meta.get("modality") or ("vision" if "vision" in source else "text")
+    drawn = masked_draw(tokens, modality, fraction, seed)
+    already = set(load_missing_items(feature_dir, source, tokens))
+    missing = [t for t, d in zip(tokens, drawn) if d or t in already]
+    matrix = matrix.copy()
+    matrix[[i for i, t in enumerate(tokens) if t in set(missing)]] = 0.0
+    meta = {k: v for k, v in meta.items() if k not in ("rows", "dim", "items_sha256", "matrix_sha256", "missing",
+                                                       "zero_rows")}
+    meta.update(modality=modality, marked_missing={"source": source, "fraction": fraction, "seed": seed})
+    save_item_features(feature_dir, name, tokens, matrix, meta, missing=missing)
+    return missing
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m recbole_reveal.data.availability", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--data_path", default="dataset_atomic")
+    parser.add_argument("--feature_dir", help="default <data_path>/<dataset>/features")
+    parser.add_argument("--set", required=True, dest="source", help="the feature set to copy")
+    parser.add_argument("--fraction", type=float, required=True, help="fraction of the items marked missing")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
+    parser.add_argument("--name", required=True, help="name of the new set")
+    args = parser.parse_args(argv)
+    try:
+        from recbole_reveal.locations import resolve_data_path
+
+        feature_dir = args.feature_dir or os.path.join(resolve_data_path(args.data_path), args.dataset, "features")
+        missing = mark_missing(feature_dir, args.source, args.name, args.fraction, args.seed)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.name}: {len(missing)} items marked missing (written to {feature_dir})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
