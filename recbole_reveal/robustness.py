@@ -9,7 +9,7 @@ RecBole's numbers (ties aside).
 * ``eval_missing_rates`` (with ``eval_missing_modalities``, ``eval_missing_scopes``, ``eval_missing_seed``):
   for each modality, scope and rate r, the items of a seeded draw (:func:`masked_draw`: a function of the
   item tokens, the modality and the seed only, so every model loses the same items, and a larger r
-  masks a superset) miss the modality in the history, in the candidates or both
+  masks a superset; :mod:`recbole_reveal.data.availability`) miss the modality in the history, in the candidates or both
   (``MultimodalSequentialRecommender.masked_items``: they get the model's ``missing_modality`` row).
   Result ``<modality>/<scope>/<r>``; ``.../one_modality``: the test users whose target has only one
   modality observed (the other missing from its feature set or drawn).
@@ -17,26 +17,14 @@ RecBole's numbers (ties aside).
   or >= 10 training interactions.
 """
 
-import hashlib
-
 import numpy as np
 import torch
 
+from recbole_reveal.data.availability import POPULARITY_BUCKETS, masked_draw
 from recbole_reveal.distributed import is_distributed
 from recbole_reveal.errors import ConfigError
 
-POPULARITY_BUCKETS = (("0", 0, 0), ("1-4", 1, 4), ("5-9", 5, 9), (">=10", 10, None))
 MODALITIES = ("text", "vision")
-
-
-def masked_draw(tokens, modality, rate, seed):
-    """Bool array over ``tokens``: the ``round(rate * n)`` items whose hash of (seed, modality, token) is
-    smallest. Depends on nothing else (not on the model, not on RecBole's ids), and is nested in ``rate``."""
-    keys = [hashlib.sha256(f"{seed}\0{modality}\0{t}".encode()).digest()[:8] for t in tokens]
-    order = sorted(range(len(tokens)), key=keys.__getitem__)
-    out = np.zeros(len(tokens), dtype=bool)
-    out[order[:int(round(rate * len(tokens)))]] = True
-    return out
 
 
 @torch.no_grad()
@@ -62,10 +50,10 @@ def rank_metrics(ranks, topk):
     """``recall@K`` / ``ndcg@K`` of one-target-per-user ranks, and ``users``."""
     ranks = np.asarray(ranks)
     out = {"users": int(len(ranks))}
-    for k in topk:
+    for k in topk if len(ranks) else ():       # no user: no metric (a table shows "—")
         hit = ranks < k
-        out[f"recall@{k}"] = float(hit.mean()) if len(ranks) else float("nan")
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean()) if len(ranks) else float("nan")
+        out[f"recall@{k}"] = float(hit.mean())
+        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
     return out
 
 

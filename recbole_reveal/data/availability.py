@@ -15,6 +15,9 @@ import numpy as np
 
 from recbole_reveal.errors import USER_ERRORS, ConfigError
 
+# cold items: test targets bucketed by their number of training interactions (name, low, high inclusive)
+POPULARITY_BUCKETS = (("0", 0, 0), ("1-4", 1, 4), ("5-9", 5, 9), (">=10", 10, None))
+
 
 def masked_draw(tokens, modality, rate, seed):
     """Bool array over ``tokens``: the ``round(rate * n)`` items whose hash of (seed, modality, token) is
