@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from recbole_reveal.errors import USER_ERRORS, ConfigError
+from recbole_reveal.errors import ConfigError, exit_status
 
 # cold items: test targets bucketed by their number of training interactions (name, low, high inclusive)
 POPULARITY_BUCKETS = (("0", 0, 0), ("1-4", 1, 4), ("5-9", 5, 9), (">=10", 10, None))
@@ -69,17 +69,13 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
     parser.add_argument("--name", required=True, help="name of the new set")
     args = parser.parse_args(argv)
-    try:
-        from recbole_reveal.locations import resolve_data_path
+    from recbole_reveal.locations import resolve_data_path
 
-        feature_dir = args.feature_dir or os.path.join(resolve_data_path(args.data_path), args.dataset, "features")
-        missing = mark_missing(feature_dir, args.source, args.name, args.fraction, args.seed)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    folder = resolve_data_path(os.path.join(args.data_path, args.dataset), args.dataset)
+    feature_dir = args.feature_dir or os.path.join(folder, "features")
+    missing = mark_missing(feature_dir, args.source, args.name, args.fraction, args.seed)
     print(f"{args.name}: {len(missing)} items marked missing (written to {feature_dir})")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main))
