@@ -57,8 +57,9 @@ def run_recbole_reveal(model, dataset, config_file_list=None, config_dict=None, 
                 masked_test_results[modality] = trainer.evaluate(
                     test_data, load_best_model=False, show_progress=config["show_progress"]
                 )
-        with meter.stage("test_robustness"):       # eval_missing_rates, eval_by_popularity (robustness.py)
-            masked_test_results.update(robustness_results(config, model_obj, trainer, train_data, test_data))
+        if config["eval_missing_rates"] or config["eval_by_popularity"]:     # robustness.py
+            with meter.stage("test_robustness"):
+                masked_test_results.update(robustness_results(config, model_obj, trainer, train_data, test_data))
         cost = meter.report(device=config["device"], model=config["model"], dataset=config["dataset"],
                             seed=config["seed"], test_users=_n_users(test_data))
         cost_file = (write_cost(cost_path(trainer.saved_model_file), cost)
