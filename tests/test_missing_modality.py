@@ -258,3 +258,24 @@ def test_missing_command_writes_the_degradation_table(miss_root, tmp_path, capsy
     capsys.readouterr()
     assert cli_main(args + ["--rates", "0", "2"]) == 2
     assert "--rates must be fractions in [0, 1], got [2.0]" in capsys.readouterr().err
+
+
+def test_missrec_gives_a_masked_history_item_the_interest_of_its_replacement_row(cfg):
+    from recbole_reveal.model.kmeans import nearest_centroid
+
+    _, (train_data, _, _), model, _ = build_pipeline("MISSRec", dict(cfg, missing_modality="mean"), dataset=DATASET)
+    model.eval()
+    items = torch.arange(1, model.n_items)
+    masked = torch.zeros(model.n_items, dtype=torch.bool)
+    masked[1::3] = True
+    before = model._interest_ids("vision", items)
+    with torch.no_grad(), model.masked_items("vision", masked, "history"):
+        after = model._interest_ids("vision", items)
+        fill = model.modality_embeddings()[1][1::3]      # candidates side: the real rows
+        with model.reading_history():
+            replaced = model.modality_embeddings()[1][1::3]
+    assert not torch.allclose(fill, replaced)
+    expected = nearest_centroid(replaced, model.interest_embeddings[1:], rows=64) + 1
+    assert torch.equal(after[masked[1:]], expected) and len(set(expected.tolist())) == 1   # one row: one interest
+    assert torch.equal(after[~masked[1:]], before[~masked[1:]])
+    assert not torch.equal(after, before)

@@ -172,7 +172,7 @@ class MissingModalityMixin:
         if self.missing_modality == "learned":
             missing = self.dataset_missing(modality)
             rows = missing if bool(missing.any()) else None
-        masked = self._test_masks.get(modality, {}).get(self._scope)
+        masked = self.test_masked(modality, self._scope)
         if masked is not None:
             rows = masked if rows is None else rows | masked.to(rows.device)
         return rows
@@ -197,6 +197,11 @@ class MissingModalityMixin:
             yield self
         finally:
             self._scope = previous
+
+    def test_masked(self, modality, scope):
+        """The ``[n_items]`` bool mask of items whose ``modality`` is masked at test time in ``scope``
+        (``history`` / ``candidates``), or None."""
+        return self._test_masks.get(modality, {}).get(scope)
 
     def history_rows_differ(self):
         """True while a test-time mask applies to the history only or to the candidates only: a backbone that
