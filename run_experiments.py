@@ -11,7 +11,7 @@
 
 import sys
 
-from recbole_reveal.experiments.cli import main
+from recbole_reveal.commands.run_experiments import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,6 @@
 """The package and, as its package data, the top-level ``properties/`` folder (the one place people
 edit the property files): a wheel installs it as ``recbole_reveal/properties/``, where
-``recbole_reveal.locations.properties_dir()`` finds it. Everything else is in setup.cfg."""
+``recbole_reveal.infra.locations.properties_dir()`` finds it. Everything else is in setup.cfg."""
 
 import os
 

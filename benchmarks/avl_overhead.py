@@ -22,7 +22,8 @@ import time
 import numpy as np
 import torch
 
-from recbole_reveal.quick_start import prepare_run
+from recbole_reveal.config import build_config
+from recbole_reveal.training import prepare_run
 from recbole_reveal.trainer import avl_scale
 
 
@@ -51,7 +52,7 @@ def cost_table(backbone, dataset, repeats, probe_every):
     }
     built = {}
     for label, (model, overrides) in variants.items():
-        _, loaders, _, trainer = prepare_run(model, dataset, config_dict=dict(overrides, epochs=1, state="WARNING"))
+        _, loaders, _, trainer = prepare_run(build_config(model, dataset, config_dict=dict(overrides, epochs=1, state="WARNING")))
         built[label] = (trainer, loaders[0])
         if model == reveal:            # settles the stacked-probe check before anything is timed
             trainer.unimodal_losses(next(iter(loaders[0])))
@@ -78,8 +79,8 @@ def cost_table(backbone, dataset, repeats, probe_every):
 
 def fidelity_table(backbone, dataset, probe_every, alphas, draws=20, seed=0):
     reveal = f"{backbone}_REVEAL"
-    _, (train_data, _, _), _, trainer = prepare_run(reveal, dataset, config_dict={"epochs": 1, "state": "WARNING",
-                                                                               "avl_stacked_probes": False})
+    _, (train_data, _, _), _, trainer = prepare_run(build_config(
+        reveal, dataset, config_dict={"epochs": 1, "state": "WARNING", "avl_stacked_probes": False}))
     trainer._train_epoch(train_data, epoch_idx=0)              # a model past its initialisation
     rng = torch.Generator().manual_seed(seed)
     exact, sub = [], []                                         # per batch: (L_v, L_t); draws x (L_v, L_t)

@@ -31,14 +31,15 @@ sys.path.insert(0, os.path.dirname(HERE))
 def train_epochs(model, dataset, epochs, out_dir, config_dict=None):
     """On every rank: build the run as run_recbole_reveal does, time ``epochs`` training epochs, write
     ``rank<r>.json``."""
-    from recbole_reveal.cost import peak_rss_mb, reset_peak_rss
-    from recbole_reveal.distributed import global_rank
-    from recbole_reveal.quick_start import prepare_run
+    from recbole_reveal.infra.cost import peak_rss_mb, reset_peak_rss
+    from recbole_reveal.infra.collectives import global_rank
+    from recbole_reveal.config import build_config
+    from recbole_reveal.training import prepare_run
 
     import torch
 
     reset_peak_rss()
-    config, (train_data, _, _), _, trainer = prepare_run(model, dataset, config_dict=dict(config_dict or {}))
+    config, (train_data, _, _), _, trainer = prepare_run(build_config(model, dataset, config_dict=dict(config_dict or {})))
     times = []
     for epoch in range(epochs):
         start = time.perf_counter()
@@ -54,8 +55,9 @@ def train_epochs(model, dataset, epochs, out_dir, config_dict=None):
 
 
 def run(nproc, model, dataset, epochs, overrides):
-    from recbole_reveal.distributed import Plan, _free_port, uses_cuda
-    from recbole_reveal.quick_start import build_config
+    from recbole_reveal.adaptation.launch import Plan, _free_port
+    from recbole_reveal.infra.collectives import uses_cuda
+    from recbole_reveal.config import build_config
 
     out = tempfile.mkdtemp(prefix="ddp_scaling_")
     config_dict = dict(overrides, state="WARNING", show_progress=False)

@@ -41,7 +41,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from recbole_reveal.errors import ConfigError  # noqa: E402
+from recbole_reveal.infra.errors import ConfigError  # noqa: E402
 from recbole_reveal.fve.cache import EmbeddingCache, VisionFeatureCache  # noqa: E402
 from recbole_reveal.fve.encoder import FVEEncoder, ItemRequest  # noqa: E402
 from recbole_reveal.fve.prompts import build_initial_prompts  # noqa: E402

@@ -286,7 +286,7 @@ def child(args):
     import resource
 
     import recbole_reveal.fve.critic  # noqa: F401  (imports first: the stage's memory is measured after them)
-    from recbole_reveal.cost import reset_peak_rss
+    from recbole_reveal.infra.cost import reset_peak_rss
 
     prepared = PREPARE[args.stage](args, args.version) if args.stage in PREPARE else None
     base = _rss_mb("VmRSS:")

@@ -18,8 +18,8 @@ import tempfile
 
 MODULES = [
     "recbole_reveal",
-    "recbole_reveal.errors",
-    "recbole_reveal.files",
+    "recbole_reveal.infra.errors",
+    "recbole_reveal.infra.files",
     "recbole_reveal.data.feature_store",
     "recbole_reveal.fve.config",
     "recbole_reveal.fve.prompts",

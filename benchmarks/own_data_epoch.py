@@ -1,5 +1,5 @@
 """Time per training epoch on your own dataset: the models' own (the paper's) sizes against the CPU sizes
-of the starter dataset YAML (``python -m recbole_reveal.features.extract`` writes it), side by side.
+of the starter dataset YAML (``python -m recbole_reveal.commands.extract_features`` writes it), side by side.
 
     python benchmarks/own_data_epoch.py --dataset mydata --data_path dataset_atomic \
         [--models M3SRec M3SRec_REVEAL] [--batches 8] [--threads 1]
@@ -60,9 +60,9 @@ def sizes(model, dataset, data_path):
 
 
 def measure(model, dataset, data_path, overrides, batches):
-    config, (train_data, _, _), model_obj, trainer = prepare_run(
+    config, (train_data, _, _), model_obj, trainer = prepare_run(build_config(
         model, dataset, config_dict=dict(overrides, data_path=data_path, epochs=1, show_progress=False,
-                                         state="WARNING", checkpoint_dir="saved_benchmark"))
+                                         state="WARNING", checkpoint_dir="saved_benchmark")))
     try:
         total = len(train_data)
         n = total if batches <= 0 else min(batches, total)

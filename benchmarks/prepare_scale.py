@@ -6,7 +6,7 @@ Writes, in Yelp Open Dataset formats, ``yelp_academic_dataset_review.json`` (``-
 review texts ~600 characters like Yelp's, users and businesses drawn from heavy-tailed popularity
 so that the 5-core keeps a Yelp-like fraction), ``yelp_academic_dataset_business.json``,
 ``photos.json`` and ``photos/*.jpg`` (small JPEGs, one to three per photographed business), then
-runs ``python -m recbole_reveal.data.prepare Yelp ... --skip-features`` in a child process and
+runs ``python -m recbole_reveal.commands.prepare_data Yelp ... --skip-features`` in a child process and
 prints its wall time, the stage times from its log, and its peak resident memory (``VmHWM`` as the
 converter logs it; the generator runs in its own process so that its memory is not counted).
 Feature extraction is excluded: its cost is the encoder's, per item.
@@ -119,8 +119,8 @@ def generate(workdir, n_reviews, n_users, n_businesses, photo_fraction, seed):
 
 def _import_baseline():
     """Peak memory of a process that only imports the converter's entry module."""
-    code = ("import recbole_reveal.data.prepare.__main__ as m; "
-            "from recbole_reveal.data.prepare.pipeline import peak_memory_mib; print(peak_memory_mib())")
+    code = ("import recbole_reveal.commands.prepare_data as m; "
+            "from recbole_reveal.prepare.pipeline import peak_memory_mib; print(peak_memory_mib())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return float(out.strip().splitlines()[-1])
 
@@ -157,7 +157,7 @@ def main():
             print(f"reusing the raw files in {workdir}")
         out = os.path.join(workdir, "out")
         shutil.rmtree(out, ignore_errors=True)
-        cmd = [sys.executable, "-m", "recbole_reveal.data.prepare", "Yelp", "--raw-dir", workdir,
+        cmd = [sys.executable, "-m", "recbole_reveal.prepare", "Yelp", "--raw-dir", workdir,
                "--out", out, "--skip-features", "--workers", str(a.workers)]
         print("running:", " ".join(cmd))
         start = time.perf_counter()

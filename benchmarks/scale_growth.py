@@ -105,14 +105,15 @@ def measure(model, root, name, steps, eval_batches, threads, setup_only=False):
 
     torch.set_num_threads(threads)
     sys.path.insert(0, ROOT)
-    from recbole_reveal.cost import peak_rss_mb, reset_peak_rss
-    from recbole_reveal.quick_start import prepare_run
+    from recbole_reveal.infra.cost import peak_rss_mb, reset_peak_rss
+    from recbole_reveal.config import build_config
+    from recbole_reveal.training import prepare_run
 
     reset_peak_rss()
     start = time.perf_counter()
-    config, (train_data, _, test_data), model_obj, trainer = prepare_run(
+    config, (train_data, _, test_data), model_obj, trainer = prepare_run(build_config(
         model, name, config_dict={"data_path": root, "checkpoint_dir": os.path.join(root, "saved"),
-                                  "state": "WARNING", "eval_batch_size": 256})
+                                  "state": "WARNING", "eval_batch_size": 256}))
     setup_s = time.perf_counter() - start
     setup_rss = peak_rss_mb()
     n_batches = len(train_data)

@@ -11,7 +11,7 @@ table adds the relative improvement and paired t-test p-value of each X_REVEAL o
 import argparse
 import sys
 
-from recbole_reveal.experiments.cli import main as run_experiments
+from recbole_reveal.commands.run_experiments import main as run_experiments
 
 
 def main(argv=None):

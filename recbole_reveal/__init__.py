@@ -4,7 +4,7 @@ The public API (``run_recbole_reveal``, ``build_config``, ``objective_function``
 ``get_trainer``, ``create_dataset``) is imported on first use: ``import recbole_reveal`` and its light
 modules (``recbole_reveal.data.feature_store``, ``errors``, ``files``, ``arguments``, ...) load neither
 torch nor RecBole. The modules that use RecBole make it work on today's stack first
-(:mod:`recbole_reveal.compat`).
+(:mod:`recbole_reveal.adaptation.compat`).
 """
 
 import importlib

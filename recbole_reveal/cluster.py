@@ -17,7 +17,7 @@ import ast
 import math
 import os
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 
 
 def worker_runtime_env():
@@ -27,7 +27,7 @@ def worker_runtime_env():
 
 
 def _prepare_worker():
-    from recbole_reveal.compat import restore_numpy_aliases
+    from recbole_reveal.adaptation.compat import restore_numpy_aliases
 
     restore_numpy_aliases()
 

@@ -29,16 +29,20 @@ from logging import getLogger
 
 import yaml
 
-from recbole_reveal import compat
+from recbole_reveal.adaptation import compat
 
 compat.apply()
 
 from recbole.config import Config as RecBoleConfig  # noqa: E402
 from recbole.model.abstract_recommender import AbstractRecommender  # noqa: E402
 
-from recbole_reveal import config_keys, locations  # noqa: E402
-from recbole_reveal.arguments import parse_overrides, split_override  # noqa: E402
-from recbole_reveal.errors import ConfigError, RevealUserError  # noqa: E402
+from recbole_reveal.config_keys.check import check_keys  # noqa: E402
+from recbole_reveal.config_keys.known import KnownKeys  # noqa: E402
+from recbole_reveal.config_keys.schema import EXTRA_KEYS  # noqa: E402
+from recbole_reveal.config_keys.yaml_text import key_lines, yaml_problem  # noqa: E402
+from recbole_reveal.infra import locations  # noqa: E402
+from recbole_reveal.infra.arguments import parse_overrides, split_override  # noqa: E402
+from recbole_reveal.infra.errors import ConfigError, RevealUserError  # noqa: E402
 from recbole_reveal.utils import get_model  # noqa: E402
 
 
@@ -98,6 +102,8 @@ class Config(RecBoleConfig):
             if not os.path.isfile(path):
                 raise ConfigError(f"config file not found: {path}")
         self._cmd_args = list(cmd_args or ())
+        # what the config was built from: a worker process of a distributed run builds its own from them
+        self.inputs = (model, dataset, list(config_file_list or []), dict(config_dict or {}), list(cmd_args or ()))
         self.key_sources = {}           # key -> where the user set it ("--k=v", "file:line", "config_dict")
         self._internal_sources = {}     # key -> the property file that last set it
         self.files_read = []            # every property file read, lowest precedence first (RecBole's too)
@@ -115,12 +121,12 @@ class Config(RecBoleConfig):
             try:
                 values = yaml.load(text, Loader=self.yaml_loader)
             except yaml.YAMLError as e:
-                raise ConfigError(config_keys.yaml_problem(e, path)) from e
+                raise ConfigError(yaml_problem(e, path)) from e
             if values is None:
                 continue
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: a config file holds 'key: value' lines, got a {type(values).__name__}")
-            lines = config_keys.key_lines(text)
+            lines = key_lines(text)
             for key in values:
                 self.key_sources[key] = f"{path}:{lines[key]}" if key in lines else path
             merged.update(values)
@@ -185,7 +191,7 @@ class Config(RecBoleConfig):
             for value in candidates:
                 merged[key] = value
                 try:
-                    config_keys.check_keys(merged, {key: where}, known, [])
+                    check_keys(merged, {key: where}, known, [])
                 except ConfigError as e:
                     errors.append(str(e))
                     break
@@ -193,11 +199,11 @@ class Config(RecBoleConfig):
             raise ConfigError("; ".join(errors))
 
     def _known_keys(self):
-        extra = self.final_config_dict.get(config_keys.EXTRA_KEYS) or []
+        extra = self.final_config_dict.get(EXTRA_KEYS) or []
         if not isinstance(extra, (list, tuple)) or not all(isinstance(k, str) for k in extra):
-            raise ConfigError(f"{self.key_sources.get(config_keys.EXTRA_KEYS, config_keys.EXTRA_KEYS)}: "
-                              f"{config_keys.EXTRA_KEYS} must be a list of key names; got {extra!r}")
-        return config_keys.KnownKeys.for_run(self.model_class, model_property_files(self.model_class),
+            raise ConfigError(f"{self.key_sources.get(EXTRA_KEYS, EXTRA_KEYS)}: "
+                              f"{EXTRA_KEYS} must be a list of key names; got {extra!r}")
+        return KnownKeys.for_run(self.model_class, model_property_files(self.model_class),
                                              self._dataset_files(), extra)
 
     def _dataset_files(self):
@@ -205,16 +211,13 @@ class Config(RecBoleConfig):
         return dataset_property_files(self.dataset) + own
 
     def _check_keys(self):
-        """Unknown keys, types and ranges of the merged config (:func:`config_keys.check_keys`)."""
+        """Unknown keys, types, ranges and relations of the merged config, FVE's keys among them: the one
+        pass (:func:`recbole_reveal.config_keys.check.check_keys`)."""
         values = self.final_config_dict
         known = self._known_keys()
         sources = dict(self._internal_sources, **self.key_sources)
-        for note in config_keys.check_keys(values, sources, known, list(self.external_config_dict)):
+        for note in check_keys(values, sources, known, list(self.external_config_dict)):
             getLogger(__name__).warning(note)
-        if is_reveal_model(self.model_class):
-            from recbole_reveal.fve.config import fve_settings
-
-            fve_settings(values)        # FVE's relations between keys (fve_max_pixels >= fve_min_pixels, ...)
 
     def __getitem__(self, item):
         reads = self.__dict__.get("_missing_reads")

@@ -11,7 +11,7 @@ import os
 
 import yaml
 
-from recbole_reveal import locations
+from recbole_reveal.infra import locations
 
 PRECEDENCE = "model YAML < dataset YAML < --config_files < config_dict < command line"
 

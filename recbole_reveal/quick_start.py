@@ -1,43 +1,42 @@
-"""The train-and-evaluate entry point ``run_recbole_reveal`` and RecBole's HyperTuning objective.
-
-Configuration (``build_config``, precedence in :mod:`recbole_reveal.config`) and a run's steps
-(``prepare_run``, in :mod:`recbole_reveal.training`) are re-exported here, where they always were.
-"""
+"""The train-and-evaluate entry point ``run_recbole_reveal`` (``run_with_config`` for a config already
+built) and RecBole's HyperTuning objective. The configuration is :mod:`recbole_reveal.config`, a run's
+steps :mod:`recbole_reveal.training`."""
 
 from logging import getLogger
 
 from recbole.utils import set_color
 
-from recbole_reveal import distributed
-from recbole_reveal.config import build_config, fve_requested, property_files  # noqa: F401  (public here)
-from recbole_reveal.cost import CostMeter, cost_path, format_cost, write_cost
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.adaptation.launch import plan_from_config
+from recbole_reveal.infra.collectives import is_main_process
+from recbole_reveal.config import build_config
+from recbole_reveal.infra.cost import CostMeter, cost_path, format_cost, write_cost
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.robustness import robustness_results
-from recbole_reveal.training import (  # noqa: F401  (prepare_run, unique_checkpoint_file: public here)
-    close_run_logs, fit_and_test, prepare_run, unique_checkpoint_file,
-)
+from recbole_reveal.training import close_run_logs, fit_and_test, prepare_run
 
 
 def run_recbole_reveal(model, dataset, config_file_list=None, config_dict=None, saved=True, cmd_args=()):
     """Train ``model`` on ``dataset`` and evaluate it; returns a dict with ``best_valid_score``,
     ``valid_score_bigger``, ``best_valid_result``, ``test_result``, ``masked_test_results``
     (test results with each modality in ``eval_zeroed_modalities`` zeroed at inference),
-    ``cost`` (seconds per stage and peak memory, see :mod:`recbole_reveal.cost`), ``cost_file`` (that
+    ``cost`` (seconds per stage and peak memory, see :mod:`recbole_reveal.infra.cost`), ``cost_file`` (that
     report as JSON beside the checkpoint) and ``config``. This is also the objective RecBole's
     HyperTuning calls (see ``objective_function``).
     """
-    launch = None
-    if not (config_dict and "local_rank" in config_dict):      # not yet a worker of a distributed run
-        launch = distributed.plan_from_config(build_config(model, dataset, config_file_list, config_dict, cmd_args))
-    if launch is not None:      # nproc / world_size / torchrun: this call runs on every rank
+    return run_with_config(build_config(model, dataset, config_file_list, config_dict, cmd_args), saved=saved)
+
+
+def run_with_config(config, saved=True):
+    """:func:`run_recbole_reveal` of a config built once by the caller (``build_config``)."""
+    launch = plan_from_config(config)
+    if launch is not None:      # nproc / world_size / torchrun: each rank builds its config from the same inputs
+        model, dataset, config_file_list, config_dict, cmd_args = config.inputs
         return launch.run(run_recbole_reveal, model, dataset, config_file_list, config_dict=config_dict,
                           saved=saved, cmd_args=cmd_args)
     meter = CostMeter()
     meter.start_memory()
     with meter.stage("setup"):
-        config, (train_data, valid_data, test_data), model_obj, trainer = prepare_run(
-            model, dataset, config_file_list, config_dict, cmd_args
-        )
+        config, (train_data, valid_data, test_data), model_obj, trainer = prepare_run(config)
     logger = getLogger()
     if getattr(model_obj, "reveal", False) and not config["fve"]:
         logger.info(
@@ -63,7 +62,7 @@ def run_recbole_reveal(model, dataset, config_file_list=None, config_dict=None, 
         cost = meter.report(device=config["device"], model=config["model"], dataset=config["dataset"],
                             seed=config["seed"], test_users=_n_users(test_data))
         cost_file = (write_cost(cost_path(trainer.saved_model_file), cost)
-                     if distributed.is_main_process(config) else None)
+                     if is_main_process(config) else None)
 
         logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
         logger.info(set_color("test result", "yellow") + f": {test_result}")

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from recbole_reveal.data.availability import POPULARITY_BUCKETS, masked_draw
-from recbole_reveal.distributed import is_distributed
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.collectives import is_distributed
+from recbole_reveal.infra.errors import ConfigError
 
 MODALITIES = ("text", "vision")
 

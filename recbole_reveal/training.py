@@ -1,6 +1,6 @@
 """One training run's life, shared by ``run_recbole_reveal`` and the FVE loop's train stage:
 :func:`prepare_run` (config, seeded data loaders, model, trainer), :func:`fit_and_test` (RecBole's
-``fit`` then the test evaluation, timed into a :class:`~recbole_reveal.cost.CostMeter`) and
+``fit`` then the test evaluation, timed into a :class:`~recbole_reveal.infra.cost.CostMeter`) and
 :func:`close_run_logs` (RecBole's log handlers of the run)."""
 
 import logging
@@ -8,7 +8,7 @@ import os
 from logging import getLogger
 from typing import Any, NamedTuple
 
-from recbole_reveal import compat
+from recbole_reveal.adaptation import compat
 
 compat.apply()
 
@@ -16,16 +16,15 @@ from recbole.data import data_preparation  # noqa: E402
 from recbole.utils import init_logger, init_seed  # noqa: E402
 
 from recbole_reveal import config_report  # noqa: E402
-from recbole_reveal.config import build_config  # noqa: E402
-from recbole_reveal.errors import ConfigError, RevealUserError  # noqa: E402
+from recbole_reveal.infra.errors import ConfigError, RevealUserError  # noqa: E402
 from recbole_reveal.utils import create_dataset, get_model, get_trainer  # noqa: E402
 
 
-def prepare_run(model, dataset, config_file_list=None, config_dict=None, cmd_args=()):
-    """Config, data loaders, model and trainer, seeded exactly as a run builds them; returns
+def prepare_run(config):
+    """Data loaders, model and trainer of the built ``config`` (:func:`recbole_reveal.config.build_config`,
+    once per run), seeded exactly as a run builds them; returns
     ``(config, (train_data, valid_data, test_data), model, trainer)``. RecBole's logger is set up for
     the run: call :func:`close_run_logs` when the run ends (it is closed here when building fails)."""
-    config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     try:

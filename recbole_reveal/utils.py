@@ -7,7 +7,7 @@ import pkgutil
 import re
 import sys
 
-from recbole_reveal import compat
+from recbole_reveal.adaptation import compat
 
 compat.apply()
 
@@ -18,7 +18,7 @@ from recbole.utils import get_trainer as recbole_get_trainer  # noqa: E402
 
 from recbole_reveal.data.atomic import load_errors_explained  # noqa: E402
 from recbole_reveal.data.dataset import MultimodalDataset, MultimodalSequentialDataset  # noqa: E402
-from recbole_reveal.errors import UnknownModelError  # noqa: E402
+from recbole_reveal.infra.errors import UnknownModelError  # noqa: E402
 from recbole_reveal.model import general_recommender, sequential_recommender  # noqa: E402
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender  # noqa: E402
 
@@ -170,7 +170,7 @@ def get_trainer(model_type, model_name):
 
         return AVLTrainer
     if is_plugin_model(model_class):
-        from recbole_reveal.trainer import PluginTrainer
+        from recbole_reveal.adaptation.trainer import PluginTrainer
 
         return PluginTrainer
     return recbole_get_trainer(model_type, model_name)

@@ -39,9 +39,10 @@ def write_tiny_dataset(root, name="tiny", n_users=TINY_USERS, n_items=TINY_ITEMS
 
 def build_pipeline(model, config_dict, dataset="tiny"):
     """Config, data loaders, model and trainer exactly as run_recbole_reveal builds them."""
-    from recbole_reveal.quick_start import prepare_run
+    from recbole_reveal.config import build_config
+    from recbole_reveal.training import prepare_run
 
-    return prepare_run(model, dataset, config_dict=config_dict)
+    return prepare_run(build_config(model, dataset, config_dict=config_dict))
 
 
 def first_batch(train_data):

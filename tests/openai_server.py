@@ -15,8 +15,11 @@ TITLE = re.compile(r'The image shows the item "([^"]*)"')
 class ScriptedServer:
     """``answer(text) -> (content, finish_reason)`` scripts the replies; ``faults`` maps the n-th distinct
     item seen (0-based) to the fault its first request meets: ``"slow"`` (replies after ``slow_s``),
-    ``"500"`` or ``"drop"`` (closes the connection without a reply). ``hold_after``: requests after that
-    many answers wait until :meth:`release` (to kill a client in the middle of its critic)."""
+    ``"500"`` or ``"drop"`` (closes the connection without a reply). ``hold_after``: the first that many
+    chat requests are answered, every later one waits until :meth:`release` (to kill a client in the middle
+    of its critic). Which requests pass is decided on arrival, under the lock, so concurrent requests
+    cannot slip past the count; a held request never times out on this side (a hold that ended by itself
+    would answer the client and let its critic finish). ``held`` counts the requests waiting now."""
 
     def __init__(self, answer, faults=None, slow_s=2.0, model="qwen-test", api_key=None, hold_after=None):
         self.answer, self.faults, self.slow_s, self.model, self.api_key = answer, faults or {}, slow_s, model, api_key
@@ -24,6 +27,8 @@ class ScriptedServer:
         self.answered = 0
         self.hold_after = hold_after
         self.holding = threading.Event()      # set when a request waits on the hold
+        self.held = 0
+        self._passed = 0
         self._release = threading.Event()
         self._lock = threading.Lock()
         self._seen = []
@@ -99,10 +104,14 @@ class ScriptedServer:
                     if first:
                         server._seen.append(title)
                     fault = server.faults.get(server._seen.index(title)) if first else None
-                    hold = server.hold_after is not None and server.answered >= server.hold_after
+                    hold = server.hold_after is not None and server._passed >= server.hold_after
+                    server._passed += 1
+                    server.held += hold
                 if hold:
                     server.holding.set()
-                    server._release.wait(60)
+                    server._release.wait()
+                    with server._lock:
+                        server.held -= 1
                 if fault == "500":
                     self._reply(500, {"error": {"message": "scripted server error"}})
                     return

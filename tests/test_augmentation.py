@@ -8,7 +8,7 @@ import torch
 from recbole.data.dataset import SequentialDataset
 
 from recbole_reveal.data.dataset import MultimodalSequentialDataset
-from recbole_reveal.quick_start import build_config
+from recbole_reveal.config import build_config
 
 
 class RecBoleAugmented(MultimodalSequentialDataset):

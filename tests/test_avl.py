@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recbole_reveal import run_recbole_reveal
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.trainer import AVLTrainer, ModalityBalance
 from helpers import build_pipeline, first_batch
 
@@ -99,11 +99,16 @@ def test_only_vision_gradients_are_scaled_and_by_exactly_k(tiny_config):
 def test_vision_parameters_are_exactly_the_declared_modules(tiny_config):
     _, _, model, _ = build_pipeline("M3SRec_REVEAL", tiny_config)
     names = {name for name, _ in model.vision_parameters()}
-    assert any(n.startswith("vision_mean_table") for n in names)
-    assert any(n.startswith("mean_fusion.vision_experts.gate") for n in names)
+    # the exact set, written out here (not read back from the model's own declaration): the mean and the
+    # covariance stream each have their vision table, projection and fusion experts
+    modules = ("vision_mean_table", "vision_cov_table", "vision_mean_proj", "vision_cov_proj",
+               "mean_fusion.vision_experts", "cov_fusion.vision_experts")
+    expected = {n for n, _ in model.named_parameters() if n.startswith(tuple(m + "." for m in modules))}
+    assert names == expected
+    for module in modules:
+        assert any(n.startswith(module + ".") for n in names), module
+    assert any(n.startswith("cov_fusion.vision_experts.gate") for n in names)
     assert not any("shared" in n or "stream_mix" in n or "text" in n or "id_experts" in n for n in names)
-    assert all(n.split(".")[0] in {"vision_mean_table", "vision_cov_table", "vision_mean_proj",
-                                  "vision_cov_proj", "mean_fusion", "cov_fusion"} for n in names)
 
 
 def test_lr_mode_scales_the_vision_learning_rate_for_one_step(tiny_config):

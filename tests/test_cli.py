@@ -8,8 +8,9 @@ import sys
 import pytest
 import yaml
 
-from recbole_reveal import build_config, locations, run_recbole_reveal
-from recbole_reveal.errors import ConfigError, DatasetNotFoundError, UnknownModelError
+from recbole_reveal import build_config, run_recbole_reveal
+from recbole_reveal.infra import locations
+from recbole_reveal.infra.errors import ConfigError, DatasetNotFoundError, UnknownModelError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -106,7 +107,7 @@ def test_script_reports_user_errors_without_traceback(tiny_root):
     )
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
-    assert "absent.npy" in out.stderr and "recbole_reveal.features.extract" in out.stderr
+    assert "absent.npy" in out.stderr and "recbole_reveal.commands.extract_features" in out.stderr
 
 
 def test_recbole_builtin_models_run_through_the_same_entry_point(tiny_config):
@@ -123,8 +124,8 @@ def test_config_file_loaded_from_the_command_line(tiny_config, tmp_path):
 
 
 def test_fve_switch(tiny_root, tmp_path, capsys):
-    from recbole_reveal.errors import ConfigError
-    from recbole_reveal.quick_start import fve_requested
+    from recbole_reveal.infra.errors import ConfigError
+    from recbole_reveal.config import fve_requested
 
     base = {"data_path": tiny_root}
     assert fve_requested(build_config("M3SRec_REVEAL", "tiny", config_dict=base)) is False

@@ -8,7 +8,7 @@ import pytest
 
 import run_hyper
 from recbole_reveal.cluster import worker_runtime_env
-from recbole_reveal.experiments.cli import main as cli_main
+from recbole_reveal.commands.run_experiments import main as cli_main
 
 FAST = {"epochs": 1, "hidden_size": 16, "inner_size": 32, "n_heads": 2, "train_batch_size": 64,
         "eval_batch_size": 256, "MAX_ITEM_LIST_LENGTH": 10, "stopping_step": 100}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from recbole_reveal import compat
+from recbole_reveal.adaptation import compat
 from helpers import build_pipeline
 
 

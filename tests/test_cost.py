@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from recbole_reveal.cost import CostMeter, cost_path, format_cost, peak_rss_mb, table7, write_cost
+from recbole_reveal.infra.cost import CostMeter, cost_path, format_cost, peak_rss_mb, table7, write_cost
 
 from helpers import TINY_USERS
 

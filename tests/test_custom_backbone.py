@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from recbole_reveal import build_config, get_model, run_recbole_reveal
-from recbole_reveal.errors import UnknownModelError
-from recbole_reveal.experiments.cli import main as cli_main
-from recbole_reveal.trainer import AVLTrainer, PluginTrainer
+from recbole_reveal.infra.errors import UnknownModelError
+from recbole_reveal.commands.run_experiments import main as cli_main
+from recbole_reveal.adaptation.trainer import PluginTrainer
+from recbole_reveal.trainer import AVLTrainer
 from helpers import TINY_ITEMS, assert_full_sort_matches_predict, build_pipeline, first_batch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

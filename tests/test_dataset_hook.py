@@ -8,7 +8,7 @@ import pytest
 from recbole_reveal import build_config, create_dataset
 from recbole_reveal.data.dataset import MultimodalSequentialDataset
 from recbole_reveal.data.feature_store import feature_paths, save_item_features
-from recbole_reveal.errors import ConfigError, FeatureFileError
+from recbole_reveal.infra.errors import ConfigError, FeatureFileError
 from helpers import write_tiny_dataset
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from recbole_reveal.distributed import Plan
+from recbole_reveal.adaptation.launch import Plan
 from helpers import build_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,16 +36,16 @@ def ddp_runs(tiny_root, tmp_path_factory):
     """Every run of RUNS trained once by the same 2 gloo processes; ``(records[label][rank], reported,
     config)``."""
     _two_cores()
-    from ddp_targets import train_and_record
+    from ddp_targets import train_record_and_uneven_step
 
     out = tmp_path_factory.mktemp("ddp")
     config = {"data_path": tiny_root, "checkpoint_dir": str(out / "saved"), "epochs": 2, "hidden_size": 16,
               "inner_size": 32, "n_heads": 2, "train_batch_size": 64, "eval_batch_size": 256,
               "MAX_ITEM_LIST_LENGTH": 10, "stopping_step": 100, "show_progress": False}
     plan = Plan(nproc=2, world_size=2, offset=0, ip="localhost", port=_free_port(), cuda=False, timeout=TIMEOUT)
-    reported = plan.run(train_and_record, RUNS, str(out), config_dict=config)
+    reported = plan.run(train_record_and_uneven_step, RUNS, str(out), config_dict=config)
     records = {label: [torch.load(out / f"{label}-rank{r}.pt", weights_only=False) for r in (0, 1)]
-               for label in RUNS}
+               for label in list(RUNS) + ["uneven"]}
     return records, reported, config
 
 
@@ -64,6 +64,27 @@ def test_avl_applies_the_same_k_on_both_ranks_at_every_step(ddp_runs, label):
     assert rank0["k"] == rank1["k"]                      # bit for bit
     assert len(set(rank0["k"])) > 2 and rank0["k"] != [1.0] * len(rank0["k"])
     assert rank0["stacked"] is True
+
+
+def test_k_comes_from_the_ranks_losses_weighted_by_their_rows(ddp_runs):
+    """Ranks with 5 and 27 rows in a step: K is the paper's K of the global batch, whose unimodal losses
+    are the ranks' losses weighted by their rows (an unweighted mean gives another K)."""
+    from recbole_reveal.trainer.avl import ModalityBalance
+
+    records, _, _ = ddp_runs
+    r0, r1 = records["uneven"]
+    assert (r0["rows"], r1["rows"]) == (5, 27) and r0["local"] != r1["local"]
+
+    def k_of(loss_v, loss_t):
+        balance = ModalityBalance(alpha=1.0)
+        balance.load_state_dict(r0["state"])
+        return balance.update(loss_v, loss_t)
+
+    n = r0["rows"] + r1["rows"]
+    weighted = k_of(*[(r0["local"][m] * r0["rows"] + r1["local"][m] * r1["rows"]) / n for m in (0, 1)])
+    unweighted = k_of(*[(r0["local"][m] + r1["local"][m]) / 2 for m in (0, 1)])
+    assert abs(weighted - unweighted) > 1e-3 * weighted             # the two means are told apart
+    assert r0["k"] == r1["k"] == pytest.approx(weighted, rel=1e-9)
 
 
 @pytest.mark.parametrize("label", list(RUNS))
@@ -221,7 +242,7 @@ def test_the_fve_loop_trains_each_cycle_on_n_processes(tmp_path):
 
 
 def test_the_fve_loop_refuses_torchrun_and_several_machines(tiny_root):
-    from recbole_reveal.errors import ConfigError
+    from recbole_reveal.infra.errors import ConfigError
     from recbole_reveal.fve.loop import run_fve
 
     with pytest.raises(ConfigError, match="FVE loop trains each cycle's backbone on the processes of this machine"):

@@ -12,16 +12,17 @@ import torch
 
 import run_experiments  # noqa: F401  (the entry script imports)
 import run_hyper
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.experiments import protocols
-from recbole_reveal.experiments.cli import main as cli_main
+from recbole_reveal.commands.run_experiments import main as cli_main
 from recbole_reveal.experiments.hyper import tune
 from recbole_reveal.experiments.plots import plot_modality, plot_sensitivity, sensitivity_series
 from recbole_reveal.experiments.runs import SCHEMA, ResultStore, RunSpec, execute, load_records
 from recbole_reveal.experiments.stats import paired_ttest
 from recbole_reveal.experiments.tables import render_csv, render_markdown, summarise
-from recbole_reveal.locations import property_file
-from recbole_reveal.quick_start import prepare_run
+from recbole_reveal.infra.locations import property_file
+from recbole_reveal.config import build_config
+from recbole_reveal.training import prepare_run
 
 FAST = {"epochs": 1, "hidden_size": 16, "inner_size": 32, "n_heads": 2, "train_batch_size": 64,
         "eval_batch_size": 256, "MAX_ITEM_LIST_LENGTH": 10, "stopping_step": 100}
@@ -139,7 +140,7 @@ def test_modality_runs_zero_inputs_and_resume(fast, tmp_path, capsys):
     assert full_record["cost"]["fit_s"] > 0 and full_record["config"]["seed"] == 2020
 
     # the zeroed modality is zero where the projections meet the fusion, the other one is not
-    _, loaders, model, _ = prepare_run("M3SRec", "tiny", config_dict=dict(vision_only.overrides))
+    _, loaders, model, _ = prepare_run(build_config("M3SRec", "tiny", config_dict=dict(vision_only.overrides)))
     seen = []
     model.mean_fusion.register_forward_pre_hook(lambda m, args: seen.append([a.detach() for a in args]))
     raw = []

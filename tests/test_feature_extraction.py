@@ -9,10 +9,12 @@ import pytest
 from PIL import Image
 
 from recbole_reveal.data.feature_store import load_item_features, load_missing_items
-from recbole_reveal.errors import ConfigError
 from recbole_reveal.data.synthetic import generate_dataset
-from recbole_reveal.features.encoders import EncoderUnavailable, build_encoder
-from recbole_reveal.features.extract import build_texts, main, read_atomic
+from recbole_reveal.features.encoders import build_encoder
+from recbole_reveal.infra.errors import ConfigError, EncoderUnavailable
+from recbole_reveal.commands.extract_features import main
+from recbole_reveal.data.atomic import read_atomic
+from recbole_reveal.features.extract import build_texts
 
 NAME = "fx"
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.fve.attention import (
     PAD_PX, TITLE_PX, main, patch_attention, render_heatmaps, tokens_to_grid, upsample,
 )

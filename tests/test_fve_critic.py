@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.fve.critic import (
     CriticRecord, CriticRequest, LowAcceptance, acceptance, apply_rewrites, check_acceptance, critic_settings,
     critic_text, feedback_summary, read_critic_log, review_summary, run_critic, write_critic_log,

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from openai_server import ScriptedServer, image_of
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.fve.critic import CriticRequest, run_critic
 from recbole_reveal.fve.endpoint import EndpointGenerator, GenerationError
 from recbole_reveal.fve.generation import generation_settings

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import build_pipeline
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.fve.feedback import (
     Rankings, compute_rankings, feedback_examples, feedback_settings, item_record, item_statistics,
     select_items,

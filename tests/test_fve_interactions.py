@@ -20,6 +20,7 @@ from recbole_reveal.fve.interactions import (
 from recbole_reveal.fve.loop import run_fve
 from recbole_reveal.fve.prompts import ItemMeta, load_templates
 from recbole_reveal.testing.vlms import build_scripted_qwen2_5_vl, build_tiny_qwen2_5_vl
+from recbole_reveal.config import build_config
 from recbole_reveal.training import close_run_logs, prepare_run
 
 NAME = "fveinter"
@@ -117,7 +118,7 @@ def test_keywords_come_from_the_interactions_own_review_and_never_a_test_review(
 
 
 def test_item_level_reviews_give_every_interaction_its_items_prompt_and_a_bad_file_is_one_error(tmp_path, caplog):
-    from recbole_reveal.errors import ConfigError
+    from recbole_reveal.infra.errors import ConfigError
 
     inter, review = tmp_path / "x.inter", tmp_path / "x.review"
     inter.write_text("user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\t1\nu1\ti2\t2\n")
@@ -215,6 +216,31 @@ def test_resume_in_interaction_scope_gives_the_same_files(full_run, data_root, s
     assert [r["interactions_reencoded"] for r in second["table"]] == [r["interactions_reencoded"] for r in out["table"]]
 
 
+def test_a_custom_stop_word_file_reaches_the_interaction_keywords(data_root, scripted_vlm, tmp_path):
+    """``fve_stopwords`` replaces the built-in list for the interactions' keywords as for the items'."""
+    from collections import Counter
+
+    from recbole_reveal.fve.prompts import ENGLISH_STOP_WORDS
+
+    def init_keywords(name, **extra):
+        fdir = feature_dir(data_root, tmp_path / name)
+        run_fve("M3SRec_REVEAL", NAME, config_dict=config(data_root, scripted_vlm, fdir, fve_stop_after="init",
+                                                          fve_run_dir=str(tmp_path / f"run_{name}"), **extra))
+        return read_keywords(os.path.join(fdir, "fve", "interaction_keywords.jsonl"))
+
+    default = init_keywords("default")
+    common = Counter(w for words in default.values() for w in words).most_common(2)
+    stop_file = tmp_path / "stop.txt"
+    stop_file.write_text("# the built-in list and two frequent review words\n"
+                         + "\n".join(sorted(ENGLISH_STOP_WORDS) + [w.upper() for w, _ in common]) + "\n")
+    custom = init_keywords("custom", fve_stopwords=str(stop_file))
+    dropped = {w for w, _ in common}
+    assert set(custom) <= set(default) and sum(map(len, custom.values())) > 0
+    assert not any(dropped & set(words) for words in custom.values())
+    for token, words in default.items():                  # the other words keep their order
+        assert [w for w in words if w not in dropped] == custom.get(token, [])[:len(words) - len(dropped & set(words))]
+
+
 # ---- two users, one item ---------------------------------------------------------------------------------
 def test_same_item_in_two_histories_is_personal_exactly_when_the_reviews_differ(tmp_path):
     """Users A, B, C all have item X in their history; A and B wrote the same review of X, C another one. The
@@ -245,7 +271,7 @@ def test_same_item_in_two_histories_is_personal_exactly_when_the_reviews_differ(
     train_cfg = dict(cfg, vision_feature="fve/cycle_0", vision_interaction_feature="fve/interactions_cycle_0",
                      vision_feature_dim=64)
     train_cfg.pop("fve_stop_after")
-    _, (_, _, test), model, _ = prepare_run("M3SRec_REVEAL", NAME, config_dict=train_cfg)
+    _, (_, _, test), model, _ = prepare_run(build_config("M3SRec_REVEAL", NAME, config_dict=train_cfg))
     close_run_logs()
     data = test._dataset
     uid = {t: i for i, t in enumerate(data.field2id_token["user_id"])}
@@ -338,7 +364,7 @@ def test_every_backbone_reads_history_features_and_candidates_stay_item_level(fu
                      vision_feature_dim=64)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     name = os.path.join(root, model) if model.startswith("examples/") else model
-    _, (_, _, test_data), net, _ = prepare_run(name, NAME, config_dict=train_cfg)
+    _, (_, _, test_data), net, _ = prepare_run(build_config(name, NAME, config_dict=train_cfg))
     close_run_logs()
     net.eval()
     batch = next(iter(test_data))[0].to(net.device if hasattr(net, "device") else "cpu")
@@ -390,7 +416,7 @@ def test_the_history_table_can_stay_in_host_memory(full_run):
     for where in ("model", "cpu"):
         train_cfg = dict(cfg, vision_feature="fve/cycle_0", vision_interaction_feature="fve/interactions_cycle_0",
                          vision_feature_dim=64, fve_history_table_device=where)
-        _, (_, _, test_data), net, _ = prepare_run("M3SRec_REVEAL", NAME, config_dict=train_cfg)
+        _, (_, _, test_data), net, _ = prepare_run(build_config("M3SRec_REVEAL", NAME, config_dict=train_cfg))
         close_run_logs()
         net.eval()
         with torch.no_grad():

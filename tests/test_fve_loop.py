@@ -16,7 +16,7 @@ import pytest
 
 from recbole_reveal.data.feature_store import load_item_features, save_item_features
 from recbole_reveal.data.synthetic import generate_dataset
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.fve.critic import read_critic_log
 from recbole_reveal.fve.loop import run_fve, stage_names
 from recbole_reveal.fve.prompts import read_prompts
@@ -427,7 +427,12 @@ run_fve("M3SRec_REVEAL", sys.argv[1], config_dict=json.load(open(sys.argv[2])))
 
 def test_a_critic_killed_mid_stage_resumes_with_identical_artefacts(endpoint_run, data_root, vlm_folder, tmp_path):
     """A real process killed while its critic waits for the server, after two answers were logged; the
-    rerun asks the server only for the other four and ends with the uninterrupted run's files."""
+    rerun asks the server only for the other four and ends with the uninterrupted run's files.
+
+    Synchronised on events, never on how fast the machine is: the server answers exactly two requests and
+    holds the other four until released (never by itself), and the kill comes once the child has logged
+    both answers and all four requests are held. The child's timeout is far beyond any wait here: a held
+    request that timed out would be retried and then make the stage fail (not finish it)."""
     import subprocess
     import sys
     import time
@@ -437,22 +442,29 @@ def test_a_critic_killed_mid_stage_resumes_with_identical_artefacts(endpoint_run
     ref_dir, ref, _ = endpoint_run
     fdir, _ = feature_dir_with_text(data_root, tmp_path / "features_killed")
     log = os.path.join(fdir, "fve", "run", "cycle_0", "critic_answers", "answers.jsonl")
-    with ScriptedServer(endpoint_answer, hold_after=2) as server:
+
+    def logged():
+        return open(log).read().count("\n") if os.path.isfile(log) else 0
+
+    with ScriptedServer(endpoint_answer, hold_after=2) as server, open(tmp_path / "child.err", "w+") as err:
         cfg_file = tmp_path / "cfg.json"
         cfg_file.write_text(json.dumps(endpoint_config(data_root, vlm_folder, fdir, server.url,
-                                                       fve_generation_timeout=120.0)))
+                                                       fve_generation_timeout=3600.0)))
         proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, NAME, str(cfg_file)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                stdout=subprocess.DEVNULL, stderr=err)
         try:
-            deadline = time.time() + 240
-            while not (server.holding.is_set() and os.path.isfile(log)
-                       and open(log).read().count("\n") == 2) and time.time() < deadline:
-                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-                time.sleep(0.2)
-            assert server.holding.is_set(), "the run never reached its critic"
+            deadline = time.time() + 1800          # only against a hang: the child's progress is awaited
+            while not (server.held == 4 and logged() == 2):
+                if proc.poll() is not None:
+                    err.seek(0)
+                    pytest.fail(f"the child ended (rc {proc.returncode}) with {logged()} answers logged and "
+                                f"{server.held} requests held:\n{err.read()[-2000:]}")
+                assert time.time() < deadline, "the run never reached its critic"
+                time.sleep(0.1)
         finally:
             proc.kill()
             proc.wait()
+        assert logged() == 2 and len(server.requests) == 6
         stages = json.load(open(os.path.join(fdir, "fve", "run", "stages.json")))["stages"]
         assert "cycle_0/feedback" in stages and "cycle_0/critic" not in stages
         asked_before = len(server.requests)

@@ -10,7 +10,7 @@ import weakref
 import numpy as np
 import pytest
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.fve import prompts
 from recbole_reveal.fve.config import build_fve_encoder, fve_settings
 from recbole_reveal.fve.encoder import ItemRequest

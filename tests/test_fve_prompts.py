@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.fve.prompts import (
     DEFAULT_TEMPLATES, ENGLISH_STOP_WORDS, ItemMeta, build_initial_prompts, evaluation_holdout,
     extract_keywords, initial_prompt, load_stop_words, load_templates, main, read_items, read_prompts,

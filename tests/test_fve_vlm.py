@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from recbole_reveal.errors import RevealUserError
+from recbole_reveal.infra.errors import RevealUserError
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl
 from recbole_reveal.fve.vlm import VLMUnavailable, check_vlm_folder, load_vlm, vlm_model_id
 
@@ -39,6 +39,12 @@ def test_tiny_folder_loads_as_the_real_classes(tiny_folder):
     assert cfg.text_config.hidden_size == 64 and cfg.text_config.num_hidden_layers == 2
     assert cfg.vision_config.depth == 2 and cfg.vision_config.hidden_size == 32
     assert sum(p.numel() for p in vlm.model.parameters()) < 1_000_000
+
+
+def test_loaded_without_hub_kernels(tiny_folder):
+    # transformers 5.25 kernelizes by default, which on a GPU resolves kernel repos on the hub at load time:
+    # an offline GPU machine failed there (ConnectError, then "could not verify publisher trust status")
+    assert load_vlm(tiny_folder, device="cpu").model.use_kernels is False
 
 
 def test_processor_chat_template_and_generate_work_without_torchvision(tiny_folder):
@@ -152,7 +158,7 @@ def test_random_model_in_bf16_encodes():
 def test_gpu_only_load_options_fail_clearly_without_a_gpu(tiny_folder):
     """flash_attention_2 and 4/8-bit weights are CUDA features: on the CPU a ConfigError says so (and
     what to install) before anything loads; sdpa / eager / auto load."""
-    from recbole_reveal.errors import ConfigError
+    from recbole_reveal.infra.errors import ConfigError
 
     for kwargs, match in (({"attn_implementation": "flash_attention_2"}, "flash_attention_2 runs on CUDA only"),
                           ({"quantization": "4bit"}, "4bit \\(bitsandbytes\\) runs on CUDA only"),
@@ -172,7 +178,7 @@ def test_cuda_requested_without_a_gpu_is_a_clear_error(tiny_folder):
         pytest.skip("a GPU is present")
     from recbole_reveal.fve.generation import auto_batch_size
 
-    from recbole_reveal.errors import ConfigError
+    from recbole_reveal.infra.errors import ConfigError
 
     with pytest.raises(ConfigError, match="CUDA is not available"):
         load_vlm(tiny_folder, device="cuda")

@@ -10,7 +10,7 @@ import pytest
 
 from recbole_reveal.data.feature_store import save_item_features
 from recbole_reveal.data.synthetic import generate_dataset
-from recbole_reveal.errors import ConfigError, FeatureFileError
+from recbole_reveal.infra.errors import ConfigError, FeatureFileError
 from recbole_reveal.fve.loop import run_fve
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from recbole_reveal import run_recbole_reveal
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from helpers import TINY_ITEMS, assert_full_sort_matches_predict, build_pipeline, first_batch
 
 

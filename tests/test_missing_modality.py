@@ -12,8 +12,8 @@ from helpers import TINY_ITEMS, build_pipeline, first_batch, write_tiny_dataset
 from recbole_reveal import run_recbole_reveal
 from recbole_reveal.data.availability import mark_missing, masked_draw
 from recbole_reveal.data.feature_store import load_item_features, load_missing_items, save_item_features
-from recbole_reveal.errors import ConfigError, FeatureFileError
-from recbole_reveal.experiments.cli import main as cli_main
+from recbole_reveal.infra.errors import ConfigError, FeatureFileError
+from recbole_reveal.commands.run_experiments import main as cli_main
 
 DATASET = "tinymiss"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

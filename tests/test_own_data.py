@@ -14,7 +14,7 @@ import torch
 from helpers import write_tiny_dataset
 from recbole_reveal import build_config, config_report
 from recbole_reveal.data.dataset_yaml import longest_history, starter_text, write_starter
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -108,8 +108,8 @@ def test_dataset_yaml_beside_the_data_sets_the_model_size(own_root, tmp_path, ca
     own.write_text("hidden_size: 24\nlearning_rate: 0.004\n")
     # data_path comes from the command line here: it is resolved before the dataset's YAML is looked for
     with caplog.at_level(logging.INFO):
-        config, _, model, _ = prepare_run("M3SRec", "tiny", config_dict=dict(SMALL, checkpoint_dir=str(tmp_path)),
-                                          cmd_args=[f"--data_path={own_root}"])
+        config, _, model, _ = prepare_run(build_config(
+            "M3SRec", "tiny", config_dict=dict(SMALL, checkpoint_dir=str(tmp_path)), cmd_args=[f"--data_path={own_root}"]))
     close_run_logs()
     assert config["hidden_size"] == 24 and config["learning_rate"] == 0.004
     assert any(m.weight.shape == (model.n_items, 24) for m in model.modules()     # the model has the dataset's size
@@ -158,7 +158,7 @@ def test_starter_yaml_fits_the_machine_and_the_histories(own_root, tmp_path):
 
 
 def test_extractor_writes_the_starter_yaml_once(own_root, caplog):
-    from recbole_reveal.features.extract import main
+    from recbole_reveal.commands.extract_features import main
 
     folder = own_root / "tiny"
     (folder / "tiny.item").write_text("item_id:token\ttitle:token_seq\n" +
@@ -177,7 +177,7 @@ def test_extractor_writes_the_starter_yaml_once(own_root, caplog):
 
 
 def test_extractor_errors_are_one_line(own_root, capsys):
-    from recbole_reveal.features.extract import cli
+    from recbole_reveal.commands.extract_features import cli
 
     assert cli(["--dataset", "tiny", "--data_path", str(own_root), "--encoder", "efficientnet-lite0"]) == 2
     err = capsys.readouterr().err
@@ -238,7 +238,7 @@ def test_contract_mistakes_are_one_line_errors(own_root, tmp_path, capsys, mista
 def test_mask_modality_only_knows_text_and_vision(tiny_config):
     from helpers import build_pipeline
 
-    from recbole_reveal.errors import ModelContractError
+    from recbole_reveal.infra.errors import ModelContractError
     from recbole_reveal.training import close_run_logs
 
     _, _, model, _ = build_pipeline("M3SRec", dict(tiny_config, epochs=1))
@@ -277,7 +277,7 @@ def test_run_hyper_and_run_experiments_take_data_path_and_log_plainly(own_root, 
 
 
 def test_python_m_commands_print_no_runpy_warning(own_root):
-    for module in ("recbole_reveal.fve.prompts", "recbole_reveal.features.extract", "recbole_reveal.data.synthetic"):
+    for module in ("recbole_reveal.fve.prompts", "recbole_reveal.commands.extract_features", "recbole_reveal.commands.synthetic_data"):
         out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=300,
                              env=dict(os.environ, PYTHONPATH=REPO))
         assert out.returncode == 0 and "RuntimeWarning" not in out.stderr, (module, out.stderr)
@@ -286,7 +286,7 @@ def test_python_m_commands_print_no_runpy_warning(own_root):
 def test_recbole_future_warnings_are_hidden_only_where_recbole_raises_them():
     import warnings
 
-    from recbole_reveal import compat
+    from recbole_reveal.adaptation import compat
 
     compat.apply()
     message = "A value is trying to be set on a copy of a DataFrame or Series through chained assignment"

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from recbole.model.layers import TransformerEncoder
 
+from recbole_reveal.infra.errors import ConfigError
 from helpers import build_pipeline, first_batch, write_tiny_dataset
 
 DATASET = "tinytime"
@@ -164,13 +165,14 @@ def official_loss(model, config, p, batch, chosen):
     streams, vectors, score, time_embedding = official_forward(model, config, p, item_seq, item_seq_len, timestamp)
     loss = F.cross_entropy(score, targets)
     idcl = official_contrastive(vectors[0], p["item_embedding.weight"][targets], targets, config["temperature"])
-    # CP: categories of every history item from [id | text | image]
+    # CP as HM4SR.py computes it: [B*L, C] scores and targets of the flattened history (padding included),
+    # indexed with torch.where(input_idx != 0), the (row, position) pairs of the 2-D history
     items = item_seq.flatten()
-    real = items != 0
+    nonzero_idx = torch.where(item_seq != 0)
     features = torch.cat([p["item_embedding.weight"][items], linear(p["text_table.weight"][items], p, "text_proj"),
                           linear(p["vision_table.weight"][items], p, "vision_proj")], dim=-1)
-    cp = F.binary_cross_entropy_with_logits(linear(features, p, "category_head")[real],
-                                            model.item_categories[items][real].double())
+    cp = F.binary_cross_entropy_with_logits(linear(features, p, "category_head")[nonzero_idx],
+                                            model.item_categories[items].double()[nonzero_idx])
     # PCL at the positions the model drew
     placeholder = chosen.unsqueeze(2)
     mask, rows = recbole_attention_mask(item_seq), torch.arange(item_seq.size(0))
@@ -232,6 +234,34 @@ def test_same_target_negatives_switch_is_needed_for_parity(parity_config):
     loss, _, chosen = ours_with_drawn_positions(model, batch)
     expected_loss, _ = official_loss_and_scores(config, model, batch, chosen)
     assert abs(loss.item() - expected_loss.item()) > 1e-3
+
+
+def test_category_loss_indexing_switch_is_needed_for_parity(parity_config):
+    """The per-item category loss (the default) is not what the reference computes."""
+    config, model, batch = build(parity_config, reference_mode=True, category_loss_indexing="per_item")
+    assert (batch[model.ITEM_SEQ] != 0).sum() > len(batch[model.ITEM_SEQ]), "histories of several items needed"
+    loss, _, chosen = ours_with_drawn_positions(model, batch)
+    expected_loss, _ = official_loss_and_scores(config, model, batch, chosen)
+    assert abs(loss.item() - expected_loss.item()) > 1e-3
+
+
+def test_reference_category_loss_is_refused_where_the_reference_cannot_run(parity_config, tmp_path):
+    """3 categories: a training history of 4+ items makes the reference raise IndexError (it reads category
+    column l for history position l); said before training. Histories cut to 3 items run."""
+    import shutil
+
+    shutil.copytree(os.path.join(parity_config["data_path"], DATASET), tmp_path / DATASET)
+    item_file = tmp_path / DATASET / f"{DATASET}.item"
+    rows = item_file.read_text(encoding="utf-8").splitlines()
+    item_file.write_text("\n".join(rows[:1] + [r.split(" ")[0] for r in rows[1:]]) + "\n", encoding="utf-8")
+    three = dict(parity_config, data_path=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"category_loss_indexing: reference cannot run.*3 categories.*histories "
+                                          r"of 8 items.*MAX_ITEM_LIST_LENGTH to at most 3"):
+        build(three, reference_mode=True)
+    config, model, batch = build(three, reference_mode=True, MAX_ITEM_LIST_LENGTH=3)
+    loss, _, chosen = ours_with_drawn_positions(model, batch)
+    torch.testing.assert_close(loss, official_loss_and_scores(config, model, batch, chosen)[0], rtol=1e-6, atol=1e-6)
+    build(three, reference_mode=True, category_loss_indexing="per_item")
 
 
 @pytest.mark.parametrize("reference_mode, trainable", [(False, True), (True, False)])

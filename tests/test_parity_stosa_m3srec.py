@@ -184,7 +184,7 @@ def build(model_name, config_dict, **overrides):
     return config, model, batch
 
 
-def official_scores_and_loss(config, model, batch, multimodal):
+def official_scores_and_loss(config, model, batch, multimodal, negatives=None):
     p = {name: t.detach() for name, t in model.state_dict().items()}
     if multimodal and "stream_attention.attention.weight" not in p:
         # a model without the reference's attention layer (fusion_mix: per_item): compare with the
@@ -198,27 +198,35 @@ def official_scores_and_loss(config, model, batch, multimodal):
     everything = torch.arange(model.n_items)
     scores = -official_wasserstein_matmul(*seq, *official_item_gaussians(p, everything))
     loss = official_bpr_loss(seq, official_item_gaussians(p, batch[model.POS_ITEM_ID]),
-                             official_item_gaussians(p, batch[model.NEG_ITEM_ID]), config["pvn_weight"])
+                             official_item_gaussians(p, batch[model.NEG_ITEM_ID] if negatives is None else negatives),
+                             config["pvn_weight"])
     return scores, loss
 
 
 def ours(model, batch):
+    """Our scores and loss, and the negatives the loss used (the sampler's, or the mask id in their place)."""
+    drawn = []
+    draw = model.negative_items
+    model.negative_items = lambda interaction: drawn.append(draw(interaction)) or drawn[-1]
+    torch.manual_seed(3)
     with torch.no_grad():
-        return model.full_sort_predict(batch), model.calculate_loss(batch)
+        return model.full_sort_predict(batch), model.calculate_loss(batch), drawn[0]
 
 
 def assert_parity(model_name, config_dict, multimodal, **overrides):
     config, model, batch = build(model_name, config_dict, **overrides)
-    expected_scores, expected_loss = official_scores_and_loss(config, model, batch, multimodal)
-    scores, loss = ours(model, batch)
+    scores, loss, negatives = ours(model, batch)
+    expected_scores, expected_loss = official_scores_and_loss(config, model, batch, multimodal, negatives)
     torch.testing.assert_close(scores, expected_scores, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(loss, expected_loss, rtol=1e-6, atol=1e-6)
+    return model, negatives
 
 
 def max_difference(model_name, config_dict, multimodal, **overrides):
     config, model, batch = build(model_name, config_dict, **overrides)
-    expected_scores, _ = official_scores_and_loss(config, model, batch, multimodal)
-    return (ours(model, batch)[0] - expected_scores).abs().max().item()
+    scores, _, negatives = ours(model, batch)
+    expected_scores, _ = official_scores_and_loss(config, model, batch, multimodal, negatives)
+    return (scores - expected_scores).abs().max().item()
 
 
 # -- tests -----------------------------------------------------------------------------------------------
@@ -227,7 +235,33 @@ def test_stosa_reference_mode_computes_the_reference_stosa(tiny_config):
 
 
 def test_m3srec_reference_mode_computes_the_reference_m3srec(tiny_config):
-    assert_parity("M3SRec", tiny_config, multimodal=True, **REFERENCE)
+    model, negatives = assert_parity("M3SRec", tiny_config, multimodal=True, **REFERENCE)
+    assert (negatives == model.n_items).any(), "the comparison must cover a mask-id negative"
+
+
+def test_m3srec_reference_negatives_can_be_the_mask_id(tiny_config):
+    """The reference's negatives: ``randint(1, item_size - 1)`` (both ends included) outside the user's
+    items, ``item_size = max_item + 2``: the items and the mask id ``max_item + 1``. Restated with the
+    target as the only excluded item (what RecBole's sampler excludes): each of the ``item_size - 2``
+    candidates, the mask id among them, has probability ``1 / (item_size - 2)``."""
+    from recbole.data.interaction import Interaction
+
+    _, model, batch = build("M3SRec", tiny_config, **REFERENCE)
+    max_item = model.n_items - 1                     # RecBole's item ids: 1 .. n_items - 1
+    item_size = max_item + 2
+    mask_id = item_size - 1
+    assert model.item_mean_embedding.num_embeddings == model.item_cov_embedding.num_embeddings == item_size
+    sampled = batch[model.NEG_ITEM_ID].repeat(4000)
+    torch.manual_seed(0)
+    negatives = model.negative_items(Interaction({model.NEG_ITEM_ID: sampled}))
+    is_mask = negatives == mask_id
+    n, p = len(sampled), 1 / (item_size - 2)
+    assert abs(is_mask.sum().item() - n * p) < 5 * (n * p * (1 - p)) ** 0.5
+    assert torch.equal(negatives[~is_mask], sampled[~is_mask])       # the other draws stay the sampler's
+    assert model.full_sort_predict(batch).shape[1] == model.n_items   # the mask id is never ranked
+    _, default, _ = build("M3SRec", tiny_config)
+    assert default.item_mean_embedding.num_embeddings == model.n_items
+    assert torch.equal(default.negative_items(Interaction({default.NEG_ITEM_ID: sampled})), sampled)
 
 
 @pytest.mark.parametrize("model_name, switch, fixed", [

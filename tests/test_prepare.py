@@ -15,11 +15,11 @@ import yaml
 
 import raw_fixtures as rf
 from recbole_reveal.data.feature_store import load_item_features
-from recbole_reveal.data.prepare import Options, PrepareError, RawFileError, prepare
-from recbole_reveal.data.prepare.__main__ import main as prepare_main
-from recbole_reveal.data.prepare.images import ImageFetcher, verify_image, ImageRejected
-from recbole_reveal.data.prepare.interactions import first_of_duplicates, k_core
-from recbole_reveal.data.prepare.rawio import FileCounters, clean_text, iter_lines
+from recbole_reveal.prepare import Options, PrepareError, RawFileError, prepare
+from recbole_reveal.commands.prepare_data import main as prepare_main
+from recbole_reveal.prepare.images import ImageFetcher, verify_image, ImageRejected
+from recbole_reveal.prepare.interactions import first_of_duplicates, k_core
+from recbole_reveal.prepare.rawio import FileCounters, clean_text, iter_lines
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -172,7 +172,7 @@ def test_amazon_counters_steps_and_statistics(sports):
     readme = open(os.path.join(sports.root, "README.md"), encoding="utf-8").read()
     assert "| Sports | paper Table 1 | 35,598 | 18,358 | 296,337 | 0.04% | 8.3 |" in readme
     assert "| Sports | this conversion | 41 | 12 | 286 | 58.130% | 6.98 |" in readme
-    assert "python -m recbole_reveal.data.prepare Sports --raw-dir RAW --out out" in readme
+    assert "python -m recbole_reveal.commands.prepare_data Sports --raw-dir RAW --out out" in readme
 
 
 def test_flaky_url_was_retried(sports, server):
@@ -206,7 +206,7 @@ def test_converted_dataset_trains_through_the_entry_script(sports, tmp_path, cap
 
 
 def test_recbole_reads_the_files_and_keeps_the_tie_order(sports):
-    from recbole_reveal.quick_start import build_config
+    from recbole_reveal.config import build_config
     from recbole_reveal.utils import create_dataset
 
     config = build_config("SASRec", "Sports", config_dict={
@@ -523,7 +523,7 @@ def test_clean_text_rules():
 
 
 def test_amazon_meta_image_url_rules(tmp_path):
-    from recbole_reveal.data.prepare.sources import read_amazon_meta
+    from recbole_reveal.prepare.sources import read_amazon_meta
 
     urls = {"A1": "http://x/a.jpg", "A2": "ftp://x/a.jpg", "A3": "http://x/a b.jpg", "A4": 42, "A5": ...,
             "A6": "", "A7": " HTTPS://x/a.jpg "}

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.fve.prompts import build_initial_prompts, cli
 
 ITEM_HEADER = "item_id:token\ttitle:token_seq\tcategories:token_seq\tbrand:token"

@@ -12,9 +12,10 @@ import pytest
 
 from helpers import write_tiny_dataset
 from recbole_reveal import build_config
-from recbole_reveal.config_keys import RANGES, declared_keys, keys_read_by, plugin_yaml_files
+from recbole_reveal.config_keys.declared import declared_keys, keys_read_by, plugin_yaml_files
+from recbole_reveal.config_keys.schema import RANGES
 from recbole_reveal.data.feature_store import feature_paths, load_item_features, save_item_features
-from recbole_reveal.errors import ConfigError, FeatureFileError
+from recbole_reveal.infra.errors import ConfigError, FeatureFileError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -93,7 +94,7 @@ def test_booleans_accept_the_usual_words_and_become_bools(tiny_root, word, value
 def test_avl_off_really_turns_avl_off(tiny_config):
     from recbole_reveal.training import close_run_logs, prepare_run
 
-    _, _, _, trainer = prepare_run("M3SRec_REVEAL", "tiny", config_dict=dict(tiny_config, avl="off"))
+    _, _, _, trainer = prepare_run(build_config("M3SRec_REVEAL", "tiny", config_dict=dict(tiny_config, avl="off")))
     close_run_logs()
     assert trainer.avl_enabled is False
 
@@ -250,7 +251,7 @@ def test_every_plugin_key_declares_its_type():
 
 
 def test_every_ranged_key_exists_and_every_key_the_plugin_reads_is_declared():
-    from recbole_reveal.config_keys import recbole_general_keys
+    from recbole_reveal.config_keys.declared import recbole_general_keys
 
     declared = set().union(*(declared_keys(p) for p in plugin_yaml_files())) | recbole_general_keys()
     assert not sorted(set(RANGES) - declared - {"embedding_size", "mask_ratio", "ft_ratio", "dropout_prob"})
@@ -286,15 +287,15 @@ class _OpensAFile:
 def test_checkpoints_load_with_weights_only_and_code_in_one_is_refused(tiny_config, tmp_path):
     import torch
 
-    from recbole_reveal import compat
-    from recbole_reveal.errors import CheckpointError
+    from recbole_reveal.adaptation import compat
+    from recbole_reveal.infra.errors import CheckpointError
     from recbole_reveal.training import close_run_logs, prepare_run
 
     compat.apply()
     import recbole.trainer.trainer as recbole_trainer
 
     # a real checkpoint of the plugin (RecBole's Config, enums, the model class, AVL's state) loads safely
-    config, loaders, _, trainer = prepare_run("M3SRec_REVEAL", "tiny", config_dict=dict(tiny_config, epochs=1))
+    config, loaders, _, trainer = prepare_run(build_config("M3SRec_REVEAL", "tiny", config_dict=dict(tiny_config, epochs=1)))
     trainer.fit(loaders[0], loaders[1], saved=True, show_progress=False)
     close_run_logs()
     checkpoint = recbole_trainer.torch.load(trainer.saved_model_file, map_location="cpu")

@@ -53,7 +53,7 @@ def test_files_and_headers(tiny):
     assert [r[:2] + [r[3]] for r in inter] == [r[:3] for r in reviews]
     assert all(r[3] and "\t" not in r[3] for r in reviews)
     readme = open(os.path.join(root, "README.md"), encoding="utf-8").read()
-    assert "SYNTHETIC" in readme and "python -m recbole_reveal.data.synthetic" in readme
+    assert "SYNTHETIC" in readme and "python -m recbole_reveal.commands.synthetic_data" in readme
 
 
 def test_sequences_sorted_and_item_sets_agree(tiny):

@@ -10,7 +10,7 @@ from recbole.data.dataset import SequentialDataset
 from recbole_reveal import build_config, create_dataset, run_recbole_reveal
 from recbole_reveal.data.dataset import MultimodalDataset
 from recbole_reveal.data.feature_store import save_item_features
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from helpers import TINY_ITEMS, assert_full_sort_matches_predict, build_pipeline, first_batch, write_tiny_dataset
 
 

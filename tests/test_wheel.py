@@ -25,8 +25,9 @@ SOURCES = ("setup.py", "setup.cfg", "pyproject.toml", "README.md", "recbole_reve
 TRAIN = r"""
 import json, sys
 import recbole_reveal
-from recbole_reveal import locations, run_recbole_reveal
-from recbole_reveal.errors import DatasetNotFoundError
+from recbole_reveal import run_recbole_reveal
+from recbole_reveal.infra import locations
+from recbole_reveal.infra.errors import DatasetNotFoundError
 
 result = run_recbole_reveal("M3SRec_REVEAL", "tiny", config_dict={
     "data_path": sys.argv[1], "checkpoint_dir": "saved", "epochs": 1, "hidden_size": 16, "inner_size": 32,
@@ -90,7 +91,7 @@ def test_wheel_installed_outside_the_checkout_trains_with_its_properties(tmp_pat
     assert out["data_path"] == os.path.join("data", "tiny")
     assert out["test_metrics"] == ["ndcg@10", "ndcg@20", "recall@10", "recall@20"]
     assert "installed recbole-reveal carries no datasets" in out["demo"]
-    assert "python -m recbole_reveal.data.synthetic --out dataset_atomic" in out["demo"]
+    assert "python -m recbole_reveal.commands.synthetic_data --out dataset_atomic" in out["demo"]
     assert (work / "saved").is_dir()
 
     # the commands are installed as console scripts

@@ -27,8 +27,8 @@ and output (docs/distributed.md).
 import os
 import sys
 
-from recbole_reveal.arguments import Option, UsageError, format_options, parse_command_line, parse_overrides
-from recbole_reveal.locations import property_path
+from recbole_reveal.infra.arguments import Option, UsageError, format_options, parse_command_line, parse_overrides
+from recbole_reveal.infra.locations import property_path
 
 OPTIONS = (
     Option("model", required=True, help="plugin or RecBole model name (or your own <file.py>:<Class>)"),
@@ -68,7 +68,7 @@ def main(argv=None):
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__.strip() + "\n\noptions:\n" + format_options(OPTIONS))
         return 0
-    from recbole_reveal.errors import USER_ERRORS
+    from recbole_reveal.infra.errors import USER_ERRORS
 
     try:
         args, overrides = split_args(argv)

@@ -16,7 +16,7 @@ insists on a VLM.
 
 import sys
 
-from recbole_reveal.arguments import Option, UsageError, parse_command_line
+from recbole_reveal.infra.arguments import Option, UsageError, parse_command_line
 
 OPTIONS = (
     Option("model", required=True),
@@ -53,20 +53,22 @@ def main(argv=None):
         print(e, file=sys.stderr)
         return 2
 
-    from recbole_reveal import build_config, run_recbole_reveal
+    from recbole_reveal import build_config
     from recbole_reveal.commands.console import show_fve_progress
     from recbole_reveal.config import fve_requested
-    from recbole_reveal.distributed import DistributedRunError
-    from recbole_reveal.errors import USER_ERRORS
+    from recbole_reveal.quick_start import run_with_config
+    from recbole_reveal.adaptation.launch import DistributedRunError
+    from recbole_reveal.infra.errors import USER_ERRORS
 
     try:
-        if fve_requested(build_config(model, dataset, config_files, cmd_args=rest)):
+        config = build_config(model, dataset, config_files, cmd_args=rest)
+        if fve_requested(config):
             from recbole_reveal.fve.loop import run_fve
 
             show_fve_progress()
             print(run_fve(model, dataset, config_file_list=config_files, cmd_args=rest)["table_text"])
             return 0
-        result = run_recbole_reveal(model, dataset, config_file_list=config_files, cmd_args=rest)
+        result = run_with_config(config)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -43,7 +43,7 @@ def iter_interactions(inter_path, extra=None):
     """``(user, item, timestamp or None, extra value or None)`` of each row of a ``.inter`` file, streamed
     (``extra``: the name of one more column, when the file has it). A file without ``user_id`` or
     ``item_id`` is a :class:`ConfigError`."""
-    from recbole_reveal.errors import ConfigError
+    from recbole_reveal.infra.errors import ConfigError
 
     columns, _, rows = iter_atomic(inter_path)
     for needed in ("user_id", "item_id"):
@@ -67,7 +67,7 @@ FIELD_TYPES = ("token", "token_seq", "float", "float_seq")
 def check_header(path, field_separator="\t"):
     """Raise :class:`DataFileError` when ``path`` is empty or its first line is not RecBole's header
     (``name:type`` fields, type one of :data:`FIELD_TYPES`). Returns ``(columns, types)``."""
-    from recbole_reveal.errors import DataFileError
+    from recbole_reveal.infra.errors import DataFileError
 
     with open(path, encoding="utf-8") as f:
         header = f.readline().rstrip("\r\n")
@@ -128,7 +128,7 @@ def load_errors_explained(config):
     are errors before it starts; a ``ValueError`` (or ``KeyError`` / ``TypeError`` / ``IndexError``) it
     raises becomes a :class:`DataFileError` naming the file, line and column of the first value it cannot
     read, when there is one (else it propagates as it was)."""
-    from recbole_reveal.errors import DataFileError, RevealUserError
+    from recbole_reveal.infra.errors import DataFileError, RevealUserError
 
     folder, name = config["data_path"], config["dataset"]
     sep = config["field_separator"] or "\t"
@@ -167,7 +167,7 @@ def write_atomic(path, columns, field_separator="\t"):
     header that is not ``name:type`` with one of :data:`FIELD_TYPES` or columns of different lengths."""
     import math
 
-    from recbole_reveal.files import atomic_open
+    from recbole_reveal.infra.files import atomic_open
 
     names = list(columns)
     for name in names:

@@ -1,19 +1,14 @@
-"""Which items lack a modality: the seeded draw shared by every model, and a command that makes a copy of
-a feature set with a fraction of its items marked missing (to measure what missing images cost, on
-data that has them all: docs/missing-modalities.md).
+"""Which items lack a modality: the seeded draw shared by every model (the robustness protocol's masked
+items), a copy of a feature set with a fraction of its items marked missing (:func:`mark_missing`; its
+command is ``python -m recbole_reveal.commands.mark_missing``), and the popularity buckets of cold items
+(docs/missing-modalities.md)."""
 
-    python -m recbole_reveal.data.availability --dataset synthetic-demo --set vision_efficientnet_lite0 \\
-        --fraction 0.3 --name vision_efficientnet_lite0_missing30
-"""
-
-import argparse
 import hashlib
 import os
-import sys
 
 import numpy as np
 
-from recbole_reveal.errors import ConfigError, exit_status
+from recbole_reveal.infra.errors import ConfigError
 
 # cold items: test targets bucketed by their number of training interactions (name, low, high inclusive)
 POPULARITY_BUCKETS = (("0", 0, 0), ("1-4", 1, 4), ("5-9", 5, 9), (">=10", 10, None))
@@ -56,26 +51,3 @@ def mark_missing(feature_dir, source, name, fraction, seed=0, modality=None):
     meta.update(modality=modality, marked_missing={"source": source, "fraction": fraction, "seed": seed})
     save_item_features(feature_dir, name, tokens, matrix, meta, missing=missing)
     return missing
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m recbole_reveal.data.availability", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--data_path", default="dataset_atomic")
-    parser.add_argument("--feature_dir", help="default <data_path>/<dataset>/features")
-    parser.add_argument("--set", required=True, dest="source", help="the feature set to copy")
-    parser.add_argument("--fraction", type=float, required=True, help="fraction of the items marked missing")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
-    parser.add_argument("--name", required=True, help="name of the new set")
-    args = parser.parse_args(argv)
-    from recbole_reveal.locations import resolve_data_path
-
-    folder = resolve_data_path(os.path.join(args.data_path, args.dataset), args.dataset)
-    feature_dir = args.feature_dir or os.path.join(folder, "features")
-    missing = mark_missing(feature_dir, args.source, args.name, args.fraction, args.seed)
-    print(f"{args.name}: {len(missing)} items marked missing (written to {feature_dir})")
-
-
-if __name__ == "__main__":
-    sys.exit(exit_status(main))

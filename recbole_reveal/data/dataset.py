@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from recbole_reveal import compat
+from recbole_reveal.adaptation import compat
 
 compat.apply()
 
@@ -28,7 +28,7 @@ from recbole_reveal.data.feature_store import (  # noqa: E402
     align_to_item_ids, feature_paths, format_tokens, load_item_features, load_missing_items,
 )
 from recbole_reveal.data.interaction_tokens import derive_tokens  # noqa: E402
-from recbole_reveal.errors import ConfigError, FeatureFileError  # noqa: E402
+from recbole_reveal.infra.errors import ConfigError, FeatureFileError  # noqa: E402
 
 
 class ItemFeaturesMixin:

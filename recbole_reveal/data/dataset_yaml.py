@@ -17,7 +17,7 @@ the same histories, faster.
 
 import os
 
-from recbole_reveal import locations
+from recbole_reveal.infra import locations
 from recbole_reveal.data.atomic import iter_atomic
 
 STARTER_MARK = "# Starter dataset YAML written by"
@@ -67,7 +67,7 @@ def starter_text(dataset, sizes, longest=None, text_feature=None, vision_feature
     """The starter YAML's text (one ``# (type) meaning`` comment per key, as the plugin's own files)."""
     if sizes not in SIZES:
         raise ValueError(f"sizes must be one of {SIZES}, got {sizes!r}")
-    lines = [f"{STARTER_MARK} `python -m recbole_reveal.features.extract` ({sizes.upper()} sizes).",
+    lines = [f"{STARTER_MARK} `python -m recbole_reveal.commands.extract_features` ({sizes.upper()} sizes).",
              f"# Read for every run on {dataset}: above each model's YAML, below --config_files and the command",
              "# line (docs/own-data.md). Edit it freely: the extractor never overwrites it. Its keys apply to every",
              "# model on this dataset, your own models and the baselines too (the run log names each model-YAML",

@@ -28,8 +28,8 @@ import os
 
 import numpy as np
 
-from recbole_reveal.errors import FeatureFileError
-from recbole_reveal.files import atomic_open, lock_file, write_json_atomic
+from recbole_reveal.infra.errors import FeatureFileError
+from recbole_reveal.infra.files import atomic_open, lock_file, write_json_atomic
 
 # a writer (reader) of a feature set waits for another writer to finish its three files, however long:
 # writing a set takes seconds and the lock is released when its holder ends, even when it is killed
@@ -109,7 +109,7 @@ def load_item_features(feature_dir, name, expected_dim=None):
         if not os.path.isfile(path):
             raise FeatureFileError(
                 f"feature file not found: {path}. Create it with "
-                f"`python -m recbole_reveal.features.extract` (see docs/data-format.md)."
+                f"`python -m recbole_reveal.commands.extract_features` (see docs/data-format.md)."
             )
     with _reading(feature_dir, name):
         tokens, matrix = _read_set(npy_path, items_path)

@@ -11,7 +11,7 @@ import ast
 import math
 import os
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.experiments.runs import ResultStore, RunSpec, execute
 
 # RecBole's params-file types; "choice" values are Python literals (RecBole eval()s them)
@@ -95,7 +95,7 @@ def make_objective(model, dataset, results_dir, seed, fixed_overrides=None, log=
 
 def check_search(model, dataset, params_file, config_files=(), overrides=None):
     """``(searched params, seed, fixed overrides)`` of a search, checked before any trial runs."""
-    from recbole_reveal.quick_start import build_config
+    from recbole_reveal.config import build_config
 
     overrides = dict(overrides or {})
     lines = {}

@@ -16,9 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from recbole_reveal.errors import ConfigError  # noqa: E402
+from recbole_reveal.infra.errors import ConfigError  # noqa: E402
 from recbole_reveal.experiments.stats import mean_std  # noqa: E402
-from recbole_reveal.files import atomic_path  # noqa: E402
+from recbole_reveal.infra.files import atomic_path  # noqa: E402
 
 PANEL_IN = (4.0, 3.0)       # inches per panel
 DPI = 100

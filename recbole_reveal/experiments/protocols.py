@@ -8,10 +8,10 @@ inference), and optionally the row it is compared with (relative improvement, pa
 from dataclasses import dataclass
 from typing import Optional
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.experiments.runs import RunSpec, model_display_name
 from recbole_reveal.data.availability import POPULARITY_BUCKETS
-from recbole_reveal.locations import reveal_only_keys
+from recbole_reveal.infra.locations import reveal_only_keys
 
 REVEAL_SUFFIX = "_REVEAL"
 FVE_NEEDS_VLM = "w/ FVE needs --vlm_path (a local Qwen2.5-VL / Qwen3-VL folder)"
@@ -210,7 +210,7 @@ def mark_missing_models(rows):
     """Rows whose model does not exist are skipped with the reason; a missing model behind a row
     nothing is compared against (a base row) is an error."""
     from recbole_reveal import get_model
-    from recbole_reveal.errors import UnknownModelError
+    from recbole_reveal.infra.errors import UnknownModelError
 
     known = {}
     for row in rows:

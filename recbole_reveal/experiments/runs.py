@@ -14,27 +14,14 @@ import json
 import os
 import time
 
-from recbole_reveal.errors import ConfigError
-from recbole_reveal.files import write_json_atomic
+from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.infra.files import jsonable, write_json_atomic
 
 SCHEMA = 1
 # keys whose value never changes a run's numbers; they are left out of a run's identity
 _NOT_IDENTITY = {"checkpoint_dir", "show_progress", "state", "fve_run_dir", "fve_cache_dir",
                  "fve_vision_cache_dir", "fve_preprocess_workers", "fve_vision_cache_mb", "fve_num_processes",
                  "ip", "port", "ddp_timeout"}
-
-
-def jsonable(value):
-    """``value`` with every leaf a JSON type: numpy scalars become numbers, anything else its ``str``."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        return value.item()
-    return str(value)
 
 
 def _digest(obj, n=10):
@@ -164,7 +151,7 @@ def execute(spec, seed, dataset, store, config_files=(), log=print):
     if record is not None:
         return record, False
     from recbole_reveal.config import build_config, fve_requested
-    from recbole_reveal.quick_start import run_recbole_reveal
+    from recbole_reveal.quick_start import run_with_config
 
     config_dict = dict(spec.overrides, seed=seed)
     config_dict.setdefault("checkpoint_dir", os.path.join(store.root, "checkpoints"))
@@ -173,7 +160,7 @@ def execute(spec, seed, dataset, store, config_files=(), log=print):
     if fve_requested(config):
         result = _run_fve(spec, seed, dataset, store, list(config_files), config_dict, config)
     else:
-        result = run_recbole_reveal(spec.model, dataset, list(config_files), config_dict)
+        result = run_with_config(config)
     record = {
         "schema": SCHEMA, "model": spec.model, "dataset": dataset, "seed": seed,
         "overrides": spec.overrides, "config_files": list(config_files),

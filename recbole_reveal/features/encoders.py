@@ -12,7 +12,7 @@ import os
 import numpy as np
 import torch
 
-from recbole_reveal.errors import EncoderUnavailable  # noqa: F401  (raised here; public here as before)
+from recbole_reveal.infra.errors import EncoderUnavailable
 
 ENCODERS = {}
 

@@ -2,9 +2,9 @@
 
 ::
 
-    python -m recbole_reveal.features.extract --dataset synthetic-demo --data_path dataset_atomic \\
+    python -m recbole_reveal.commands.extract_features --dataset synthetic-demo --data_path dataset_atomic \\
         --modality text --encoder minilm
-    python -m recbole_reveal.features.extract --dataset synthetic-demo --data_path dataset_atomic \\
+    python -m recbole_reveal.commands.extract_features --dataset synthetic-demo --data_path dataset_atomic \\
         --modality vision --encoder efficientnet-lite0
 
 Reads ``<data_path>/<dataset>/<dataset>.item`` and writes the feature set
@@ -26,10 +26,8 @@ is empty) lacks the modality. Such items stop the run with their count and token
 a model is fed for them (docs/missing-modalities.md). Dropping them instead is the paper's protocol.
 """
 
-import argparse
 import logging
 import os
-import sys
 import time
 
 import numpy as np
@@ -37,8 +35,8 @@ import numpy as np
 from recbole_reveal.data.atomic import read_atomic
 from recbole_reveal.data.dataset_yaml import machine_sizes, write_starter
 from recbole_reveal.data.feature_store import save_item_features
-from recbole_reveal.errors import ConfigError, DatasetNotFoundError, exit_status
-from recbole_reveal.locations import property_file, read_yaml
+from recbole_reveal.infra.errors import ConfigError, DatasetNotFoundError
+from recbole_reveal.infra.locations import property_file, read_yaml
 from recbole_reveal.features.encoders import ENCODERS, build_encoder
 
 logger = logging.getLogger(__name__)
@@ -226,41 +224,3 @@ def _check_missing(missing, n_items, modality, item_path, keep_missing):
 def _plugin_default(key):
     """The plugin's default of a feature-set key (``properties/overall.yaml``)."""
     return read_yaml(property_file("overall.yaml")).get(key)
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Extract per-item text or image features for a RecBole dataset.")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--data_path", default="dataset_atomic", help="folder that holds <dataset>/")
-    p.add_argument("--modality", choices=["text", "vision"],
-                   help="default: the encoder's own modality")
-    p.add_argument("--encoder", default="minilm",
-                   help=f"one of {sorted(ENCODERS)}; 'hf:<local folder>' for any HF text encoder")
-    p.add_argument("--name", help="feature-set name (default <modality>_<encoder>, e.g. text_minilm)")
-    p.add_argument("--fields", nargs="+",
-                   help=f"text fields in order (default {' '.join(DEFAULT_TEXT_FIELDS)})")
-    p.add_argument("--image_field", default="image")
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--feature_dir", help="default <data_path>/<dataset>/features")
-    p.add_argument("--keep_missing", action="store_true",
-                   help="keep items without the modality (no image / no text), marked missing in <name>.missing; "
-                   "without it they are an error")
-    p.add_argument("--dataset_yaml", choices=("auto", "cpu", "gpu", "skip"), default="auto",
-                   help="when the dataset has no property file: write a starter <data_path>/<dataset>/<dataset>.yaml "
-                   "with sizes for a CPU or a GPU (auto: this machine's; default), or skip")
-    a = p.parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    return extract(a.dataset, a.data_path, a.modality, a.encoder, a.name, a.fields, a.image_field,
-                   a.batch_size, a.device, a.feature_dir, a.dataset_yaml, a.keep_missing)
-
-
-def cli(argv=None):
-    """``python -m recbole_reveal.features.extract``: :func:`main`, with a user error as one ``error:`` line
-    and exit status 2."""
-    return exit_status(main, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(cli())

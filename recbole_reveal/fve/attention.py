@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.fve.chat import POOLINGS, ChatTurn
 
 DEFAULT_POOLING = "last_token"
@@ -291,7 +291,7 @@ def _fill_from_config(args):
 def main(argv=None):
     from PIL import Image
 
-    from recbole_reveal.errors import USER_ERRORS
+    from recbole_reveal.infra.errors import USER_ERRORS
     from recbole_reveal.fve.vlm import load_vlm
 
     args = parse_args(argv)

@@ -43,7 +43,7 @@ import numpy as np
 
 from recbole_reveal.fve.images import read_image_bytes
 
-from recbole_reveal.files import atomic_open
+from recbole_reveal.infra.files import atomic_open
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass, field
 
 from recbole_reveal.config import build_config
-from recbole_reveal.config_keys import check_vlm_path
-from recbole_reveal.cost import CostMeter
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.config_keys.check import check_vlm_path
+from recbole_reveal.infra.cost import CostMeter
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.fve.config import build_fve_encoder, fve_settings
 from recbole_reveal.fve.critic import critic_settings
 from recbole_reveal.fve.feedback import feedback_settings
@@ -147,5 +147,5 @@ class FVEContext:
 
     def prepare_training(self, overrides):
         """Config, loaders, model and trainer of a backbone run with ``overrides`` on the run's config."""
-        return prepare_run(self.model, self.dataset, self.config_file_list, dict(self.config_dict, **overrides),
-                           self.cmd_args)
+        return prepare_run(build_config(self.model, self.dataset, self.config_file_list,
+                                        dict(self.config_dict, **overrides), self.cmd_args))

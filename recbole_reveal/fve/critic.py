@@ -20,12 +20,12 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from recbole_reveal.errors import ConfigError, RevealUserError
+from recbole_reveal.infra.errors import ConfigError, RevealUserError
 from recbole_reveal.fve.generation import AnswerLog, GenerationItem, item_key
 from recbole_reveal.fve.prompts import render, write_jsonl
 from recbole_reveal.fve.rewrite_parser import RewriteParseError, parse_rewrite
 from recbole_reveal.fve.vlm import QWEN_SPECIAL_TOKENS
-from recbole_reveal.locations import fve_defaults
+from recbole_reveal.infra.locations import fve_defaults
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from recbole_reveal.errors import ConfigError, RevealUserError
+from recbole_reveal.infra.errors import ConfigError, RevealUserError
 from recbole_reveal.fve.families import family_of
 from recbole_reveal.fve.generation import Answer, user_turn
 from recbole_reveal.fve.images import decode_image

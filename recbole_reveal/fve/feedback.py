@@ -50,9 +50,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from recbole_reveal.errors import ConfigError
-from recbole_reveal.files import atomic_open
-from recbole_reveal.locations import fve_defaults
+from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.infra.files import atomic_open
+from recbole_reveal.infra.locations import fve_defaults
 
 logger = logging.getLogger(__name__)
 

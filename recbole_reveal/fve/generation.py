@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.fve.images import decode_image
 from recbole_reveal.fve.vlm import resolve_device
 

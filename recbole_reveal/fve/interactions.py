@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from recbole_reveal.data.atomic import iter_atomic, iter_interactions
 from recbole_reveal.data.interaction_tokens import derive_tokens, format_timestamp
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.fve.prompts import (
     ENGLISH_STOP_WORDS, item_fields, render, template_fields, tokenize_review, top_keywords,
 )

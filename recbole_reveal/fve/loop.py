@@ -14,9 +14,9 @@ import os
 import time
 from contextlib import contextmanager
 
-from recbole_reveal.cost import format_cost, write_cost
-from recbole_reveal.errors import ConfigError
-from recbole_reveal.files import write_json_atomic
+from recbole_reveal.infra.cost import format_cost, write_cost
+from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.infra.files import write_json_atomic
 from recbole_reveal.fve.context import FVEContext
 from recbole_reveal.fve.residency import place_vlm
 from recbole_reveal.fve.run_state import RunState, fingerprint_config, run_folders_locked

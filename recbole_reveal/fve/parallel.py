@@ -24,8 +24,8 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from recbole_reveal.errors import ConfigError
-from recbole_reveal.files import atomic_open
+from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.infra.files import atomic_open
 from recbole_reveal.fve.encoder import EncodeResult, ItemRequest
 from recbole_reveal.fve.families import family_of
 

@@ -55,10 +55,10 @@ from dataclasses import dataclass
 import numpy as np
 import yaml
 
-from recbole_reveal import locations
+from recbole_reveal.infra import locations
 from recbole_reveal.data.atomic import iter_atomic, iter_interactions, read_atomic
-from recbole_reveal.errors import ConfigError, DatasetNotFoundError, exit_status
-from recbole_reveal.files import atomic_open, write_json_atomic
+from recbole_reveal.infra.errors import ConfigError, DatasetNotFoundError, exit_status
+from recbole_reveal.infra.files import atomic_open, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

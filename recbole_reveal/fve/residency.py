@@ -25,7 +25,7 @@ import logging
 
 import torch
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ can still be trusted.
 written atomically after the stage's files (themselves written atomically) and keeps the SHA-256 of those
 files, so a resumed run trusts a finished stage only while its files are there unchanged. The fingerprint
 covers every result-relevant config key (:func:`fingerprint_config`); a different one is a
-:class:`~recbole_reveal.errors.ConfigError` naming the changed keys.
+:class:`~recbole_reveal.infra.errors.ConfigError` naming the changed keys.
 """
 
 import hashlib
@@ -13,8 +13,8 @@ import json
 import logging
 import os
 
-from recbole_reveal.errors import ConfigError
-from recbole_reveal.files import locked_folders, write_json_atomic
+from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.infra.files import jsonable, locked_folders, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +40,6 @@ IGNORED_KEYS = {
 }
 LOCK_ADVICE = ("Wait for that run to end (a run with the same config then resumes from its stages), or give this "
                "run its own feature_dir and fve_run_dir")
-
-
-def jsonable(value):
-    """``value`` with sorted dict keys and every leaf a JSON type (others as ``str``)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 def fingerprint_config(config, settings):

@@ -14,8 +14,8 @@ import torch
 from recbole_reveal.data.atomic import iter_atomic
 from recbole_reveal.data.dataset import check_items_covered
 from recbole_reveal.data.feature_store import feature_paths
-from recbole_reveal.errors import ConfigError
-from recbole_reveal.files import atomic_open, write_json_atomic
+from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.infra.files import atomic_open, jsonable, write_json_atomic
 from recbole_reveal.fve.cache import EmbeddingCache
 from recbole_reveal.fve.critic import (
     acceptance, apply_rewrites, build_requests, check_acceptance, run_critic, write_critic_log,
@@ -31,7 +31,7 @@ from recbole_reveal.fve.parallel import encode_data_parallel, resolve_num_proces
 from recbole_reveal.fve.prompts import (
     build_initial_prompts, keyword_cache_dir, load_stop_words, load_templates, read_prompts, write_prompts,
 )
-from recbole_reveal.fve.run_state import jsonable, read_json
+from recbole_reveal.fve.run_state import read_json
 from recbole_reveal.training import close_run_logs, fit_and_test
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 class Stage:
     kind = None
-    cost = None                 # the stage's name in the cost report (recbole_reveal.cost)
+    cost = None                 # the stage's name in the cost report (recbole_reveal.infra.cost)
 
     def __init__(self, x=None):
         self.x = x
@@ -226,7 +226,7 @@ def training_plan(config, check_port=True):
     """How a cycle's backbone trains: ``None`` for one process, else the :class:`distributed.Plan` of
     ``--nproc=N`` on this machine. The loop itself runs once, so a torchrun launch or several machines
     (``world_size`` > ``nproc``) are refused."""
-    from recbole_reveal.distributed import plan_from_config
+    from recbole_reveal.adaptation.launch import plan_from_config
 
     launch = plan_from_config(config, check_port=check_port)
     if launch is not None and (launch.launcher == "torchrun" or launch.world_size != launch.nproc):
@@ -243,11 +243,12 @@ def fit_cycle(model, dataset, config_file_list, cmd_args, model_path, warm_from=
     ``warm_from`` (the previous cycle's weights), fit, test; the main process writes the best weights to
     ``model_path``. Returns ``(trainer, valid_data, record)`` in one process, the record alone on rank 0 of
     a distributed run (None on the others)."""
-    from recbole_reveal.cost import CostMeter
-    from recbole_reveal.distributed import is_main_process
+    from recbole_reveal.infra.cost import CostMeter
+    from recbole_reveal.infra.collectives import is_main_process
+    from recbole_reveal.config import build_config
     from recbole_reveal.training import prepare_run
 
-    config, loaders, net, trainer = prepare_run(model, dataset, config_file_list, config_dict, cmd_args)
+    config, loaders, net, trainer = prepare_run(build_config(model, dataset, config_file_list, config_dict, cmd_args))
     try:
         if warm_from:
             previous = torch.load(warm_from, map_location=config["device"], weights_only=True)

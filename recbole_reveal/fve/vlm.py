@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from recbole_reveal.errors import ConfigError, RevealUserError
+from recbole_reveal.infra.errors import ConfigError, RevealUserError
 from recbole_reveal.fve.families import (  # noqa: F401 (QWEN_SPECIAL_TOKENS, image_only_processor_class: re-exported)
     FAMILIES, NEAR_MISSES, QWEN_SPECIAL_TOKENS, image_only_processor_class,
 )
@@ -294,7 +294,9 @@ def load_vlm(path, device="auto", dtype="auto", attn_implementation=None, quanti
     config = check_vlm_folder(path)
     model_type = config["model_type"]
     model_cls = _transformers_class(SUPPORTED_MODELS[model_type][0])
-    kwargs = {"local_files_only": True, "dtype": dtype}
+    # use_kernels=False: transformers >= 5.25 otherwise swaps layers for hub kernels on a GPU, which asks the
+    # hub at load time (fails offline, and would run downloaded code)
+    kwargs = {"local_files_only": True, "dtype": dtype, "use_kernels": False}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if bnb is not None:

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 
-from recbole_reveal.errors import ModelContractError
+from recbole_reveal.infra.errors import ModelContractError
 from recbole_reveal.model.missing_features import MissingModalityMixin
 
 MODALITIES = ("text", "vision")

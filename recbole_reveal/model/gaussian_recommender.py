@@ -11,7 +11,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.model.reference_mode import reference_switch
 from recbole_reveal.model.wasserstein_layers import (
     WassersteinTransformerEncoder,
@@ -110,6 +110,10 @@ class GaussianSequentialRecommender(SequentialRecommender):
         """(mean, covariance) of candidate ``items`` (any shape of ids)."""
         return self.item_mean_embedding(items), elu_plus_one(self.item_cov_embedding(items))
 
+    def negative_items(self, interaction):
+        """The BPR negatives of a training batch: the sampler's (one uniform item other than the target)."""
+        return interaction[self.NEG_ITEM_ID]
+
     # -- the shared model --------------------------------------------------------------------------
     def forward(self, item_seq, item_seq_len, interaction_seq=None):
         if interaction_seq is not None:
@@ -127,7 +131,7 @@ class GaussianSequentialRecommender(SequentialRecommender):
     def calculate_loss(self, interaction):
         seq_mean, seq_cov = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], self.interaction_seq(interaction))
         pos_mean, pos_cov = self.candidate_gaussians(interaction[self.POS_ITEM_ID])
-        neg_mean, neg_cov = self.candidate_gaussians(interaction[self.NEG_ITEM_ID])
+        neg_mean, neg_cov = self.candidate_gaussians(self.negative_items(interaction))
         pos_dist = wasserstein_distance(seq_mean, seq_cov, pos_mean, pos_cov)
         neg_dist = wasserstein_distance(seq_mean, seq_cov, neg_mean, neg_cov)
         pos_neg_dist = wasserstein_distance(pos_mean, pos_cov, neg_mean, neg_cov)

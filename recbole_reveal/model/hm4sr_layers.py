@@ -15,6 +15,7 @@ from torch import nn
 STREAMS = ("id", "text", "vision")
 # how the contrastive losses treat other batch rows with the same target item
 SAME_TARGET_NEGATIVES = ("drop", "zero_logit")
+CATEGORY_LOSS_INDEXING = ("per_item", "reference")
 
 
 class AlignExperts(nn.Module):

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from recbole_reveal.errors import ConfigError, ModelContractError
+from recbole_reveal.infra.errors import ConfigError, ModelContractError
 
 HANDLINGS = ("zero", "learned", "mean")
 SCOPES = ("history", "candidates", "both")

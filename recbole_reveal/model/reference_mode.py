@@ -7,7 +7,7 @@ follows ``reference_mode``; an explicit value wins over it (e.g. reference mode 
 docs/differences.md lists every switch with the difference it restores and its expected impact.
 """
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 
 
 def reference_switch(config, key, default, reference, allowed):

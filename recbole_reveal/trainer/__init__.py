@@ -1,6 +1,4 @@
-from recbole_reveal import compat
+"""AVL in RecBole's training loop (``AVLTrainer``, on the plugin's base trainer
+:class:`recbole_reveal.adaptation.trainer.PluginTrainer`)."""
 
-compat.apply()
-
-from recbole_reveal.trainer.trainer import PluginTrainer  # noqa: E402
-from recbole_reveal.trainer.avl import AVLTrainer, ModalityBalance, avl_scale  # noqa: E402
+from recbole_reveal.trainer.avl import AVLTrainer, ModalityBalance, avl_scale  # noqa: F401

@@ -33,10 +33,11 @@ import torch
 
 from recbole.utils import set_color
 
-from recbole_reveal.distributed import all_reduce_weighted_mean, is_distributed
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.adaptation.trainer import PluginTrainer
+from recbole_reveal.config_keys.schema import require
+from recbole_reveal.infra.collectives import all_reduce_weighted_mean, is_distributed
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
-from recbole_reveal.trainer.trainer import PluginTrainer
 
 # a stacked probe must agree with the two separate probes to this relative tolerance (float rounding)
 STACKED_PROBE_RTOL = 1e-4
@@ -53,13 +54,8 @@ class ModalityBalance:
     """Running state of AVL: means of the unimodal losses over every probed step so far (eq 11)."""
 
     def __init__(self, alpha, clamp=None):
-        if not alpha >= 0:
-            raise ConfigError(f"config key 'avl_alpha' must be >= 0, got {alpha}")
-        if clamp is not None and not (len(clamp) == 2 and 0 < clamp[0] <= 1 <= clamp[1]):
-            raise ConfigError(f"config key 'avl_clamp' must be null or [low, high] with 0 < low <= 1 <= high, "
-                              f"got {clamp}")
-        self.alpha = alpha
-        self.clamp = clamp
+        self.alpha = require("avl_alpha", alpha)       # the schema's rule, for a balance built outside a run
+        self.clamp = require("avl_clamp", clamp)
         self.steps = 0
         self.mean_loss_v = 0.0
         self.mean_loss_t = 0.0
@@ -92,13 +88,6 @@ class ModalityBalance:
         self.steps, self.mean_loss_v, self.mean_loss_t = state["steps"], state["mean_loss_v"], state["mean_loss_t"]
 
 
-def _choice(config, key, allowed):
-    value = config[key]
-    if value not in allowed:
-        raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, allowed))}; got {value!r}")
-    return value
-
-
 class AVLTrainer(PluginTrainer):
     r"""RecBole trainer with Adaptive Visual Learning for ``*_REVEAL`` models.
 
@@ -113,12 +102,12 @@ class AVLTrainer(PluginTrainer):
         if self.avl_enabled:
             if not isinstance(model, MultimodalSequentialRecommender):
                 raise TypeError(f"AVL needs a MultimodalSequentialRecommender, got {type(model).__name__}")
-            self.avl_mode = _choice(config, "avl_mode", ("grad", "lr"))
-            self.avl_probe_mode = _choice(config, "avl_probe_mode", ("train", "eval"))
+            # the keys' types and ranges were checked once, when the config was built (config_keys)
+            self.avl_mode = config["avl_mode"]
+            self.avl_probe_mode = config["avl_probe_mode"]
             stacked = config["avl_stacked_probes"]
-            self.avl_stacked_probes = "auto" if stacked is None else _choice(
-                config, "avl_stacked_probes", ("auto", True, False))
-            self.avl_probe_every = _positive_int(config, "avl_probe_every")
+            self.avl_stacked_probes = "auto" if stacked is None else stacked
+            self.avl_probe_every = int(config["avl_probe_every"] or 1)
             self.vision_params = [p for _, p in model.vision_parameters() if p.requires_grad]
             if not self.vision_params:
                 raise ConfigError(f"{type(model).__name__} has no trainable vision parameters for AVL")
@@ -357,11 +346,3 @@ class AVLTrainer(PluginTrainer):
             for stat, value in s.items():
                 self.tensorboard.add_scalar(f"AVL/{name}_{stat}", value, epoch_idx)
 
-
-def _positive_int(config, key):
-    value = config[key]
-    if value is None:
-        return 1
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
-        raise ConfigError(f"config key '{key}' must be an integer >= 1, got {value!r}")
-    return int(value)

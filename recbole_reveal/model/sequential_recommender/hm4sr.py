@@ -15,8 +15,11 @@ initialisation; ``temporal_experts_trainable: False`` restores that); nothing is
 the contrastive losses leave same-target rows out of the denominator (the reference sets their logits
 to 0, so each still adds exp(0) = 1; ``same_target_negatives: zero_logit`` restores it); timestamps
 come from RecBole's ``<TIME_FIELD>_list`` and the category multi-hot from the dataset's category field
-instead of side files; the placeholder positions are drawn from torch's seeded generator.
-``reference_mode: True`` sets both switches to the reference behaviour.
+instead of side files; the placeholder positions are drawn from torch's seeded generator; the category
+loss is the per-item BCE the paper describes (the reference indexes its flattened ``[B*L, C]`` score
+matrix with the history's ``(row, position)`` pairs, reading element ``[b, l]``, and fails on a history
+longer than the number of categories; ``category_loss_indexing: reference`` restores it).
+``reference_mode: True`` sets the three switches to the reference behaviour.
 """
 
 from logging import getLogger
@@ -26,9 +29,10 @@ from recbole.model.layers import TransformerEncoder
 from recbole.utils import FeatureType, InputType
 from torch import nn
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
 from recbole_reveal.model.hm4sr_layers import (
+    CATEGORY_LOSS_INDEXING,
     SAME_TARGET_NEGATIVES,
     AlignMoE,
     TemporalMoE,
@@ -92,6 +96,9 @@ class HM4SR(MultimodalSequentialRecommender):
         temporal_experts_trainable = reference_switch(
             config, "temporal_experts_trainable", True, False, (True, False)
         )
+        self.category_loss_indexing = reference_switch(
+            config, "category_loss_indexing", "per_item", "reference", CATEGORY_LOSS_INDEXING
+        )
         if (config["train_neg_sample_args"] or {}).get("distribution", "none") != "none":
             raise ConfigError(
                 "HM4SR trains with cross-entropy over all items: set train_neg_sample_args: ~ "
@@ -134,6 +141,8 @@ class HM4SR(MultimodalSequentialRecommender):
         self.temporal_moe.requires_grad_experts(temporal_experts_trainable)
         self.register_buffer("item_categories", categories, persistent=False)
         self.category_head = nn.Linear(3 * h, categories.shape[1]) if categories.shape[1] else None
+        if self.category_head is not None and self.category_loss_indexing == "reference":
+            self._check_reference_category_loss(dataset, categories.shape[1])
 
         # parameters initialization
         for module in (
@@ -298,10 +307,38 @@ class HM4SR(MultimodalSequentialRecommender):
         return loss
 
     def category_loss(self, tables, item_seq):
-        """BCE of the categories predicted from each history item's ID, text and image embeddings."""
+        """BCE of the categories predicted from each history item's ID, text and image embeddings.
+
+        ``category_loss_indexing: reference``: what the reference computes. It scores every position of
+        the flattened history (``[B*L, C]``) and indexes that matrix with the ``(row b, position l)``
+        pairs of the 2-D history's real items, so it reads one number per real item: flat row ``b``
+        (the item at flat position b, i.e. ``item_seq[b // L, b % L]``, padding included), category
+        column ``l``. Only those rows are scored here."""
+        if self.category_loss_indexing == "reference":
+            rows, positions = torch.nonzero(item_seq, as_tuple=True)
+            items = item_seq.flatten()[rows]
+            logits = self.category_head(torch.cat(self.lookup(tables, items), dim=-1))
+            return nn.functional.binary_cross_entropy_with_logits(
+                logits.gather(1, positions.unsqueeze(1)).squeeze(1), self.item_categories[items, positions]
+            )
         items = item_seq[item_seq > 0]
         logits = self.category_head(torch.cat(self.lookup(tables, items), dim=-1))
         return nn.functional.binary_cross_entropy_with_logits(logits, self.item_categories[items])
+
+    def _check_reference_category_loss(self, dataset, n_categories):
+        """The reference's category loss reads category column ``l`` for history position ``l``: it raises
+        an IndexError on the first batch with a history longer than the number of categories. Said here,
+        before training, instead."""
+        lengths = dataset.inter_feat[self.ITEM_SEQ_LEN] if self.ITEM_SEQ_LEN in dataset.inter_feat.columns else None
+        longest = int(lengths.max()) if lengths is not None and len(lengths) else self.max_seq_length
+        if longest > n_categories:
+            raise ConfigError(
+                f"category_loss_indexing: reference cannot run: the reference category loss indexes category "
+                f"column l with history position l and fails (IndexError) on a history longer than the "
+                f"{n_categories} categories of the item field, and this training data has histories of "
+                f"{longest} items. Set MAX_ITEM_LIST_LENGTH to at most {n_categories}, or "
+                "category_loss_indexing: per_item (the per-item loss)"
+            )
 
     def placeholder_positions(self, item_seq_len, max_len):
         """``[B, L]`` bool: ``floor(placeholder_ratio * len)`` distinct random positions of each history."""

@@ -20,7 +20,7 @@ import torch
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
 from recbole_reveal.model.gaussian_recommender import GaussianSequentialRecommender
 from recbole_reveal.model.m3srec_layers import MLPExperts, MultimodalMoEFusion, ReferenceStreamAttention
@@ -73,7 +73,18 @@ class M3SRec(MultimodalSequentialRecommender, GaussianSequentialRecommender):
         self.covariance_dropout_twice = reference_switch(
             config, "covariance_dropout_twice", False, True, (True, False)
         )
+        self.mask_id_negatives = reference_switch(config, "mask_id_negatives", False, True, (True, False))
         h = self.hidden_size
+        if self.mask_id_negatives:
+            if self.candidate_embedding == "fused":
+                raise ConfigError(
+                    "mask_id_negatives: the mask id has no features to fuse: use it with candidate_embedding: id "
+                    "(the reference code's candidates)"
+                )
+            # the reference's ID tables have max_item + 2 rows: padding, the items, and the mask id
+            # (max_item + 1), which is never a target nor in a history but can be drawn as a negative
+            self.item_mean_embedding = nn.Embedding(self.n_items + 1, h, padding_idx=0)
+            self.item_cov_embedding = nn.Embedding(self.n_items + 1, h, padding_idx=0)
         gate_low_rank = config["gate_low_rank"]
         if not (isinstance(gate_low_rank, int) and 1 <= gate_low_rank <= h):
             raise ConfigError(
@@ -169,6 +180,17 @@ class M3SRec(MultimodalSequentialRecommender, GaussianSequentialRecommender):
         mean = mean_sum[inverse] + self.stream_attention(mean_streams[first_four])
         cov = cov_sum[inverse] + self.stream_attention(cov_streams[first_four])
         return mean, cov
+
+    def negative_items(self, interaction):
+        """``mask_id_negatives``: the reference draws negatives with ``randint(1, item_size - 1)``,
+        ``item_size = max_item + 2``, so the mask id (row ``n_items`` here) is one more candidate. RecBole's
+        sampler draws uniformly from the ``n_items - 2`` items other than the target; replacing its draw
+        by the mask id with probability ``1 / (n_items - 1)`` makes the draw uniform over both."""
+        negatives = super().negative_items(interaction)
+        if not self.mask_id_negatives:
+            return negatives
+        mask = torch.rand(negatives.shape, device=negatives.device) < 1.0 / (self.n_items - 1)
+        return torch.where(mask, torch.full_like(negatives, self.n_items), negatives)
 
     def candidate_gaussians(self, items):
         if self.candidate_embedding == "id":

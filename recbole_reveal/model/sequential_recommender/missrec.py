@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
 from recbole_reveal.model.kmeans import kmeans, nearest_centroid
 from recbole_reveal.model.reference_mode import reference_switch

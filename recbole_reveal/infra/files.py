@@ -1,6 +1,6 @@
 """How the plugin writes files and keeps two runs out of one folder. Light: standard library only.
 
-- **Atomic writes** (:func:`atomic_path`, :func:`atomic_open`, :func:`write_json_atomic`, ...): the new
+- **Atomic writes** (:func:`atomic_path`, :func:`atomic_open`, and :func:`write_json_atomic` for JSON): the new
   content goes to a temporary file beside the target with a name no other process or thread can pick
   (``.tmp-<pid>-<random>-<name>``), is flushed to disk, then renamed over the target in one step; a
   reader, a killed run or a second run never sees a half-written file, and a failed write leaves no
@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 
-from recbole_reveal.errors import FolderInUseError
+from recbole_reveal.infra.errors import FolderInUseError
 
 LOCK_NAME = ".reveal.lock"
 _MAX_NAME = 255
@@ -80,16 +80,18 @@ def atomic_open(path, mode="w", encoding=None, newline=None, fsync=True):
                 os.fsync(f.fileno())
 
 
-def write_text_atomic(path, text, encoding="utf-8", newline=None):
-    with atomic_open(path, "w", encoding=encoding, newline=newline) as f:
-        f.write(text)
-    return path
-
-
-def write_bytes_atomic(path, data):
-    with atomic_open(path, "wb") as f:
-        f.write(data)
-    return path
+def jsonable(value):
+    """``value`` with every leaf a JSON type, dict keys as sorted strings (the same value gives the same
+    text and digest): numpy scalars become numbers, anything else its ``str``."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return str(value)
 
 
 def write_json_atomic(path, obj, indent=2, sort_keys=False):

@@ -15,7 +15,7 @@ import os
 import re
 from collections import namedtuple
 
-from recbole_reveal.data.prepare.rawio import (
+from recbole_reveal.prepare.rawio import (
     FileCounters, check_bad_fraction, clean_text, is_placeholder, iter_lines, to_token, valid_id)
 
 # title / categories / brand are written to the .item file; ``sources`` are the image candidates,

@@ -39,7 +39,7 @@ class CheckpointError(RevealUserError, ValueError):
 
 
 class FolderInUseError(RevealUserError, RuntimeError):
-    """Another run holds the lock of a folder this run would write (see ``recbole_reveal.files``)."""
+    """Another run holds the lock of a folder this run would write (see ``recbole_reveal.infra.files``)."""
 
 
 USER_ERRORS = (RevealUserError,)

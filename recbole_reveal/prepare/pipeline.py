@@ -15,7 +15,6 @@ Steps (docs/datasets.md has the full rules):
 8. print the statistics next to the paper's Table 1.
 """
 
-import json
 import logging
 import os
 import shutil
@@ -25,13 +24,14 @@ import time
 
 import numpy as np
 
-from recbole_reveal.data.prepare import sources as src
-from recbole_reveal.data.prepare.images import ImageFetcher, Stored
-from recbole_reveal.data.prepare.interactions import (
+from recbole_reveal.prepare import sources as src
+from recbole_reveal.prepare.images import ImageFetcher, Stored
+from recbole_reveal.prepare.interactions import (
     InteractionLog, ReviewSpool, first_of_duplicates, k_core, output_order)
-from recbole_reveal.data.prepare.rawio import RawFileError, find_raw_file
-from recbole_reveal.data.prepare.stats import PAPER_TABLE1, compute_stats, format_table, table1_rows
-from recbole_reveal.files import atomic_open
+from recbole_reveal.prepare.rawio import RawFileError, find_raw_file
+from recbole_reveal.infra.files import atomic_open
+from recbole_reveal.prepare.outputs import extract_features, save_report
+from recbole_reveal.prepare.stats import PAPER_TABLE1, compute_stats, format_table, table1_rows
 
 logger = logging.getLogger(__name__)
 
@@ -255,57 +255,6 @@ def _item_has_text(rec, require_title):
     return bool(rec.title) if require_title else bool(rec.title or rec.categories or rec.brand)
 
 
-def _readme(description, report, table_md, out_label):
-    name, s = report["dataset"], report["stats"]
-    steps = "\n".join(f"| {x['step']} | {x['users']:,} | {x['items']:,} | {x['interactions']:,} |"
-                      for x in report["steps"])
-    counts = []
-    for f in report["files"]:
-        reasons = ", ".join(f"{k}: {v:,}" for k, v in f["counts"].items()) or "none"
-        counts.append(f"- `{f['file']}`: {f['lines']:,} lines, {f['kept']:,} records kept; {reasons}")
-    img = report["images"]
-    img_reasons = ", ".join(f"{k}: {v:,}" for k, v in img["failed_sources"].items()) or "none"
-    features = "\n".join(f"- `features/{f['name']}.npy`: {f['rows']:,} x {f['dim']} ({f['encoder']})"
-                         for f in report["features"]) or "- not extracted (`--skip-features`)"
-    command = f"python -m recbole_reveal.data.prepare {report['command_dataset']} --raw-dir RAW --out {out_label}"
-    return f"""# {name}
-
-{description}, converted by `recbole_reveal.data.prepare` (docs/datasets.md) with
-
-```
-{command}
-```
-
-{s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions (density
-{100 * s['density']:.4f}%, average sequence length {s['avg_length']:.2f}).
-
-{table_md}
-
-## Files
-| file | content |
-|---|---|
-| `{name}.inter` | `user_id:token item_id:token rating:float timestamp:float`; users in id order, each user's interactions by time (equal times: by item id) |
-| `{name}.item` | `item_id:token title:token_seq categories:token_seq brand:token image:token`; `image` relative to this folder |
-| `{name}.review` | one review per interaction, line *i* = line *i* of `{name}.inter`: `user_id:token item_id:token timestamp:float review:token` |
-| `images/` | one image per item, bytes as fetched; `images/sources.tsv`: source and sha256 of each |
-| `image_failures.tsv` | every image source that failed: item, source, reason, detail, and whether a later source of the item was used |
-| `features/` | item feature sets (`recbole_reveal.features.extract`) |
-| `prepare_report.json` | settings, input files, every counter, the steps below, statistics |
-
-## Steps
-| step | users | items | interactions |
-|---|---|---|---|
-{steps}
-
-## Counters
-{chr(10).join(counts)}
-- images: {img['requested']:,} requested, {img['stored']:,} stored, {img['from_fallback_candidate']:,} from a later candidate, {img['failed_items']:,} items without a valid image; failed sources: {img_reasons}
-
-## Features
-{features}
-"""
-
-
 # --------------------------------------------------------------------------- the conversion
 
 def prepare(dataset, raw_dir=".", out="dataset_atomic", name=None, category=None, options=None, paths=None):
@@ -436,45 +385,16 @@ def prepare(dataset, raw_dir=".", out="dataset_atomic", name=None, category=None
     report["paper_table1"] = PAPER_TABLE1.get(spec.paper_key)
     rows = table1_rows(name, report["stats"], spec.paper_key)
     report["features"] = []
-    _save_report(root, spec, report, rows, out)  # the counters survive a failing feature extraction
+    save_report(root, spec.describe(), report, rows, out)  # the counters survive a failing feature extraction
     logger.info("%s written in %.1f s%s", root, time.perf_counter() - started, _peak_memory())
 
     # 7. features
     if opts.features:
         report["features"] = extract_features(name, out, opts)
-        _save_report(root, spec, report, rows, out)
+        save_report(root, spec.describe(), report, rows, out)
 
     # 8. statistics
     print(format_table(rows))
     print(f"items kept without an image: {report['missing']['vision']:,}, without text: {report['missing']['text']:,}"
           + (" (marked missing in the feature sets)" if opts.keep_missing or opts.missing_images == "keep" else ""))
     return report
-
-
-def _save_report(root, spec, report, rows, out):
-    with open(os.path.join(root, "prepare_report.json"), "w", encoding="utf-8", newline="\n") as f:
-        json.dump(report, f, indent=2, sort_keys=True, ensure_ascii=False)
-        f.write("\n")
-    out_label = os.path.basename(os.path.normpath(out)) or "."
-    with open(os.path.join(root, "README.md"), "w", encoding="utf-8", newline="\n") as f:
-        f.write(_readme(spec.describe(), report, format_table(rows, markdown=True), out_label))
-
-
-def extract_features(name, out, opts):
-    """Text and visual feature sets with ``recbole_reveal.features.extract``."""
-    from recbole_reveal.features.extract import extract
-
-    results = []
-    for modality, encoder, default in (("text", opts.text_encoder, "text_minilm"),
-                                       ("vision", opts.vision_encoder, "vision_efficientnet_lite0")):
-        r = extract(name, data_path=out, modality=modality, encoder=encoder, batch_size=opts.batch_size,
-                    device=opts.device, keep_missing=opts.missing_images == "keep")
-        if r["name"] != default:
-            key = "text_feature" if modality == "text" else "vision_feature"
-            logger.warning("the %s feature set is named '%s'; train with --%s=%s (the default is %s)",
-                           modality, r["name"], key, r["name"], default)
-        if r["zero_rows"]:
-            logger.warning("%d items got all-zero visual features (no image)", len(r["zero_rows"]))
-        results.append({"name": r["name"], "modality": modality, "encoder": encoder, "rows": r["rows"],
-                        "dim": r["dim"], "zero_rows": len(r["zero_rows"]), "missing": len(r["missing"])})
-    return results

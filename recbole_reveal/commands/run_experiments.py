@@ -5,15 +5,16 @@ import argparse
 import os
 import sys
 
-from recbole_reveal.arguments import config_value
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.arguments import config_value
+from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.infra.files import atomic_open
 
 DEFAULT_OUT = "results"
 
 
 def parse_sets(items):
     """``KEY=VALUE`` items -> {key: value} (``--set epochs=5 zeroed_modalities=[text]``; values read as on
-    any command line, :func:`recbole_reveal.arguments.config_value`)."""
+    any command line, :func:`recbole_reveal.infra.arguments.config_value`)."""
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -48,7 +49,7 @@ def _vlm_path(args, overrides, models):
     if args.vlm_path:
         return args.vlm_path
     from recbole_reveal.config import build_config, is_reveal_model
-    from recbole_reveal.errors import UnknownModelError
+    from recbole_reveal.infra.errors import UnknownModelError
     from recbole_reveal.utils import get_model
 
     for model in models:
@@ -164,7 +165,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from recbole_reveal.commands.console import show_fve_progress
-    from recbole_reveal.errors import USER_ERRORS
+    from recbole_reveal.infra.errors import USER_ERRORS
 
     show_fve_progress()
 
@@ -320,6 +321,5 @@ def _plot(args):
 
 
 def _write(path, text):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w") as f:     # a table is never half-written (another run may read it)
         f.write(text)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import yaml
 
-from recbole_reveal.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError
 
 
 class _ConfigValueLoader(yaml.SafeLoader):

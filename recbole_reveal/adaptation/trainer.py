@@ -1,13 +1,17 @@
 """The trainer every plugin model gets: RecBole's, plus a per-epoch model callback and trainer state
 that travels with RecBole's checkpoints."""
 
-import torch
-from recbole.trainer import Trainer
-from recbole.utils import set_color
+from recbole_reveal.adaptation import compat
 
-from recbole_reveal.compat import load_checkpoint
-from recbole_reveal.errors import ConfigError
-from recbole_reveal.files import atomic_open
+compat.apply()
+
+import torch  # noqa: E402
+from recbole.trainer import Trainer  # noqa: E402
+from recbole.utils import set_color  # noqa: E402
+
+from recbole_reveal.adaptation.compat import load_checkpoint  # noqa: E402
+from recbole_reveal.infra.errors import ConfigError  # noqa: E402
+from recbole_reveal.infra.files import atomic_open  # noqa: E402
 
 TRAINER_STATE_KEY = "plugin_trainer_state"
 
@@ -101,7 +105,8 @@ class PluginTrainer(Trainer):
         for group, saved_group in zip(source, saved["param_groups"]):
             for p, index in zip(group["params"], saved_group["params"]):
                 position[id(p)] = index
-        hyper = {k: v for k, v in saved["param_groups"][0].items() if k not in ("params", "avl_vision")}
+        markers = {k for g in source + target for k in g if k != "params"}     # what names a group, not a setting
+        hyper = {k: v for k, v in saved["param_groups"][0].items() if k != "params" and k not in markers}
         state, groups, n = {}, [], 0
         for group in target:
             indices = []

@@ -28,7 +28,7 @@ import sys
 import time
 from contextlib import contextmanager
 
-from recbole_reveal.files import write_json_atomic
+from recbole_reveal.infra.files import write_json_atomic
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _STATUS = "/proc/self/status"

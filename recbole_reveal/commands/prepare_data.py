@@ -1,19 +1,19 @@
-"""``python -m recbole_reveal.data.prepare DATASET --raw-dir DIR [--out dataset_atomic] ...``"""
+"""``python -m recbole_reveal.commands.prepare_data DATASET --raw-dir DIR [--out dataset_atomic] ...``"""
 
 import argparse
 import logging
 import sys
 
-from recbole_reveal.data.prepare.images import MIN_IMAGE_SIDE
-from recbole_reveal.data.prepare.pipeline import DATASETS, Options, PrepareError, prepare
-from recbole_reveal.data.prepare.rawio import RawFileError
-from recbole_reveal.data.prepare.sources import DEFAULT_PHOTO_LABELS
-from recbole_reveal.errors import EncoderUnavailable
+from recbole_reveal.prepare.images import MIN_IMAGE_SIDE
+from recbole_reveal.prepare.pipeline import DATASETS, Options, PrepareError, prepare
+from recbole_reveal.prepare.rawio import RawFileError
+from recbole_reveal.prepare.sources import DEFAULT_PHOTO_LABELS
+from recbole_reveal.infra.errors import EncoderUnavailable
 
 
 def build_parser():
     p = argparse.ArgumentParser(
-        prog="python -m recbole_reveal.data.prepare",
+        prog="python -m recbole_reveal.commands.prepare_data",
         description="Convert a raw public dataset (Amazon 2014, Yelp) into RecBole atomic files, images, "
                     "feature sets and statistics (docs/datasets.md).")
     p.add_argument("dataset", help=f"{', '.join(DATASETS)}, or 'amazon' with --category")

@@ -1,9 +1,9 @@
 """Make RecBole 1.2.1 work on today's stack (numpy 2, torch >= 2.6, scipy >= 1.17).
 
 :func:`apply` is called by the modules that use RecBole (the ``model`` and ``trainer`` packages,
-``data/dataset.py``, ``utils.py``, ``config.py``, ``training.py``) before their first RecBole import, not
+``adaptation``, ``data/dataset.py``, ``utils.py``, ``config.py``, ``training.py``) before their first RecBole import, not
 by ``import recbole_reveal``: the light modules stay free of torch and RecBole. To use RecBole's own
-API in a process that has not imported one of those, call ``recbole_reveal.compat.apply()`` first.
+API in a process that has not imported one of those, call ``recbole_reveal.adaptation.compat.apply()`` first.
 
 Each fix is scoped as narrowly as the problem allows:
 
@@ -57,7 +57,7 @@ def restore_numpy_aliases():
 
 def checkpoint_safe_globals():
     """What a RecBole checkpoint (``{"config": Config, "state_dict": ..., "optimizer": ..., ...}``) may
-    reference besides tensors and containers: RecBole's and the plugin's ``Config`` classes, RecBole's
+    reference besides tensors and containers: RecBole's ``Config`` and its subclasses (the plugin's), RecBole's
     enums, yaml's ``FullLoader`` class (``Config.yaml_loader``), numpy scalars (e.g. the best valid score),
     and the model classes imported in this process (``Config.model_class``; your own are imported when
     ``--model`` names them). A class is only referenced or rebuilt from its saved attributes, never
@@ -67,13 +67,11 @@ def checkpoint_safe_globals():
     from recbole.model.abstract_recommender import AbstractRecommender
     from recbole.utils import enum_type
 
-    from recbole_reveal.config import Config
-
-    allowed = [RecBoleConfig, Config, yaml.FullLoader, np.dtype]
+    allowed = [yaml.FullLoader, np.dtype]
     allowed += [v for v in vars(enum_type).values() if isinstance(v, type) and issubclass(v, enum_type.Enum)]
     allowed += [getattr(np, "_core", getattr(np, "core", None)).multiarray.scalar]
     allowed += [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "bool")]
-    pending = [AbstractRecommender]
+    pending = [RecBoleConfig, AbstractRecommender]     # with every subclass imported in this process
     while pending:
         cls = pending.pop()
         allowed.append(cls)
@@ -89,7 +87,7 @@ def load_checkpoint(f, map_location=None, **kwargs):
     import os
     import pickle
 
-    from recbole_reveal.errors import CheckpointError
+    from recbole_reveal.infra.errors import CheckpointError
 
     kwargs.pop("weights_only", None)
     if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):

@@ -3,13 +3,13 @@ feature sets: Amazon 2014 Sports / Beauty / Home (and any other 2014 category) a
 
 ::
 
-    python -m recbole_reveal.data.prepare Sports --raw-dir ~/raw/amazon --out dataset_atomic
-    python -m recbole_reveal.data.prepare Yelp --raw-dir ~/raw/yelp --out dataset_atomic
+    python -m recbole_reveal.commands.prepare_data Sports --raw-dir ~/raw/amazon --out dataset_atomic
+    python -m recbole_reveal.commands.prepare_data Yelp --raw-dir ~/raw/yelp --out dataset_atomic
 
 See docs/datasets.md for the inputs, every rule and counter, and the outputs.
 """
 
-from recbole_reveal.data.prepare.pipeline import DATASETS, Options, PrepareError, prepare
-from recbole_reveal.data.prepare.rawio import RawFileError
+from recbole_reveal.prepare.pipeline import DATASETS, Options, PrepareError, prepare
+from recbole_reveal.prepare.rawio import RawFileError
 
 __all__ = ["DATASETS", "Options", "PrepareError", "RawFileError", "prepare"]

@@ -12,9 +12,9 @@ import os
 
 import yaml
 
-from recbole_reveal.errors import ConfigError, DatasetNotFoundError
+from recbole_reveal.infra.errors import ConfigError, DatasetNotFoundError
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # recbole_reveal/
 
 
 def checkout_root():
@@ -126,13 +126,13 @@ def resolve_data_path(folder, dataset):
         )
         installed = "" if root is not None else (
             " An installed recbole-reveal carries no datasets: make the demo in the working directory with "
-            "`python -m recbole_reveal.data.synthetic --out dataset_atomic --name synthetic-demo`, then its "
-            "text and image features with `python -m recbole_reveal.features.extract` (docs/data-format.md, "
+            "`python -m recbole_reveal.commands.synthetic_data --out dataset_atomic --name synthetic-demo`, then its "
+            "text and image features with `python -m recbole_reveal.commands.extract_features` (docs/data-format.md, "
             "'The demo dataset'), or pass --data_path=<a checkout>/dataset_atomic.")
         raise DatasetNotFoundError(
             f"dataset '{dataset}' not found: no {inter_file}. "
             f"Datasets under {parent}: {', '.join(available) or 'none'}. "
-            "Generate the demo with `python -m recbole_reveal.data.synthetic`, or put RecBole atomic "
+            "Generate the demo with `python -m recbole_reveal.commands.synthetic_data`, or put RecBole atomic "
             "files at <data_path>/<dataset>/<dataset>.inter (see docs/data-format.md)." + installed
         )
     return folder

@@ -31,7 +31,7 @@ import urllib.error
 import urllib.request
 from collections import namedtuple
 
-from recbole_reveal.files import atomic_open, write_bytes_atomic
+from recbole_reveal.infra.files import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,8 @@ class ImageFetcher:
                 ext = verify_image(data)
                 name = token + ext
                 path = os.path.join(self.image_dir, name)
-                write_bytes_atomic(path, data)
+                with atomic_open(path, "wb") as f:
+                    f.write(data)
                 rel = f"{os.path.basename(self.image_dir)}/{name}"
                 return Stored(token, rel, label, hashlib.sha256(data).hexdigest(), False, k, attempts)
             except ImageRejected as e:
