@@ -62,7 +62,7 @@ def save_item_features(feature_dir, name, item_tokens, matrix, metadata=None, mi
     Each file is written atomically and the set under its lock (module docstring); with ``metadata``
     the ``.json`` also records ``rows``, ``dim`` and the checksums of the two other files. ``missing``:
     the tokens of items without the modality (written to ``NAME.missing``, counted in the ``.json`` as
-    ``missing``); None or empty: every item has it.
+    ``missing``); None or empty: every item has it (no ``.missing`` file, no count).
     """
     matrix = np.asarray(matrix, dtype=np.float32)
     item_tokens = [str(t) for t in item_tokens]
@@ -91,7 +91,8 @@ def save_item_features(feature_dir, name, item_tokens, matrix, metadata=None, mi
         elif os.path.exists(missing_path(feature_dir, name)):
             os.unlink(missing_path(feature_dir, name))
         if metadata is not None:
-            meta = dict(metadata, rows=matrix.shape[0], dim=matrix.shape[1], missing=len(missing),
+            meta = dict(metadata, **({"missing": len(missing)} if missing else {}), rows=matrix.shape[0],
+                        dim=matrix.shape[1],
                         items_sha256=file_sha256(items_path), matrix_sha256=file_sha256(npy_path))
             write_json_atomic(json_path, meta, sort_keys=True)
         elif os.path.exists(json_path):
