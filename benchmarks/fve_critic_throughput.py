@@ -7,7 +7,7 @@
         --endpoint http://127.0.0.1:8000/v1 --batch_sizes 1 16 32 --items 256    # vs a running vLLM / SGLang
 
 Items are the synthetic demo's images with real critic instructions (``rewrite_instruction`` filled for
-each item). Every variant answers the same items through :func:`~recbole_reveal.fve.critic.run_critic`:
+each item). Every variant answers the same items through :func:`~recbole_reveal.fve.critic.critic.run_critic`:
 
 * ``transformers batch B``: the run's VLM, greedy ``generate`` in batches of B (images decoded per batch);
 * ``endpoint``: the OpenAI-compatible client (``--concurrency`` requests in flight). Without
@@ -34,12 +34,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from recbole_reveal.fve.critic import CriticRequest, run_critic  # noqa: E402
-from recbole_reveal.fve.endpoint import EndpointGenerator  # noqa: E402
-from recbole_reveal.fve.generation import TransformersGenerator  # noqa: E402
-from recbole_reveal.fve.prompts import build_initial_prompts, load_templates, read_items  # noqa: E402
+from recbole_reveal.fve.critic.critic import CriticRequest, run_critic  # noqa: E402
+from recbole_reveal.fve.critic.generation.endpoint import EndpointGenerator  # noqa: E402
+from recbole_reveal.fve.critic.generation.transformers_backend import TransformersGenerator  # noqa: E402
+from recbole_reveal.fve.prompts.records import read_items  # noqa: E402
+from recbole_reveal.fve.prompts.templates import build_initial_prompts, load_templates  # noqa: E402
+from recbole_reveal.fve.vlm.load import load_vlm  # noqa: E402
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl  # noqa: E402
-from recbole_reveal.fve.vlm import load_vlm  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "dataset_atomic", "synthetic-demo")

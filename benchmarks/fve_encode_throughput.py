@@ -41,12 +41,13 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from recbole_reveal.fve.encoding.cache.embeddings import EmbeddingCache  # noqa: E402
+from recbole_reveal.fve.encoding.cache.vision import VisionFeatureCache  # noqa: E402
+from recbole_reveal.fve.encoding.encoder import FVEEncoder, ItemRequest  # noqa: E402
+from recbole_reveal.fve.prompts.templates import build_initial_prompts  # noqa: E402
+from recbole_reveal.fve.vlm.load import load_vlm, resolve_device, resolve_dtype  # noqa: E402
 from recbole_reveal.infra.errors import ConfigError  # noqa: E402
-from recbole_reveal.fve.cache import EmbeddingCache, VisionFeatureCache  # noqa: E402
-from recbole_reveal.fve.encoder import FVEEncoder, ItemRequest  # noqa: E402
-from recbole_reveal.fve.prompts import build_initial_prompts  # noqa: E402
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl, write_random_qwen2_5_vl  # noqa: E402
-from recbole_reveal.fve.vlm import load_vlm, resolve_device, resolve_dtype  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "dataset_atomic", "synthetic-demo")

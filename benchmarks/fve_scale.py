@@ -61,7 +61,7 @@ def generate(folder, n_items, n_reviews, words, seed=0):
     sizes = {"items": n_items, "reviews": n_reviews, "words": words, "seed": seed}
     if os.path.isfile(stamp) and json.load(open(stamp)) == sizes:
         return root
-    from recbole_reveal.fve.prompts import ENGLISH_STOP_WORDS
+    from recbole_reveal.fve.prompts.keywords import ENGLISH_STOP_WORDS
 
     os.makedirs(root, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -111,7 +111,7 @@ def _rss_mb(field):
 
 
 def stage_keywords(args, version, prepared=None):
-    from recbole_reveal.fve import prompts
+    from recbole_reveal.fve.prompts import keywords as prompts
 
     if version == "before":
         from fve_reference import old_item_keywords
@@ -125,22 +125,22 @@ def stage_keywords(args, version, prepared=None):
 
 
 def stage_init(args, version, prepared=None):
-    from recbole_reveal.fve import prompts
+    from recbole_reveal.fve.prompts import templates
 
     if version == "before":                  # the init stage with the old keyword reader
         from fve_reference import old_item_keywords
 
         folder = os.path.join(args.work, NAME)
         old = old_item_keywords(os.path.join(folder, f"{NAME}.review"), os.path.join(folder, f"{NAME}.inter"))
-        prompts.item_keywords = lambda *a, **k: old
-    records = prompts.build_initial_prompts(NAME, args.work)
+        templates.item_keywords = lambda *a, **k: old
+    records = templates.build_initial_prompts(NAME, args.work)
     return {"prompts": len(records), "digest": _digest(records)}
 
 
 def synthetic_rankings(n_items, n_rows, top_n=50, seed=1):
     """Validation rankings with popular items on top: each row's top list is the first ``top_n``
     distinct items of a popularity-weighted draw; 30 % of the targets are in it."""
-    from recbole_reveal.fve.feedback import Rankings
+    from recbole_reveal.fve.feedback.rankings import Rankings
 
     rng = np.random.default_rng(seed)
     cdf = np.cumsum(1.0 / np.arange(1, n_items) ** 0.8)
@@ -161,15 +161,15 @@ def synthetic_rankings(n_items, n_rows, top_n=50, seed=1):
 
 
 def prepare_feedback(args, version):
-    from recbole_reveal.fve.prompts import read_items
+    from recbole_reveal.fve.prompts.records import read_items
 
     items = read_items(os.path.join(args.work, NAME, f"{NAME}.item"))
     return items, synthetic_rankings(len(items) + 1, round(len(items) * YELP_USERS_PER_ITEM))
 
 
 def stage_feedback(args, version, prepared):
-    from recbole_reveal.fve import feedback
-    from recbole_reveal.fve.critic import build_requests
+    from recbole_reveal.fve.feedback import rankings as feedback
+    from recbole_reveal.fve.critic.critic import build_requests
 
     items, rankings = prepared
     if version == "before":
@@ -188,7 +188,7 @@ def stage_feedback(args, version, prepared):
 def stage_cache(args, version, prepared=None):
     from fve_reference import old_cache_put
 
-    from recbole_reveal.fve.cache import EmbeddingCache
+    from recbole_reveal.fve.encoding.cache.embeddings import EmbeddingCache
 
     root = tempfile.mkdtemp(prefix="fve_scale_cache_", dir=args.work)
     rng = np.random.default_rng(0)
@@ -227,8 +227,8 @@ def stage_cache(args, version, prepared=None):
 def prepare_encode(args, version):
     from PIL import Image
 
-    from recbole_reveal.fve.encoder import FVEEncoder, ItemRequest
-    from recbole_reveal.fve.vlm import load_vlm
+    from recbole_reveal.fve.encoding.encoder import FVEEncoder, ItemRequest
+    from recbole_reveal.fve.vlm.load import load_vlm
     from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
     work = tempfile.mkdtemp(prefix="fve_scale_encode_", dir=args.work)
@@ -245,7 +245,7 @@ def prepare_encode(args, version):
 
 
 def stage_encode(args, version, prepared):
-    from recbole_reveal.fve.cache import EmbeddingCache
+    from recbole_reveal.fve.encoding.cache.embeddings import EmbeddingCache
 
     work, requests, encoder = prepared
     try:
@@ -285,7 +285,7 @@ PREPARE = {"feedback": prepare_feedback, "encode": prepare_encode}     # inputs 
 def child(args):
     import resource
 
-    import recbole_reveal.fve.critic  # noqa: F401  (imports first: the stage's memory is measured after them)
+    import recbole_reveal.fve.critic.critic  # noqa: F401  (imports first: the stage's memory is measured after them)
     from recbole_reveal.infra.cost import reset_peak_rss
 
     prepared = PREPARE[args.stage](args, args.version) if args.stage in PREPARE else None

@@ -18,7 +18,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from recbole_reveal.fve.loop import run_fve  # noqa: E402
+from recbole_reveal.fve.loop.run import run_fve  # noqa: E402
 from recbole_reveal.testing.vlms import build_scripted_qwen2_5_vl, build_tiny_qwen2_5_vl  # noqa: E402
 
 ANSWER = ["ANALYSIS:", " The image hides the material.\n", "NEW_PROMPT:",

@@ -22,7 +22,7 @@ MODULES = [
     "recbole_reveal.infra.files",
     "recbole_reveal.data.feature_store",
     "recbole_reveal.fve.config",
-    "recbole_reveal.fve.prompts",
+    "recbole_reveal.fve.prompts.keywords",
     "recbole_reveal.experiments.runs",
     "recbole_reveal.quick_start",
 ]

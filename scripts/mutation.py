@@ -4,7 +4,7 @@
     python scripts/mutation.py --list                   # the module -> tests map
     python scripts/mutation.py avl                      # mutate recbole_reveal/trainer/avl.py
     python scripts/mutation.py feedback --ref 460d284   # sources and tests as of a commit ("before")
-    python scripts/mutation.py recbole_reveal/fve/cache.py --tests tests/test_fve_cache.py
+    python scripts/mutation.py recbole_reveal/fve/encoding/cache/embeddings.py --tests tests/test_fve_cache.py
 
 Each run works in its own scratch copy of the repository (``build/mutation/<key>[-<ref>]``; the
 working tree itself is never mutated), writes a ``[mutmut]`` section into that copy's setup.cfg,
@@ -41,14 +41,14 @@ MODULES = {
                ["tests/test_m3srec.py", "tests/test_parity_stosa_m3srec.py", "tests/test_wiring_probes.py", "-k", "not learns and not same_config"]),
     "feature_store": ("recbole_reveal/data/feature_store.py",
                       ["tests/test_dataset_hook.py", "tests/test_wiring_swaps.py", "tests/test_mutation_survivors.py"]),
-    "feedback": ("recbole_reveal/fve/feedback.py",
+    "feedback": ("recbole_reveal/fve/feedback/rankings.py",
                  ["tests/test_fve_feedback.py", "tests/test_wiring_swaps.py", "tests/test_mutation_survivors.py"]),
-    "critic": ("recbole_reveal/fve/critic.py",
+    "critic": ("recbole_reveal/fve/critic/critic.py",
                ["tests/test_fve_critic.py", "tests/test_wiring_fve.py", "tests/test_mutation_survivors.py",
                 "-k", "not feedback_ranks"]),
-    "cache": ("recbole_reveal/fve/cache.py",
+    "cache": ("recbole_reveal/fve/encoding/cache/embeddings.py",
               ["tests/test_fve_cache.py", "tests/test_mutation_survivors.py"]),
-    "prompts": ("recbole_reveal/fve/prompts.py",
+    "prompts": ("recbole_reveal/fve/prompts/keywords.py",
                 ["tests/test_fve_prompts.py", "tests/test_wiring_fve.py", "tests/test_mutation_survivors.py",
                  "-k", "not feedback_ranks"]),
 }

@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from recbole_reveal.data.atomic import iter_atomic, read_atomic
-from recbole_reveal.fve.prompts import ENGLISH_STOP_WORDS, tokenize_review
+from recbole_reveal.fve.prompts.keywords import ENGLISH_STOP_WORDS, tokenize_review
 
 
 def old_evaluation_holdout(inter_path, n_holdout=2):

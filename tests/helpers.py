@@ -82,6 +82,6 @@ def demo_images(folder, sizes):
 
 def item_requests(paths, prompts):
     """One FVE encoder request per (image, prompt), items i0, i1, ..."""
-    from recbole_reveal.fve.encoder import ItemRequest
+    from recbole_reveal.fve.encoding.encoder import ItemRequest
 
     return [ItemRequest(f"i{k}", p, q) for k, (p, q) in enumerate(zip(paths, prompts))]

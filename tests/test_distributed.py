@@ -215,7 +215,7 @@ def test_the_fve_loop_trains_each_cycle_on_n_processes(tmp_path):
     from recbole_reveal import run_recbole_reveal
     from recbole_reveal.data.feature_store import load_item_features, save_item_features
     from recbole_reveal.data.synthetic import generate_dataset
-    from recbole_reveal.fve.loop import run_fve
+    from recbole_reveal.fve.loop.run import run_fve
     from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
     root, name = str(tmp_path / "data"), "fveddp"
@@ -243,7 +243,7 @@ def test_the_fve_loop_trains_each_cycle_on_n_processes(tmp_path):
 
 def test_the_fve_loop_refuses_torchrun_and_several_machines(tiny_root):
     from recbole_reveal.infra.errors import ConfigError
-    from recbole_reveal.fve.loop import run_fve
+    from recbole_reveal.fve.loop.run import run_fve
 
     with pytest.raises(ConfigError, match="FVE loop trains each cycle's backbone on the processes of this machine"):
         run_fve("M3SRec_REVEAL", "tiny", config_dict={"data_path": tiny_root, "vlm_path": "/models/any",

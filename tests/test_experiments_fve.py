@@ -11,7 +11,7 @@ from recbole_reveal.data.feature_store import save_item_features
 from recbole_reveal.data.synthetic import generate_dataset
 from recbole_reveal.commands.run_experiments import main as cli_main
 from recbole_reveal.experiments.runs import load_records
-from recbole_reveal.fve.vlm import build_tiny_qwen2_5_vl
+from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
 NAME = "fvexp"
 

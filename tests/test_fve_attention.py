@@ -13,9 +13,9 @@ from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.fve.attention import (
     PAD_PX, TITLE_PX, main, patch_attention, render_heatmaps, tokens_to_grid, upsample,
 )
-from recbole_reveal.fve.prompts import write_prompts
+from recbole_reveal.fve.prompts.records import write_prompts
+from recbole_reveal.fve.vlm.load import load_vlm
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl
-from recbole_reveal.fve.vlm import load_vlm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_IMAGE = os.path.join(ROOT, "dataset_atomic", "synthetic-demo", "images", "i0003.png")

@@ -2,7 +2,6 @@
 whose prompt changed, a re-run re-encodes nothing, and every input of the embedding is in the key."""
 
 import json
-import logging
 import os
 
 import numpy as np
@@ -10,10 +9,11 @@ import pytest
 from PIL import Image
 
 from recbole_reveal.data.feature_store import load_item_features
-from recbole_reveal.fve.cache import EmbeddingCache, _Shard, embedding_key
-from recbole_reveal.fve.encoder import FVEEncoder, ItemRequest, item_requests, save_encoding
-from recbole_reveal.fve.prompts import build_initial_prompts, read_items
-from recbole_reveal.fve.vlm import load_vlm
+from recbole_reveal.fve.encoding.cache.embeddings import EmbeddingCache, _Shard, embedding_key
+from recbole_reveal.fve.encoding.encoder import FVEEncoder, ItemRequest, item_requests, save_encoding
+from recbole_reveal.fve.prompts.records import read_items
+from recbole_reveal.fve.prompts.templates import build_initial_prompts
+from recbole_reveal.fve.vlm.load import load_vlm
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -251,7 +251,7 @@ def test_a_reader_sees_whole_shards_while_another_process_appends(tmp_path, capl
 
     root, n = str(tmp_path / "c"), 1200
     os.makedirs(root)
-    import recbole_reveal.fve.cache as module
+    import recbole_reveal.fve.encoding.cache.embeddings as module
 
     writer = subprocess.Popen([sys.executable, "-c", _WRITER.format(module=module.__file__, root=root, n=n)])
     reader = EmbeddingCache(root)
@@ -274,35 +274,27 @@ def test_a_reader_sees_whole_shards_while_another_process_appends(tmp_path, capl
     assert reader.corrupt == 0 and "unreadable" not in caplog.text
 
 
-def test_the_old_per_item_layout_is_converted_on_open(tmp_path, caplog):
-    from fve_reference import old_cache_put
+def test_info_summarises_a_cache_folder_without_changing_it(tmp_path, capsys):
+    from recbole_reveal.fve.encoding.cache.__main__ import main
 
-    from recbole_reveal.fve.cache import legacy_entries, main
-
-    caplog.set_level(logging.INFO, logger="recbole_reveal.fve.cache")
-    root = str(tmp_path / "old")
+    root = str(tmp_path / "cache")
     keys = _keys(5)
-    for k in keys:
-        old_cache_put(root, k, _vec(k), {"prompt": f"p{k[:4]}"})
-    bad = _keys(1, "bad")[0]
-    old_cache_put(root, bad, _vec(bad))
-    with open(os.path.join(root, bad[:2], bad + ".npy"), "r+b") as f:
-        f.truncate(20)
-    assert len(legacy_entries(root)) == 6
-    summary = main(["info", root])                              # info only looks
-    assert summary["old_layout_entries"] == 6 and summary["entries"] == 0
-    cache = EmbeddingCache(root)
-    assert all(np.array_equal(cache.get(k, 16), _vec(k)) for k in keys) and cache.get(bad) is None
-    assert legacy_entries(root) == [] and sorted(os.listdir(root)) == [".migrate.lock", "shards"]
-    assert "converted 5 entries (1 unreadable dropped)" in caplog.text
-    assert {f["prompt"] for f in _Shard(cache.files()[0]).fields()} == {f"p{k[:4]}" for k in keys}
-    assert main(["info", root])["entries"] == 5
+    with EmbeddingCache(root) as cache:
+        for k in keys:
+            cache.put(k, _vec(k), {"prompt": f"p{k[:4]}"})
+    before = sorted(os.listdir(os.path.join(root, "shards")))
+    summary = main(["info", root])
+    assert summary["entries"] == 5 and summary["shard_files"] == len(before) and summary["unreadable_shards"] == 0
+    assert f"{root}: 5 entries in {len(before)} shard files" in capsys.readouterr().out
+    assert sorted(os.listdir(os.path.join(root, "shards"))) == before
+    with pytest.raises(SystemExit):
+        main(["migrate", root])                 # the per-item layout of 0.1.0 previews is gone, and its command
 
 
 def test_image_digests_hash_in_threads_and_notice_changed_files(tmp_path):
     import hashlib
 
-    from recbole_reveal.fve.cache import image_digests
+    from recbole_reveal.fve.encoding.cache.digests import image_digests
 
     paths = []
     for k in range(20):
@@ -326,7 +318,7 @@ def test_image_digests_hash_in_threads_and_notice_changed_files(tmp_path):
 def test_the_vision_cache_on_disk_keeps_to_its_size_limit_evicting_the_least_recently_used(tmp_path):
     import torch
 
-    from recbole_reveal.fve.cache import VisionFeatureCache, VisionFeatures
+    from recbole_reveal.fve.encoding.cache.vision import VisionFeatureCache, VisionFeatures
 
     def feats(k):
         return VisionFeatures(torch.full((16, 32), float(k)), [], (1, 8, 8))

@@ -2,9 +2,11 @@
 
 import pytest
 
+from recbole_reveal.fve.config import DEFAULTS_FILE, fve_settings
+from recbole_reveal.fve.encoding.build import build_fve_encoder
+from recbole_reveal.fve.vlm.folder import VLMUnavailable
 from recbole_reveal.infra.errors import ConfigError
-from recbole_reveal.fve.config import DEFAULTS_FILE, build_fve_encoder, fve_settings
-from recbole_reveal.fve.vlm import VLMUnavailable, build_tiny_qwen2_5_vl
+from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
 
 def test_defaults_come_from_the_properties_file():
@@ -58,7 +60,7 @@ def test_a_changed_avl_key_refuses_the_finished_stages(tmp_path, key):
     """A rerun with another alpha (or any AVL key) must not resume stages trained with the old one."""
     from types import SimpleNamespace
 
-    from recbole_reveal.fve.run_state import RunState, fingerprint_config
+    from recbole_reveal.fve.loop.run_state import RunState, fingerprint_config
 
     base = {"model": "M3SRec_REVEAL", "avl": True, "avl_alpha": 0.1, "avl_clamp": [0.1, 10.0], "avl_mode": "grad",
             "avl_probe_mode": "eval", "avl_probe_every": 1}
@@ -73,7 +75,7 @@ def test_a_changed_avl_key_refuses_the_finished_stages(tmp_path, key):
 def test_no_model_or_avl_key_is_ignored_by_the_run_fingerprint():
     from types import SimpleNamespace
 
-    from recbole_reveal.fve.run_state import fingerprint_config
+    from recbole_reveal.fve.loop.run_state import fingerprint_config
 
     keys = _model_keys()
     assert {"avl_alpha", "avl_clamp", "hidden_size", "pvn_weight"} <= set(keys)

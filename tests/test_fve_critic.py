@@ -7,16 +7,17 @@ import os
 
 import pytest
 
-from recbole_reveal.infra.errors import ConfigError
-from recbole_reveal.fve.critic import (
+from recbole_reveal.fve.critic.critic import (
     CriticRecord, CriticRequest, LowAcceptance, acceptance, apply_rewrites, check_acceptance, critic_settings,
     critic_text, feedback_summary, read_critic_log, review_summary, run_critic, write_critic_log,
 )
-from recbole_reveal.fve.generation import TransformersGenerator
-from recbole_reveal.fve.rewrite_parser import RewriteParseError, parse_rewrite
-from recbole_reveal.fve.prompts import load_templates, read_prompts, write_prompts
+from recbole_reveal.fve.critic.generation.transformers_backend import TransformersGenerator
+from recbole_reveal.fve.critic.rewrite_parser import RewriteParseError, parse_rewrite
+from recbole_reveal.fve.prompts.records import read_prompts, write_prompts
+from recbole_reveal.fve.prompts.templates import load_templates
+from recbole_reveal.fve.vlm.load import load_vlm
+from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
-from recbole_reveal.fve.vlm import load_vlm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGES = [os.path.join(ROOT, "dataset_atomic", "synthetic-demo", "images", f"i000{k}.png") for k in range(3)]
@@ -171,7 +172,7 @@ def test_auto_batch_size_fits_the_gpu():
     """``fve_rewrite_batch_size: auto`` from the card's memory, the weights and the KV cache per sequence."""
     import torch
 
-    from recbole_reveal.fve.generation import auto_batch_size, batch_for_memory
+    from recbole_reveal.fve.critic.generation.transformers_backend import auto_batch_size, batch_for_memory
     from recbole_reveal.testing.vlms import REAL_SHAPES
 
     seven_b = dict(REAL_SHAPES["7b"]["text"])
@@ -194,7 +195,7 @@ def test_end_to_end_critic_on_the_tiny_vlm_falls_back_and_is_deterministic(vlm, 
                               "This item appeared in the top 20 of 2 evaluation users.", title=f"Item {k}")
                 for k in range(3)]
     requests.append(CriticRequest("gone", os.path.join(ROOT, "no-such-image.png"), "A lamp.", "pos", "fb"))
-    with caplog.at_level("INFO", logger="recbole_reveal.fve.critic"):
+    with caplog.at_level("INFO", logger="recbole_reveal.fve.critic.critic"):
         records, counts = run_critic(tiny_generator(vlm), requests, templates)
     assert "FVE critic: 4 items, 0 rewrites accepted (0 changed), 4 kept the old prompt" in caplog.text
     assert "no usable image: 1" in caplog.text
@@ -294,8 +295,8 @@ def test_acceptance_warns_and_stops_below_the_thresholds(caplog):
 def test_requests_from_feedback_reach_the_vlm(vlm, templates):
     import numpy as np
 
-    from recbole_reveal.fve.feedback import Rankings, item_statistics, select_items
-    from recbole_reveal.fve.prompts import read_items
+    from recbole_reveal.fve.feedback.rankings import Rankings, item_statistics, select_items
+    from recbole_reveal.fve.prompts.records import read_items
 
     demo = os.path.join(ROOT, "dataset_atomic", "synthetic-demo")
     items = read_items(os.path.join(demo, "synthetic-demo.item"))[:5]
@@ -308,7 +309,7 @@ def test_requests_from_feedback_reach_the_vlm(vlm, templates):
     stats = item_statistics(r, feedback_k=(1, 2), exposure_k=3)
     selection = select_items(stats, 0.25)
     assert selection == [(2, "neg"), (3, "pos")]
-    from recbole_reveal.fve.critic import build_requests
+    from recbole_reveal.fve.critic.critic import build_requests
 
     requests = build_requests(selection, stats, r, tokens, items, prompts, demo, feedback_k=(1, 2))
     neg, pos = requests

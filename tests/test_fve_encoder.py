@@ -12,10 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from recbole_reveal.fve.cache import VisionFeatureCache
-from recbole_reveal.fve.encoder import POOLINGS, FVEEncoder, ItemRequest
+from recbole_reveal.fve.encoding.cache.vision import VisionFeatureCache
+from recbole_reveal.fve.encoding.chat import POOLINGS
+from recbole_reveal.fve.encoding.encoder import FVEEncoder, ItemRequest
+from recbole_reveal.fve.vlm.load import load_vlm
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl
-from recbole_reveal.fve.vlm import load_vlm
 
 from helpers import DEMO_IMAGES, demo_images, item_requests
 BUDGET = dict(min_pixels=56 * 56, max_pixels=112 * 112)   # <= 16 image tokens: fast on CPU

@@ -8,11 +8,11 @@ import os
 import pytest
 
 from openai_server import ScriptedServer, image_of
+from recbole_reveal.fve.critic.critic import CriticRequest, run_critic
+from recbole_reveal.fve.critic.generation.endpoint import EndpointGenerator, GenerationError
+from recbole_reveal.fve.critic.generation.factory import generation_settings
+from recbole_reveal.fve.prompts.templates import load_templates
 from recbole_reveal.infra.errors import ConfigError
-from recbole_reveal.fve.critic import CriticRequest, run_critic
-from recbole_reveal.fve.endpoint import EndpointGenerator, GenerationError
-from recbole_reveal.fve.generation import generation_settings
-from recbole_reveal.fve.prompts import load_templates
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGES = [os.path.join(ROOT, "dataset_atomic", "synthetic-demo", "images", f"i000{k}.png") for k in range(4)]

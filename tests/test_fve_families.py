@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from recbole_reveal.fve.encoder import FVEEncoder, ItemRequest
-from recbole_reveal.fve.generation import TransformersGenerator, _stop_ids
-from recbole_reveal.fve.vlm import VLMUnavailable, check_vlm_folder, load_vlm
+from recbole_reveal.fve.critic.generation.transformers_backend import TransformersGenerator, _stop_ids
+from recbole_reveal.fve.encoding.encoder import FVEEncoder, ItemRequest
+from recbole_reveal.fve.vlm.folder import VLMUnavailable, check_vlm_folder
+from recbole_reveal.fve.vlm.load import load_vlm
 from recbole_reveal.testing.vlms import (
     FAMILY_SHAPES, GEMMA3_TINY_TOKENS, build_tiny_gemma3, build_tiny_internvl, family_shape_config,
 )

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from helpers import build_pipeline
-from recbole_reveal.infra.errors import ConfigError
-from recbole_reveal.fve.feedback import (
+from recbole_reveal.fve.feedback.rankings import (
     Rankings, compute_rankings, feedback_examples, feedback_settings, item_record, item_statistics,
     select_items,
 )
+from recbole_reveal.infra.errors import ConfigError
 
 L2, L3, L5 = math.log(2), math.log(3), math.log(5)
 
@@ -171,7 +171,7 @@ def test_examples_from_the_index_equal_the_old_per_item_scan():
     random rankings with real-shaped rows (distinct items, trailing 0s) and malformed ones (repeats)."""
     from fve_reference import old_feedback_examples
 
-    from recbole_reveal.fve.feedback import ExampleIndex
+    from recbole_reveal.fve.feedback.rankings import ExampleIndex
 
     rng = np.random.default_rng(0)
     for trial in range(24):

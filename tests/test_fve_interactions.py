@@ -14,11 +14,12 @@ import torch
 from recbole_reveal.data.atomic import read_atomic
 from recbole_reveal.data.feature_store import load_item_features, save_item_features
 from recbole_reveal.data.synthetic import generate_dataset
-from recbole_reveal.fve.interactions import (
+from recbole_reveal.fve.loop.run import run_fve
+from recbole_reveal.fve.prompts.interactions import (
     derive_tokens, instantiate, interaction_keywords, read_interactions, read_keywords,
 )
-from recbole_reveal.fve.loop import run_fve
-from recbole_reveal.fve.prompts import ItemMeta, load_templates
+from recbole_reveal.fve.prompts.records import ItemMeta
+from recbole_reveal.fve.prompts.templates import load_templates
 from recbole_reveal.testing.vlms import build_scripted_qwen2_5_vl, build_tiny_qwen2_5_vl
 from recbole_reveal.config import build_config
 from recbole_reveal.training import close_run_logs, prepare_run
@@ -123,7 +124,7 @@ def test_item_level_reviews_give_every_interaction_its_items_prompt_and_a_bad_fi
     inter, review = tmp_path / "x.inter", tmp_path / "x.review"
     inter.write_text("user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\t1\nu1\ti2\t2\n")
     review.write_text("item_id:token\treview:token\ni1\tblue zipper\n")          # item level: no user
-    with caplog.at_level(logging.WARNING, logger="recbole_reveal.fve.interactions"):
+    with caplog.at_level(logging.WARNING, logger="recbole_reveal.fve.prompts.interactions"):
         assert interaction_keywords(str(review), read_interactions(str(inter)))[0] == {}
     assert "names no user" in caplog.text and "fve_prompt_scope: item" in caplog.text
     review.write_text("user_id:token\titem_id:token\ttext:token\nu1\ti1\tblue\n")
@@ -220,7 +221,7 @@ def test_a_custom_stop_word_file_reaches_the_interaction_keywords(data_root, scr
     """``fve_stopwords`` replaces the built-in list for the interactions' keywords as for the items'."""
     from collections import Counter
 
-    from recbole_reveal.fve.prompts import ENGLISH_STOP_WORDS
+    from recbole_reveal.fve.prompts.keywords import ENGLISH_STOP_WORDS
 
     def init_keywords(name, **extra):
         fdir = feature_dir(data_root, tmp_path / name)

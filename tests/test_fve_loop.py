@@ -16,10 +16,10 @@ import pytest
 
 from recbole_reveal.data.feature_store import load_item_features, save_item_features
 from recbole_reveal.data.synthetic import generate_dataset
+from recbole_reveal.fve.critic.critic import read_critic_log
+from recbole_reveal.fve.loop.run import run_fve, stage_names
+from recbole_reveal.fve.prompts.records import read_prompts
 from recbole_reveal.infra.errors import ConfigError
-from recbole_reveal.fve.critic import read_critic_log
-from recbole_reveal.fve.loop import run_fve, stage_names
-from recbole_reveal.fve.prompts import read_prompts
 from recbole_reveal.testing.vlms import build_scripted_qwen2_5_vl, build_tiny_qwen2_5_vl
 
 N_ITEMS = 24
@@ -282,7 +282,7 @@ def test_warm_start_loads_all_but_the_new_feature_tables(tiny_config):
     import torch
 
     from helpers import build_pipeline
-    from recbole_reveal.fve.stages import warm_start
+    from recbole_reveal.fve.loop.stages import warm_start
 
     _, (train_data, _, _), fresh, _ = build_pipeline("M3SRec", tiny_config)
     _, _, other, _ = build_pipeline("M3SRec", dict(tiny_config, seed=7))
@@ -383,7 +383,7 @@ def test_the_loop_with_an_endpoint_changes_exactly_the_prompts_the_server_rewrot
     p0 = {r["item_id"]: r["prompt"] for r in read_prompts(os.path.join(fdir, "fve", "prompts_cycle_0.jsonl"))}
     p1 = {r["item_id"]: r["prompt"] for r in read_prompts(os.path.join(fdir, "fve", "prompts_cycle_1.jsonl"))}
     assert {t for t in p0 if p0[t] != p1[t]} == rewritten
-    from recbole_reveal.fve.prompts import read_items
+    from recbole_reveal.fve.prompts.records import read_items
 
     title_of = {it.item_id: it.title for it in read_items(os.path.join(data_root_of(fdir), f"{NAME}.item"))}
     well_formed = {t for t in titles if not zlib.crc32(t.encode()) % 2}
@@ -420,7 +420,7 @@ def test_transformers_and_endpoint_give_the_same_prompt_files(rewriting_run, dat
 KILLED_RUN = """
 import json, sys, torch
 torch.set_num_threads(1)
-from recbole_reveal.fve.loop import run_fve
+from recbole_reveal.fve.loop.run import run_fve
 run_fve("M3SRec_REVEAL", sys.argv[1], config_dict=json.load(open(sys.argv[2])))
 """
 
@@ -482,7 +482,7 @@ def test_a_critic_killed_mid_stage_resumes_with_identical_artefacts(endpoint_run
 def test_min_acceptance_stops_the_run_and_keeps_the_answers(full_run, tmp_path):
     """The random VLM's rewrites are never accepted: with fve_min_acceptance the critic stops the run
     unrecorded, its answers logged; a rerun with a lower threshold continues without generating again."""
-    from recbole_reveal.fve.critic import LowAcceptance
+    from recbole_reveal.fve.critic.critic import LowAcceptance
 
     cfg_a, _, _ = full_run
     fdir = str(tmp_path / "features_accept")

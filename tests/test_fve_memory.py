@@ -10,11 +10,12 @@ import weakref
 import numpy as np
 import pytest
 
+from recbole_reveal.fve.config import fve_settings
+from recbole_reveal.fve.encoding.build import build_fve_encoder
+from recbole_reveal.fve.encoding.encoder import ItemRequest
+from recbole_reveal.fve.encoding.residency import park_vlm, place_vlm, restore_vlm, stage_needs_vlm
+from recbole_reveal.fve.prompts import keywords as prompts
 from recbole_reveal.infra.errors import ConfigError
-from recbole_reveal.fve import prompts
-from recbole_reveal.fve.config import build_fve_encoder, fve_settings
-from recbole_reveal.fve.encoder import ItemRequest
-from recbole_reveal.fve.residency import park_vlm, place_vlm, restore_vlm, stage_needs_vlm
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,8 +145,8 @@ def test_the_loop_releases_the_vlm_for_training_and_reloads_it(tmp_path, caplog)
 
     from recbole_reveal.data.feature_store import load_item_features, save_item_features
     from recbole_reveal.data.synthetic import generate_dataset
-    from recbole_reveal.fve.loop import run_fve
-    from recbole_reveal.fve.prompts import read_items, read_prompts
+    from recbole_reveal.fve.loop.run import run_fve
+    from recbole_reveal.fve.prompts.records import read_items, read_prompts
     from recbole_reveal.testing.vlms import build_scripted_qwen2_5_vl
 
     caplog.set_level(logging.INFO, logger="recbole_reveal.fve")

@@ -7,12 +7,14 @@ import os
 import numpy as np
 import pytest
 
+from recbole_reveal.fve.config import fve_settings
+from recbole_reveal.fve.encoding.build import build_fve_encoder
+from recbole_reveal.fve.encoding.cache.embeddings import EmbeddingCache
+from recbole_reveal.fve.encoding.encoder import ItemRequest, item_requests
+from recbole_reveal.fve.encoding.parallel import encode_data_parallel, resolve_num_processes
+from recbole_reveal.fve.prompts.records import read_items
+from recbole_reveal.fve.prompts.templates import build_initial_prompts
 from recbole_reveal.infra.errors import ConfigError
-from recbole_reveal.fve.cache import EmbeddingCache
-from recbole_reveal.fve.config import build_fve_encoder, fve_settings
-from recbole_reveal.fve.encoder import ItemRequest, item_requests
-from recbole_reveal.fve.parallel import encode_data_parallel, resolve_num_processes
-from recbole_reveal.fve.prompts import build_initial_prompts, read_items
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,11 +79,11 @@ def test_process_count_settings():
 def test_two_processes_answer_the_critic_as_one_does(settings, tmp_path):
     """The critic's fixed batches dealt to two worker processes: the same records as one process gives,
     each worker's answers in its own file of the answer log."""
-    from recbole_reveal.fve.critic import CriticRequest, run_critic
-    from recbole_reveal.fve.generation import TransformersGenerator
-    from recbole_reveal.fve.parallel import ParallelGenerator
-    from recbole_reveal.fve.prompts import load_templates
-    from recbole_reveal.fve.vlm import load_vlm
+    from recbole_reveal.fve.critic.critic import CriticRequest, run_critic
+    from recbole_reveal.fve.critic.generation.transformers_backend import TransformersGenerator
+    from recbole_reveal.fve.critic.generation.parallel import ParallelGenerator
+    from recbole_reveal.fve.prompts.templates import load_templates
+    from recbole_reveal.fve.vlm.load import load_vlm
 
     settings = dict(settings, fve_rewrite_batch_size=2, fve_rewrite_max_new_tokens=6)
     images = [os.path.join(DEMO, "images", f"i000{k}.png") for k in range(4)] + [os.path.join(DEMO, "gone.png")]

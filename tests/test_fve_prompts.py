@@ -5,12 +5,15 @@ import os
 
 import pytest
 
-from recbole_reveal.infra.errors import ConfigError
-from recbole_reveal.fve.prompts import (
-    DEFAULT_TEMPLATES, ENGLISH_STOP_WORDS, ItemMeta, build_initial_prompts, evaluation_holdout,
-    extract_keywords, initial_prompt, load_stop_words, load_templates, main, read_items, read_prompts,
-    render, tokenize_review, write_prompts,
+from recbole_reveal.fve.prompts.__main__ import main
+from recbole_reveal.fve.prompts.keywords import (
+    ENGLISH_STOP_WORDS, evaluation_holdout, extract_keywords, load_stop_words, tokenize_review,
 )
+from recbole_reveal.fve.prompts.records import ItemMeta, read_items, read_prompts, write_prompts
+from recbole_reveal.fve.prompts.templates import (
+    DEFAULT_TEMPLATES, build_initial_prompts, initial_prompt, load_templates, render,
+)
+from recbole_reveal.infra.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_PATH = os.path.join(ROOT, "dataset_atomic")
@@ -168,7 +171,7 @@ def test_demo_prompts_are_deterministic_via_the_command(tmp_path):
 
 
 def test_streamed_counts_give_the_keywords_of_the_texts(tmp_path):
-    from recbole_reveal.fve.prompts import extract_keywords, review_keyword_counts, top_keywords
+    from recbole_reveal.fve.prompts.keywords import extract_keywords, review_keyword_counts, top_keywords
 
     texts = {"a": ["Great zipper, strong ZIPPER!", "zipper broke; strap fine", "The strap is strong"],
              "b": ["Lovely colour", "colour faded after washing, colour"]}
@@ -209,7 +212,7 @@ def test_keywords_equal_the_old_per_item_counter_reader(tmp_path, monkeypatch, r
     the demo and on a shuffled copy, also when its buffers are merged many times."""
     from fve_reference import old_item_keywords
 
-    from recbole_reveal.fve import prompts
+    from recbole_reveal.fve.prompts import keywords as prompts
 
     def old(root):
         folder = os.path.join(root, "synthetic-demo")
@@ -246,7 +249,7 @@ def test_streamed_holdout_equals_the_old_one_on_ties_and_missing_timestamps(tmp_
 
 
 def test_the_keyword_cache_is_reused_and_keyed_by_content(tmp_path, monkeypatch, caplog):
-    from recbole_reveal.fve import prompts
+    from recbole_reveal.fve.prompts import keywords as prompts
 
     caplog.set_level("INFO", logger="recbole_reveal.fve.prompts")
     _write_dataset(str(tmp_path / "data"))

@@ -10,9 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from recbole_reveal.fve.vlm.families import FAMILIES
+from recbole_reveal.fve.vlm.folder import VLMFolder, VLMUnavailable, check_vlm_folder, vlm_model_id
+from recbole_reveal.fve.vlm.load import load_vlm
 from recbole_reveal.infra.errors import RevealUserError
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl
-from recbole_reveal.fve.vlm import VLMUnavailable, check_vlm_folder, load_vlm, vlm_model_id
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = os.path.join(ROOT, "dataset_atomic", "synthetic-demo", "images", "i0000.png")
@@ -97,6 +99,17 @@ def test_missing_or_incomplete_folder_is_a_clear_error(tiny_folder, tmp_path):
         check_vlm_folder(no_config)
 
 
+def test_a_folder_reads_its_config_once_and_knows_its_family(tiny_folder, tmp_path):
+    folder = VLMFolder(shutil.copytree(tiny_folder, str(tmp_path / "copy")))
+    assert folder.check() is folder and folder.family is FAMILIES["qwen2_5_vl"]
+    assert folder.model_id == vlm_model_id(tiny_folder)                     # a copy keeps its id
+    os.remove(folder.file("config.json"))
+    assert folder.model_type == "qwen2_5_vl" and folder.family is FAMILIES["qwen2_5_vl"]  # parsed once, kept
+    with pytest.raises(VLMUnavailable, match="missing config.json"):
+        VLMFolder(folder.path).check()                                      # a new object reads the folder again
+    assert VLMFolder(str(tmp_path / "nowhere")).family is None
+
+
 def test_missing_weight_shard_is_named(tiny_folder, tmp_path):
     folder = _copy_without(tiny_folder, str(tmp_path / "sharded"), "model.safetensors")
     index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
@@ -143,7 +156,7 @@ def test_benchmark_shapes_match_the_released_checkpoints(shape, billions):
 
 def test_random_model_in_bf16_encodes():
     """The GPU code path's dtype handling (weights built in bf16, pooling in fp32), on CPU."""
-    from recbole_reveal.fve.encoder import FVEEncoder
+    from recbole_reveal.fve.encoding.encoder import FVEEncoder
     from recbole_reveal.testing.vlms import random_qwen2_5_vl
 
     vlm = random_qwen2_5_vl("tiny", device="cpu", dtype="bf16")
@@ -176,7 +189,7 @@ def test_gpu_only_load_options_fail_clearly_without_a_gpu(tiny_folder):
 def test_cuda_requested_without_a_gpu_is_a_clear_error(tiny_folder):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    from recbole_reveal.fve.generation import auto_batch_size
+    from recbole_reveal.fve.critic.generation.transformers_backend import auto_batch_size
 
     from recbole_reveal.infra.errors import ConfigError
 
@@ -187,13 +200,12 @@ def test_cuda_requested_without_a_gpu_is_a_clear_error(tiny_folder):
 
 
 def test_synthetic_models_live_outside_the_production_module():
+    # issue 23: the library never imports recbole_reveal.testing, so no old name resolves through it
     import recbole_reveal.fve as fve
     import recbole_reveal.testing.vlms as synthetic
-    import recbole_reveal.fve.vlm as vlm_module
+    import recbole_reveal.fve.vlm.load as vlm_module
 
     for name in ("build_tiny_qwen2_5_vl", "build_scripted_qwen2_5_vl", "random_qwen2_5_vl", "real_shape_config"):
-        assert name not in vars(vlm_module)                 # not defined in the loader module
-        assert getattr(vlm_module, name) is getattr(synthetic, name)     # old imports keep working
-    assert fve.build_tiny_qwen2_5_vl is synthetic.build_tiny_qwen2_5_vl
-    with pytest.raises(AttributeError):
-        vlm_module.no_such_builder
+        assert callable(getattr(synthetic, name))
+        assert not hasattr(vlm_module, name)
+        assert not hasattr(fve, name)

@@ -4,10 +4,11 @@ import os
 
 import numpy as np
 
-from recbole_reveal.fve.critic import build_requests, feedback_summary
-from recbole_reveal.fve.feedback import Rankings, item_record, item_statistics
-from recbole_reveal.fve.prompts import ItemMeta, item_fields, load_templates, main as prompts_main, read_items, \
-    read_prompts
+from recbole_reveal.fve.critic.critic import build_requests, feedback_summary
+from recbole_reveal.fve.feedback.rankings import Rankings, item_record, item_statistics
+from recbole_reveal.fve.prompts.__main__ import main as prompts_main
+from recbole_reveal.fve.prompts.records import ItemMeta, read_items, read_prompts
+from recbole_reveal.fve.prompts.templates import item_fields, load_templates
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dataset_atomic", "synthetic-demo")
 
@@ -56,7 +57,7 @@ def test_prompt_command_defaults_its_output_and_takes_every_review_choice(tmp_pa
     (folder / "toy.review").write_text("user_id:token\titem_id:token\ttimestamp:float\treview:token\n"
                                        "u1\ta\t1\tgreen canvas\n")
     with caplog.at_level("INFO", logger="recbole_reveal.fve.prompts"):
-        out = prompts_main(["--dataset", "toy", "--data_path", str(tmp_path), "--reviews", "all", "--top_k", "1"])
+        out = prompts_main(["--dataset", "toy", "--data_path", str(tmp_path), "--fve_keyword_reviews", "all", "--fve_keywords_topk", "1"])
     assert out == str(folder / "fve" / "prompts_initial.jsonl")
     assert [r["keywords"] for r in read_prompts(out)] == [["canvas"], []]
     assert "1 of 2 items have no review keywords" in caplog.text
@@ -69,7 +70,7 @@ def test_prompt_command_defaults_its_output_and_takes_every_review_choice(tmp_pa
 def test_vision_feature_cache_bounds_memory_and_round_trips_through_disk(tmp_path):
     import torch
 
-    from recbole_reveal.fve.cache import VisionFeatureCache, VisionFeatures
+    from recbole_reveal.fve.encoding.cache.vision import VisionFeatureCache, VisionFeatures
 
     def feats(value, deepstack=2):
         return VisionFeatures(torch.full((4, 2), float(value)), [torch.full((4, 2), -float(value) - d) for d in range(deepstack)],
@@ -168,11 +169,11 @@ def test_zeroed_modalities_config_zeroes_for_the_models_whole_life(tiny_config):
 
 
 def test_selection_is_logged_with_its_counts(caplog):
-    from recbole_reveal.fve.feedback import select_items
+    from recbole_reveal.fve.feedback.rankings import select_items
 
     stats = {"priority": np.array([0.0, 3.0, 2.0, 0.0]), "pos": np.array([0.0, 1.0, 0.0, 0.0]),
              "neg": np.array([0.0, 0.0, 1.0, 0.0])}
-    with caplog.at_level("INFO", logger="recbole_reveal.fve.feedback"):
+    with caplog.at_level("INFO", logger="recbole_reveal.fve.feedback.rankings"):
         assert select_items(stats, 1.0) == [(1, "pos"), (2, "neg")]
     assert [r.getMessage() for r in caplog.records] == [
         "FVE feedback: 2 of 3 items selected for rewriting (fraction 1; 2 with priority > 0): 1 pos, 1 neg"]

@@ -306,7 +306,7 @@ def test_fve_console_handler_prints_between_trainings_only():
             logging.getLogger("recbole_reveal.fve").removeHandler(h)
     stream = io.StringIO()
     show_fve_progress(stream)
-    fve = logging.getLogger("recbole_reveal.fve.stages")
+    fve = logging.getLogger("recbole_reveal.fve.loop.stages")
     level = logging.getLogger("recbole_reveal.fve").level
     logging.getLogger("recbole_reveal.fve").setLevel(logging.INFO)
     root = logging.getLogger()

@@ -8,8 +8,9 @@ import os
 
 import pytest
 
+from recbole_reveal.fve.prompts.__main__ import cli
+from recbole_reveal.fve.prompts.templates import build_initial_prompts
 from recbole_reveal.infra.errors import ConfigError
-from recbole_reveal.fve.prompts import build_initial_prompts, cli
 
 ITEM_HEADER = "item_id:token\ttitle:token_seq\tcategories:token_seq\tbrand:token"
 # u1: a(1) b(2) a(3) b(4) -> validation a@3 and test b@4 are evaluation interactions; u2: a(5) b(6) a(7)

@@ -20,11 +20,11 @@ import pytest
 from recbole_reveal import build_config, create_dataset
 from recbole_reveal.data.feature_store import save_item_features
 from recbole_reveal.data.synthetic import generate_dataset
-from recbole_reveal.fve.critic import CriticRequest, run_critic
-from recbole_reveal.fve.generation import TransformersGenerator
-from recbole_reveal.fve.loop import run_fve
-from recbole_reveal.fve.prompts import build_initial_prompts, load_templates
-from recbole_reveal.fve.vlm import load_vlm
+from recbole_reveal.fve.critic.critic import CriticRequest, run_critic
+from recbole_reveal.fve.critic.generation.transformers_backend import TransformersGenerator
+from recbole_reveal.fve.loop.run import run_fve
+from recbole_reveal.fve.prompts.templates import build_initial_prompts, load_templates
+from recbole_reveal.fve.vlm.load import load_vlm
 from recbole_reveal.testing.vlms import build_scripted_qwen2_5_vl, build_tiny_qwen2_5_vl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,12 +11,12 @@ import os
 import pytest
 import torch
 
-from recbole_reveal.adaptation.compat import load_checkpoint
 from recbole_reveal import run_recbole_reveal
-from recbole_reveal.fve.feedback import compute_rankings
+from recbole_reveal.adaptation.compat import load_checkpoint
+from recbole_reveal.adaptation.trainer import TRAINER_STATE_KEY
+from recbole_reveal.fve.feedback.rankings import compute_rankings
 from recbole_reveal.model.hm4sr_layers import AlignMoE, TemporalMoE
 from recbole_reveal.model.wasserstein_layers import wasserstein_distance, wasserstein_distance_matmul
-from recbole_reveal.adaptation.trainer import TRAINER_STATE_KEY
 from helpers import build_pipeline
 
 

@@ -63,7 +63,7 @@ def main(argv=None):
     try:
         config = build_config(model, dataset, config_files, cmd_args=rest)
         if fve_requested(config):
-            from recbole_reveal.fve.loop import run_fve
+            from recbole_reveal.fve.loop.run import run_fve
 
             show_fve_progress()
             print(run_fve(model, dataset, config_file_list=config_files, cmd_args=rest)["table_text"])

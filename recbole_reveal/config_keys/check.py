@@ -4,7 +4,6 @@ type and checked against the schema (:mod:`recbole_reveal.config_keys.schema`), 
 between keys. ``Config`` runs it once per run, before any data is read; FVE's settings of a plain dict
 run the same pass (:func:`check_values`). Light."""
 
-import os
 
 from recbole_reveal.config_keys.schema import RELATIONS
 from recbole_reveal.config_keys.values import check_value
@@ -67,24 +66,3 @@ def value_problems(values, types, sources, model_keys=None):
                 errors.append(f"{', '.join(where(n)[:-2] for n in names)}: {problem}" if sources is not None
                               else problem)
     return errors
-
-
-def check_vlm_path(path, key="vlm_path"):
-    """``vlm_path`` must be a local Hugging Face model folder (a ``config.json`` and weights): checked
-    before the FVE loop records any stage, so a mistyped path costs nothing. Returns the absolute path."""
-    if not isinstance(path, str) or not path:
-        raise ConfigError(f"{key} must be a local VLM folder (Qwen2.5-VL, Qwen3-VL, Gemma-3, InternVL3-hf); "
-                          f"got {path!r}")
-    folder = os.path.abspath(os.path.expanduser(path))
-    download = ("download one with `hf download Qwen/Qwen2.5-VL-7B-Instruct --local-dir "
-                "/models/Qwen2.5-VL-7B-Instruct`")
-    if not os.path.isdir(folder):
-        raise ConfigError(f"{key}={path}: no such folder; {download}")
-    if not os.path.isfile(os.path.join(folder, "config.json")):
-        raise ConfigError(f"{key}={path}: the folder has no config.json, so it is not a Hugging Face model "
-                          f"folder; {download}")
-    weights = [n for n in os.listdir(folder) if n.endswith((".safetensors", ".bin")) or n.endswith(".index.json")]
-    if not weights:
-        raise ConfigError(f"{key}={path}: the folder has a config.json but no weights (*.safetensors); "
-                          f"{download}")
-    return folder

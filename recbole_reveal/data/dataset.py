@@ -50,8 +50,20 @@ class ItemFeaturesMixin:
         self.item_features = self.load_item_features()
 
     def feature_modalities(self):
-        """The modalities this dataset loads (every one in ``modality_keys`` unless overridden)."""
-        return tuple(self.modality_keys)
+        """The modalities this dataset loads: those in the config key ``feature_modalities`` (a model's
+        YAML: VBPR reads only vision, UniSRec only text), every one in ``modality_keys`` when unset."""
+        wanted = self.config["feature_modalities"]
+        if wanted is None:
+            return tuple(self.modality_keys)
+        if isinstance(wanted, str):
+            wanted = [wanted]
+        unknown = [m for m in wanted if m not in self.modality_keys]
+        if unknown or not wanted:
+            raise ConfigError(
+                f"config key 'feature_modalities' is {wanted}; expected a non-empty list drawn from "
+                f"{list(self.modality_keys)}"
+            )
+        return tuple(wanted)
 
     @property
     def feature_dir(self):
@@ -69,33 +81,38 @@ class ItemFeaturesMixin:
         return name
 
     def load_item_features(self):
-        id2token = self.field2id_token[self.iid_field]
         features = {}
         for modality in self.feature_modalities():
             key = self.modality_keys[modality]
-            name = self._feature_name(modality)
-            tokens, matrix = load_item_features(
-                self.feature_dir, name, expected_dim=self.config[f"{key}_dim"]
-            )
-            aligned = align_to_item_ids(tokens, matrix, id2token, source=self.feature_file(modality))
-            missing = set(load_missing_items(self.feature_dir, name, tokens))
-            available = np.fromiter((t not in missing for t in id2token), dtype=bool, count=len(id2token))
-            available[0] = False
-            aligned[~available] = 0.0       # a missing item's row is a placeholder, never a feature
-            features[modality] = torch.from_numpy(aligned)
-            self.item_availability[modality] = torch.from_numpy(available)
-            n_missing = len(id2token) - 1 - int(available.sum())
-            self.logger.info(
-                f"{modality} features: {self.feature_file(modality)} "
-                f"({matrix.shape[0]} rows, dim {matrix.shape[1]}, {len(id2token) - 1} dataset items"
-                + (f", {n_missing} of them without {modality}" if n_missing else "") + ")"
-            )
+            features[modality] = self.load_feature_set(self._feature_name(modality), self.config[f"{key}_dim"],
+                                                       label=f"{modality} features", modality=modality)
         return features
+
+    def load_feature_set(self, name, expected_dim=None, label="features", modality=None):
+        """Feature set ``name`` of the feature directory as a ``[n_items, dim]`` float32 tensor in
+        RecBole's item ids (row 0 = padding); also for a model's extra sets (UniSRec's word-drop text,
+        MMSBR's pseudo-modalities). The rows of the set's missing items (``NAME.missing``) are zeros; with
+        ``modality``, which items have it is recorded in ``item_availability[modality]``."""
+        id2token = self.field2id_token[self.iid_field]
+        tokens, matrix = load_item_features(self.feature_dir, name, expected_dim=expected_dim)
+        source = feature_paths(self.feature_dir, name)[0]
+        aligned = align_to_item_ids(tokens, matrix, id2token, source=source)
+        missing = set(load_missing_items(self.feature_dir, name, tokens))
+        available = np.fromiter((t not in missing for t in id2token), dtype=bool, count=len(id2token))
+        available[0] = False
+        aligned[~available] = 0.0       # a missing item's row is a placeholder, never a feature
+        if modality is not None:
+            self.item_availability[modality] = torch.from_numpy(available)
+        n_missing = len(id2token) - 1 - int(available.sum())
+        self.logger.info(f"{label}: {source} ({matrix.shape[0]} rows, dim {matrix.shape[1]}, "
+                         f"{len(id2token) - 1} dataset items" + (f", {n_missing} of them missing" if n_missing else "")
+                         + ")")
+        return torch.from_numpy(aligned)
 
 
 class MultimodalSequentialDataset(ItemFeaturesMixin, SequentialDataset):
-    """A :class:`SequentialDataset` plus ``item_features = {"text": T, "vision": V}`` (both always
-    loaded; see :class:`ItemFeaturesMixin`) and, when ``vision_interaction_feature`` names a feature set,
+    """A :class:`SequentialDataset` plus ``item_features = {"text": T, "vision": V}`` (both unless
+    ``feature_modalities`` names fewer; see :class:`ItemFeaturesMixin`) and, when ``vision_interaction_feature`` names a feature set,
     ``interaction_features = {"vision": I}``: ``[n_interactions + 1, dim]`` indexed by RecBole's internal
     id of the interaction field ``interaction_field`` (row 0 = padding), read at history positions by
     backbones through ``MultimodalSequentialRecommender.history_vision_features``. Its sequence augmentation
@@ -208,20 +225,6 @@ class MultimodalDataset(ItemFeaturesMixin, Dataset):
     """A general RecBole :class:`Dataset` (user-item pairs, for non-sequential models such as VBPR) plus
     ``item_features`` for the modalities in the config key ``feature_modalities`` (default: all), so a
     vision-only model needs no text feature file."""
-
-    def feature_modalities(self):
-        wanted = self.config["feature_modalities"]
-        if wanted is None:
-            return super().feature_modalities()
-        if isinstance(wanted, str):
-            wanted = [wanted]
-        unknown = [m for m in wanted if m not in self.modality_keys]
-        if unknown or not wanted:
-            raise ConfigError(
-                f"config key 'feature_modalities' is {wanted}; expected a non-empty list drawn from "
-                f"{list(self.modality_keys)}"
-            )
-        return tuple(wanted)
 
 
 def dataset_item_tokens(config):

@@ -176,7 +176,7 @@ def execute(spec, seed, dataset, store, config_files=(), log=print):
 
 def _run_fve(spec, seed, dataset, store, config_files, config_dict, base):
     """The FVE loop in a folder of this run's own; its last cycle is the run's result."""
-    from recbole_reveal.fve.loop import run_fve
+    from recbole_reveal.fve.loop.run import run_fve
 
     source_features = base["feature_dir"] or os.path.join(base["data_path"], "features")
     # fve_cycles is not part of the folder's name: a loop run for more cycles extends one run for

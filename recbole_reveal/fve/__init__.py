@@ -1,5 +1,5 @@
 """FVE (paper §4.3): initial prompts, the VLM, the prompt-conditioned vision encoder and its caches,
-feedback and critic, and the resumable refinement loop ``run_fve`` (recbole_reveal.fve.loop). See
+feedback and critic, and the resumable refinement loop ``run_fve`` (recbole_reveal.fve.loop.run). See
 docs/fve.md.
 
 The names below are imported on first use, so that the light modules (``fve.config``, ``fve.prompts``)
@@ -10,14 +10,16 @@ import importlib
 
 # public name -> the module that defines it
 _API = {
-    "EmbeddingCache": "cache", "VisionFeatureCache": "cache",
-    "build_fve_encoder": "config", "fve_settings": "config",
-    "POOLINGS": "encoder", "EncodeResult": "encoder", "FVEEncoder": "encoder", "ItemRequest": "encoder",
-    "item_requests": "encoder", "save_encoding": "encoder",
-    "build_initial_prompts": "prompts", "extract_keywords": "prompts", "load_templates": "prompts",
-    "read_items": "prompts", "read_prompts": "prompts", "render": "prompts", "write_prompts": "prompts",
-    "LoadedVLM": "vlm", "VLMUnavailable": "vlm", "build_tiny_qwen2_5_vl": "vlm", "build_tiny_qwen3_vl": "vlm",
-    "check_vlm_folder": "vlm", "load_vlm": "vlm", "random_qwen2_5_vl": "vlm",
+    "EmbeddingCache": "encoding.cache.embeddings", "VisionFeatureCache": "encoding.cache.vision",
+    "fve_settings": "config", "build_fve_encoder": "encoding.build",
+    "POOLINGS": "encoding.chat", "EncodeResult": "encoding.encoder", "FVEEncoder": "encoding.encoder",
+    "ItemRequest": "encoding.encoder", "item_requests": "encoding.encoder", "save_encoding": "encoding.encoder",
+    "build_initial_prompts": "prompts.keywords", "extract_keywords": "prompts.keywords",
+    "load_templates": "prompts.keywords", "read_items": "prompts.keywords", "read_prompts": "prompts.keywords",
+    "render": "prompts.keywords", "write_prompts": "prompts.keywords",
+    "LoadedVLM": "vlm.load", "load_vlm": "vlm.load",
+    "VLMFolder": "vlm.folder", "VLMUnavailable": "vlm.folder", "check_vlm_folder": "vlm.folder",
+    "run_fve": "loop.run",
 }
 __all__ = sorted(_API)
 

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recbole_reveal.fve.encoding.chat import POOLINGS, ChatTurn
 from recbole_reveal.infra.errors import ConfigError
-from recbole_reveal.fve.chat import POOLINGS, ChatTurn
 
 DEFAULT_POOLING = "last_token"
 PANEL_PX, TITLE_PX, PAD_PX, DPI = 384, 72, 3, 100
@@ -193,7 +193,7 @@ def render_heatmaps(image, results, out_path, labels=None, panel_px=PANEL_PX, ti
 def cycle_prompts(dataset, item, data_path="dataset_atomic", feature_dir=None, cycles=None):
     """``[(label, prompt)]`` of ``item`` in the FVE prompt files of ``cycles`` (default: the first and
     the last cycle written) and the item's image path (from ``<dataset>.item``, or ``None``)."""
-    from recbole_reveal.fve.prompts import read_items, read_prompts
+    from recbole_reveal.fve.prompts.records import read_items, read_prompts
 
     dataset_dir = os.path.join(data_path, dataset)
     fve_dir = os.path.join(feature_dir or os.path.join(dataset_dir, "features"), "fve")
@@ -292,7 +292,7 @@ def main(argv=None):
     from PIL import Image
 
     from recbole_reveal.infra.errors import USER_ERRORS
-    from recbole_reveal.fve.vlm import load_vlm
+    from recbole_reveal.fve.vlm.load import load_vlm
 
     args = parse_args(argv)
     try:

@@ -40,28 +40,3 @@ def fve_settings(config=None):
             settings[key] = config[key]
     return settings if checked else check_values(settings, declared_keys(DEFAULTS_FILE))
 
-
-def load_fve_vlm(settings):
-    """Load ``vlm_path`` as the settings say (device, dtype, attention kernel, quantization)."""
-    from recbole_reveal.fve.vlm import load_vlm
-
-    return load_vlm(settings["vlm_path"], device=settings["fve_device"], dtype=settings["fve_dtype"],
-                    attn_implementation=settings["fve_attn_implementation"],
-                    quantization=settings.get("fve_quantization"))
-
-
-def build_fve_encoder(settings, vlm=None, vision_cache=None):
-    """Load ``vlm_path`` (unless ``vlm`` is given) and build the encoder the settings describe."""
-    from recbole_reveal.fve.cache import VisionFeatureCache
-    from recbole_reveal.fve.encoder import FVEEncoder
-
-    if vlm is None:
-        vlm = load_fve_vlm(settings)
-    if vision_cache is None:
-        vision_cache = VisionFeatureCache(max_bytes=settings["fve_vision_cache_mb"] * 2**20,
-                                          directory=settings["fve_vision_cache_dir"],
-                                          max_disk_bytes=settings["fve_vision_cache_disk_mb"] * 2**20)
-    return FVEEncoder(vlm, pooling=settings["fve_pooling"], layer=settings["fve_layer"],
-                      min_pixels=settings["fve_min_pixels"], max_pixels=settings["fve_max_pixels"],
-                      batch_size=settings["fve_batch_size"], missing_image=settings["fve_missing_image"],
-                      vision_cache=vision_cache, preprocess_workers=settings["fve_preprocess_workers"])

@@ -197,3 +197,11 @@ def locked_folders(folders, purpose, wait=0.0, advice=""):
         for folder in sorted({os.path.realpath(f) for f in folders}):
             stack.enter_context(folder_lock(folder, purpose, wait=wait, advice=advice))
         yield
+
+
+def file_sha256(path):
+    """The SHA-256 (hex) of the bytes of the file at ``path``, read in chunks."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -5,7 +5,7 @@ torch and transformers are imported by the builders, not by this module.
   the real classes (plus a small byte-level BPE tokenizer with the real Qwen special tokens, the
   Qwen chat template and an image-processor config) as an ordinary local folder, so tests and the
   CPU benchmark go through exactly the loading path a real checkpoint takes
-  (:func:`~recbole_reveal.fve.vlm.load_vlm`).
+  (:func:`~recbole_reveal.fve.vlm.load.load_vlm`).
 * :func:`build_scripted_qwen2_5_vl` writes a tiny model whose greedy answer is a fixed text: the
   accepted-rewrite path of the critic with the real classes.
 * :func:`random_qwen2_5_vl` builds random weights at the real 3B / 7B shapes in memory, for
@@ -110,7 +110,7 @@ def build_scratch_tokenizer(vocab_size=600, named_tokens=None, extra_tokens=()):
     ``named_tokens`` (e.g. InternVL's ``{"context_image_token": "<IMG_CONTEXT>", ...}``) become tokenizer
     attributes as in the released tokenizer_config.json; they and ``extra_tokens`` are added as special.
     """
-    from recbole_reveal.fve.families import QWEN_SPECIAL_TOKENS
+    from recbole_reveal.fve.vlm.families import QWEN_SPECIAL_TOKENS
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -135,7 +135,7 @@ def build_scratch_tokenizer(vocab_size=600, named_tokens=None, extra_tokens=()):
 
 
 def _special_ids(tokenizer):
-    from recbole_reveal.fve.families import QWEN_SPECIAL_TOKENS
+    from recbole_reveal.fve.vlm.families import QWEN_SPECIAL_TOKENS
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     return dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
@@ -407,9 +407,8 @@ def random_qwen2_5_vl(shape, device="cuda", dtype="auto", seed=0, attn_implement
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from recbole_reveal.fve.vlm import (
-        LoadedVLM, _transformers_class, image_only_processor_class, resolve_device, resolve_dtype,
-    )
+    from recbole_reveal.fve.vlm.families import image_only_processor_class
+    from recbole_reveal.fve.vlm.load import LoadedVLM, _transformers_class, resolve_device, resolve_dtype
 
     shapes = dict(REAL_SHAPES, tiny=dict(text=TINY_TEXT, vision=TINY_VISION))
     if shape not in shapes:
@@ -443,7 +442,7 @@ def real_shape_config(shape):
 
 def write_random_qwen2_5_vl(shape, folder, device="cuda", dtype="auto", seed=0):
     """:func:`random_qwen2_5_vl` saved as an ordinary checkpoint folder (weights in the compute dtype:
-    about 16.6 GB for ``7b``), so a benchmark loads it through :func:`~recbole_reveal.fve.vlm.load_vlm`
+    about 16.6 GB for ``7b``), so a benchmark loads it through :func:`~recbole_reveal.fve.vlm.load.load_vlm`
     with every load option a real checkpoint has (attention kernel, 4/8-bit weights)."""
     vlm = random_qwen2_5_vl(shape, device=device, dtype=dtype, seed=seed)
     _save_folder(folder, vlm.model, vlm.tokenizer, vlm.image_processor, QWEN2_5_VL_CHAT_TEMPLATE)
