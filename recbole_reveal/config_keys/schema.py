@@ -69,10 +69,12 @@ def _modality_subset(value, non_empty=False):
 
 
 def _clamp(value):
+    if value == "auto":
+        return None
     ok = (isinstance(value, (list, tuple)) and len(value) == 2
           and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
           and 0 < value[0] <= 1 <= value[1])
-    return None if ok else "must be ~ or [low, high] with 0 < low <= 1 <= high, e.g. [0.1, 10.0]"
+    return None if ok else "must be auto, ~ or [low, high] with 0 < low <= 1 <= high, e.g. [0.1, 10.0]"
 
 
 def _positive_int_list(value):
@@ -113,6 +115,7 @@ RANGES = {
     # REVEAL / AVL (read by the AVLTrainer: checked here, before the dataset loads)
     "avl_alpha": NON_NEGATIVE,
     "avl_clamp": Range(check=_clamp),
+    "avl_rule": Range(choices=("paper", "reference", "agm", "ogm_ge")),
     "avl_mode": Range(choices=("grad", "lr")),
     "avl_probe_mode": Range(choices=("eval", "train")),
     "avl_probe_every": AT_LEAST_ONE,
