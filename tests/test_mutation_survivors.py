@@ -145,9 +145,9 @@ def test_contract_errors_name_the_model_and_what_is_missing():
         Contract.vision_parameters(Backbone())
     text_only = SimpleNamespace(item_features={"text": np.zeros((2, 2))})
     with pytest.raises(ValueError, match="no 'vision' item features: .*MultimodalSequentialDataset hook"):
-        Contract.item_feature_table(text_only, "vision")
+        Contract.item_feature_table(Backbone(), text_only, "vision")
     with pytest.raises(ValueError, match="no 'text' item features"):
-        Contract.item_feature_table(SimpleNamespace(), "text")
+        Contract.item_feature_table(Backbone(), SimpleNamespace(), "text")
 
 
 def test_zeroed_modalities_config_zeroes_for_the_models_whole_life(tiny_config):

@@ -85,6 +85,17 @@ def _positive_int_list(value):
     return None if ok else "must be a positive integer or a list of positive integers, e.g. [10, 20]"
 
 
+def _fractions(value):
+    ok = isinstance(value, (list, tuple)) and all(
+        isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r <= 1 for r in value)
+    return None if ok else "must be a list of fractions in [0, 1], e.g. [0, 0.25, 0.5, 0.75, 1]"
+
+
+def _scopes(value):
+    ok = isinstance(value, (list, tuple)) and value and all(s in ("history", "candidates", "both") for s in value)
+    return None if ok else "must be a non-empty list drawn from ['history', 'candidates', 'both']"
+
+
 def _column_name(value):
     ok = isinstance(value, str) and value and value == value.strip() and not any(c.isspace() for c in value)
     return None if ok else "must name a column of the .inter file"
@@ -120,6 +131,12 @@ RANGES = {
     "zeroed_modalities": Range(check=_modality_subset),
     "eval_zeroed_modalities": Range(check=_modality_subset),
     "feature_modalities": Range(check=lambda v: _modality_subset(v, non_empty=True)),
+    # items without a modality, the robustness figures (docs/missing-modalities.md)
+    "missing_modality": Range(choices=("zero", "learned", "mean")),
+    "eval_missing_rates": Range(check=_fractions),
+    "eval_missing_modalities": Range(check=lambda v: _modality_subset(v, non_empty=True)),
+    "eval_missing_scopes": Range(check=_scopes),
+    "eval_missing_seed": NON_NEGATIVE,
     "text_feature_dim": AT_LEAST_ONE,
     "vision_feature_dim": AT_LEAST_ONE,
     # RecBole's training and evaluation
@@ -273,8 +290,16 @@ def _guided_json_needs_endpoint(guided, backend):
     return None
 
 
+def _lr_mode_needs_a_loss_rule(mode, rule):
+    if mode == "lr" and rule == "ogm_ge":
+        return ("avl_mode: lr is not defined for avl_rule: ogm_ge (its generalisation noise is a gradient term); "
+                "use avl_mode: grad")
+    return None
+
+
 RELATIONS = (
     Relation(("hidden_size", "n_heads"), _heads_divide, model_keys=True),
+    Relation(("avl_mode", "avl_rule"), _lr_mode_needs_a_loss_rule),
     Relation(("fve_max_pixels", "fve_min_pixels"), _pixel_bounds),
     Relation(("fve_exposure_k", "fve_feedback_k"), _exposure_covers_feedback),
     Relation(("fve_generation_backend", "fve_generation_endpoint"), _endpoint_given),
