@@ -71,6 +71,10 @@ ZIPF_EXPONENT = 0.7
 CHAIN_STAY_ON_SUCCESSORS = 0.9  # the rest of the mass jumps to a uniform random category
 REVIEW_TRUE_LOOK, REVIEW_WRONG_LOOK = 0.3, 0.1
 BASE_TIME = 1_600_000_000  # 2020-09-13; timestamps are seconds
+# what the dataset's README states about the generator
+README_FACTS = {"brands": BRANDS, "chain_stay_on_successors": CHAIN_STAY_ON_SUCCESSORS, "pref_pop": PREF_POP,
+                "review_true_look": REVIEW_TRUE_LOOK, "review_wrong_look": REVIEW_WRONG_LOOK,
+                "zipf_exponent": ZIPF_EXPONENT}
 
 _OPENERS = [
     "Arrived on time.", "Bought this as a gift.", "Second one I have ordered.",
@@ -408,6 +412,6 @@ def generate_dataset(out_dir, name, n_users=1500, n_items=480, seed=2026, image_
                + (f" --vision_share {vision_share}" if vision_share is not None else "")
                + (f" --text_noise {text_noise}" if text_noise else ""))
     with atomic_open(os.path.join(root, "README.md"), "w", newline="\n") as f:
-        f.write(dataset_readme(name, summary, command, out_label, knobs))
+        f.write(dataset_readme(name, summary, command, out_label, knobs, README_FACTS))
     return summary
 
