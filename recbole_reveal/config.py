@@ -293,10 +293,5 @@ def fve_requested(config):
             getLogger(__name__).info("%s is not a REVEAL model: vlm_path is not used (a single run on the "
                                      "static visual features)", config["model"])
         return False
-    if fve and not vlm_path:
-        raise ConfigError(
-            "fve=True needs vlm_path, a local Qwen2.5-VL / Qwen3-VL folder: download one with "
-            "`hf download Qwen/Qwen2.5-VL-7B-Instruct --local-dir /models/Qwen2.5-VL-7B-Instruct` "
-            "and pass --vlm_path=/models/Qwen2.5-VL-7B-Instruct (or set fve=False for AVL only)"
-        )
+    # fve=True without vlm_path: the FVE loop refuses it before any stage, with the download hint
     return bool(vlm_path) if fve is None else bool(fve)

@@ -162,7 +162,7 @@ def test_a_second_fve_loop_on_one_feature_folder_stops_and_leaves_the_first_alon
     assert len(errors) == 1 and "is in use by pid" in errors[0] and str(first.pid) in errors[0], errors
     assert "Traceback" not in err2
     # the run folder holds the first run's config, and the digests it recorded are of its own files
-    from recbole_reveal.data.feature_store import file_sha256
+    from recbole_reveal.infra.files import file_sha256
 
     run_dir = os.path.join(features, "fve", "run")
     state = json.load(open(os.path.join(run_dir, "stages.json")))

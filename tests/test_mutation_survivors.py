@@ -103,7 +103,8 @@ def test_feature_sets_write_their_provenance_and_refuse_bad_tokens(tmp_path):
 
     import pytest
 
-    from recbole_reveal.data.feature_store import feature_paths, file_sha256, load_item_features, save_item_features
+    from recbole_reveal.data.feature_store import feature_paths, load_item_features, save_item_features
+    from recbole_reveal.infra.files import file_sha256
     from recbole_reveal.infra.errors import FeatureFileError
 
     matrix = np.arange(6, dtype=np.float32).reshape(3, 2)

@@ -22,14 +22,13 @@ with the matrix. A set is written under a lock (``.NAME.lock`` beside it), each 
 writers of one set never mix their files and a reader never sees half a set.
 """
 
-import hashlib
 import json
 import os
 
 import numpy as np
 
 from recbole_reveal.infra.errors import FeatureFileError
-from recbole_reveal.infra.files import atomic_open, lock_file, write_json_atomic
+from recbole_reveal.infra.files import atomic_open, file_sha256, lock_file, write_json_atomic
 
 # a writer (reader) of a feature set waits for another writer to finish its three files, however long:
 # writing a set takes seconds and the lock is released when its holder ends, even when it is killed
@@ -49,11 +48,6 @@ def missing_path(feature_dir, name):
 def set_lock_path(feature_dir, name):
     folder, base = os.path.split(os.path.join(feature_dir, name))
     return os.path.join(folder, f".{base}.lock")
-
-
-def file_sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def save_item_features(feature_dir, name, item_tokens, matrix, metadata=None, missing=None):

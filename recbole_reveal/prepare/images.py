@@ -31,7 +31,7 @@ import urllib.error
 import urllib.request
 from collections import namedtuple
 
-from recbole_reveal.infra.files import atomic_open
+from recbole_reveal.infra.files import atomic_open, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -131,14 +131,6 @@ def write_manifest(image_dir, stored):
             f.write(f"{s.token}\t{s.file}\t{s.source}\t{s.sha256}\n")
 
 
-def _sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class ImageFetcher:
     """Fetches, verifies and stores the images of many items in parallel threads."""
 
@@ -180,7 +172,7 @@ class ImageFetcher:
             return None
         file, source, sha = entry
         path = os.path.join(os.path.dirname(self.image_dir), file)
-        if os.path.isfile(path) and _sha256_file(path) == sha:
+        if os.path.isfile(path) and file_sha256(path) == sha:
             return Stored(token, file, source, sha, True, labels.index(source), [])
         return None
 

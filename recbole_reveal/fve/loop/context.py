@@ -54,8 +54,8 @@ class FVEContext:
         if settings["vlm_path"]:
             check_vlm_folder(settings["vlm_path"])       # before any stage is recorded
         else:
-            raise ConfigError("run_fve needs vlm_path: a local VLM folder (Qwen2.5-VL, Qwen3-VL, Gemma-3, "
-                              "InternVL3-hf; docs/fve.md). " + download_hint())
+            raise ConfigError("fve=True needs vlm_path, a local VLM folder (Qwen2.5-VL, Qwen3-VL, Gemma-3, "
+                              "InternVL3-hf; docs/fve.md), or set fve=False for AVL only. " + download_hint())
         return cls(model, dataset, config_file_list, config_dict, cmd_args, config, settings)
 
     # ---- folders and files -------------------------------------------------------------------
