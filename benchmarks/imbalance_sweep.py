@@ -97,11 +97,15 @@ def run_cell(job):
 
 
 def variants(alphas=None):
-    """(label, overrides): the backbone, then every rule at its source's α (or at each α of ``alphas``)."""
+    """(label, overrides): the backbone, then every rule at its source's α (or at each α of ``alphas``,
+    the strongest also with ``avl_mode: lr``, which Adam does not normalise away; not for OGM-GE)."""
     out = [("backbone", {"avl": False})]
     for rule, alpha in RULE_ALPHA.items():
         for a in (alphas[rule] if alphas else [alpha]):
             out.append((f"{rule} α={a:g}", {"avl": True, "avl_rule": rule, "avl_alpha": a}))
+        if alphas and rule != "ogm_ge":
+            a = max(alphas[rule])
+            out.append((f"{rule} α={a:g} lr", {"avl": True, "avl_rule": rule, "avl_alpha": a, "avl_mode": "lr"}))
     return out
 
 
@@ -175,9 +179,13 @@ def plot(tables, alpha_rows, out):
         ax.axhline(base, color="grey", ls="--", label="backbone")
         for rule in RULE_ALPHA:
             pts = sorted((float(r["variant"].split("α=")[1]), r["recall@20"]) for r in alpha_rows
-                         if r["variant"].startswith(rule + " "))
+                         if r["variant"].startswith(rule + " ") and not r["variant"].endswith(" lr"))
             ax.errorbar([a for a, _ in pts], [m for _, (m, _) in pts], yerr=[s for _, (_, s) in pts],
                         marker="o", capsize=3, label=rule)
+        lr = [(float(r["variant"].split("α=")[1].split()[0]), r["recall@20"][0]) for r in alpha_rows
+              if r["variant"].endswith(" lr")]
+        if lr:
+            ax.plot(*zip(*lr), "kx", label="avl_mode: lr")
         ax.set_xscale("log")
         ax.set_xlabel("α (avl_alpha)")
         ax.set_ylabel("test R@20")
