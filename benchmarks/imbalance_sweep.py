@@ -96,14 +96,14 @@ def run_cell(job):
     return record
 
 
-def variants(alphas=None):
+def variants(alphas=None, lr=True):
     """(label, overrides): the backbone, then every rule at its source's α (or at each α of ``alphas``,
     the strongest also with ``avl_mode: lr``, which Adam does not normalise away; not for OGM-GE)."""
     out = [("backbone", {"avl": False})]
     for rule, alpha in RULE_ALPHA.items():
         for a in (alphas[rule] if alphas else [alpha]):
             out.append((f"{rule} α={a:g}", {"avl": True, "avl_rule": rule, "avl_alpha": a}))
-        if alphas and rule != "ogm_ge":
+        if alphas and lr and rule != "ogm_ge":
             a = max(alphas[rule])
             out.append((f"{rule} α={a:g} lr", {"avl": True, "avl_rule": rule, "avl_alpha": a, "avl_mode": "lr"}))
     return out
@@ -227,7 +227,7 @@ def main(argv=None):
     print(f"data and features ready ({time.perf_counter() - start:.0f} s)", flush=True)
     jobs, cells = [], {}
     for setting in args.settings:
-        grid = variants() + ([v for v in variants(size["alphas"]) if v[0] != "backbone"]
+        grid = variants() + ([v for v in variants(size["alphas"], lr=not args.quick) if v[0] != "backbone"]
                              if setting == args.alpha_setting else [])
         for label, overrides in grid:
             overrides = dict(overrides, epochs=size["epochs"])
