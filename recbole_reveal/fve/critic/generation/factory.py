@@ -25,9 +25,12 @@ def generation_settings(settings):
                           f"got {s['fve_generation_backend']!r}")
     endpoint = s["fve_generation_endpoint"]
     if s["fve_generation_backend"] == "endpoint":
-        if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
+        from recbole_reveal.fve.critic.generation.openai_http import check_endpoint_url
+
+        if endpoint is None:
             raise ConfigError("fve_generation_backend: endpoint needs fve_generation_endpoint, the server's "
-                              f"OpenAI-compatible base URL such as http://127.0.0.1:8000/v1; got {endpoint!r}")
+                              "OpenAI-compatible base URL such as http://127.0.0.1:8000/v1")
+        check_endpoint_url(endpoint)
     elif s["fve_generation_guided_json"]:
         raise ConfigError("fve_generation_guided_json needs fve_generation_backend: endpoint (a server with "
                           "guided decoding such as vLLM or SGLang); transformers generate has none")
@@ -42,6 +45,10 @@ def generation_settings(settings):
     env = s["fve_generation_api_key_env"]
     if env is not None and (not isinstance(env, str) or not env):
         raise ConfigError(f"fve_generation_api_key_env must name an environment variable or be ~; got {env!r}")
+    if s["fve_generation_backend"] == "endpoint":
+        from recbole_reveal.fve.critic.generation.endpoint import api_key_of
+
+        api_key_of(env)                 # an unset variable: said now, not when the critic starts
     return s
 
 
