@@ -19,7 +19,8 @@ def run_recbole_reveal(model, dataset, config_file_list=None, config_dict=None, 
     ``valid_score_bigger``, ``best_valid_result``, ``test_result``, ``masked_test_results``
     (test results with each modality in ``eval_zeroed_modalities`` zeroed at inference),
     ``cost`` (seconds per stage and peak memory, see :mod:`recbole_reveal.infra.cost`), ``cost_file`` (that
-    report as JSON beside the checkpoint) and ``config``. This is also the objective RecBole's
+    report as JSON beside the checkpoint), ``avl_epochs`` (AVL's per-epoch diagnostics of a ``*_REVEAL``
+    model, :mod:`recbole_reveal.trainer.avl_diagnostics`; empty otherwise) and ``config``. This is also the objective RecBole's
     HyperTuning calls (see ``objective_function``).
     """
     return run_with_config(build_config(model, dataset, config_file_list, config_dict, cmd_args), saved=saved)
@@ -75,6 +76,7 @@ def run_with_config(config, saved=True):
         "masked_test_results": masked_test_results,
         "cost": cost,
         "cost_file": cost_file,
+        "avl_epochs": list(getattr(trainer, "avl_history", [])),
         "config": config,
     }
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from recbole_reveal.fve.vlm.folder import VLMUnavailable, check_vlm_folder, vlm_model_id
+from recbole_reveal.fve.vlm.families import FAMILIES
+from recbole_reveal.fve.vlm.folder import VLMFolder, VLMUnavailable, check_vlm_folder, vlm_model_id
 from recbole_reveal.fve.vlm.load import load_vlm
 from recbole_reveal.infra.errors import RevealUserError
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl
@@ -96,6 +97,17 @@ def test_missing_or_incomplete_folder_is_a_clear_error(tiny_folder, tmp_path):
     no_config = _copy_without(tiny_folder, str(tmp_path / "noconfig"), "config.json")
     with pytest.raises(VLMUnavailable, match="missing config.json"):
         check_vlm_folder(no_config)
+
+
+def test_a_folder_reads_its_config_once_and_knows_its_family(tiny_folder, tmp_path):
+    folder = VLMFolder(shutil.copytree(tiny_folder, str(tmp_path / "copy")))
+    assert folder.check() is folder and folder.family is FAMILIES["qwen2_5_vl"]
+    assert folder.model_id == vlm_model_id(tiny_folder)                     # a copy keeps its id
+    os.remove(folder.file("config.json"))
+    assert folder.model_type == "qwen2_5_vl" and folder.family is FAMILIES["qwen2_5_vl"]  # parsed once, kept
+    with pytest.raises(VLMUnavailable, match="missing config.json"):
+        VLMFolder(folder.path).check()                                      # a new object reads the folder again
+    assert VLMFolder(str(tmp_path / "nowhere")).family is None
 
 
 def test_missing_weight_shard_is_named(tiny_folder, tmp_path):

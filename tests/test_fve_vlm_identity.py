@@ -44,6 +44,10 @@ def test_mistyped_vlm_path_is_refused_before_any_stage_and_fixing_it_is_accepted
     for wrong, says in ((str(tmp_path / "vlmm"), "no such folder"), (str(tmp_path), "the folder has no config.json")):
         with pytest.raises(ConfigError, match=f"vlm_path={wrong}: {says}"):
             run_fve("M3SRec_REVEAL", NAME, config_dict=config(data_root, fdir, wrong))
+    incomplete = shutil.copytree(vlm, str(tmp_path / "no_tokenizer"))
+    os.remove(os.path.join(incomplete, "tokenizer.json"))
+    with pytest.raises(ConfigError, match=f"vlm_path {incomplete} is incomplete: missing tokenizer.json"):
+        run_fve("M3SRec_REVEAL", NAME, config_dict=config(data_root, fdir, incomplete))     # the one folder check
     assert not os.path.exists(os.path.join(fdir, "fve", "run", "stages.json"))
     out = run_fve("M3SRec_REVEAL", NAME, config_dict=config(data_root, fdir, vlm, fve_stop_after="init"))
     assert out["executed"] == ["init"]

@@ -58,7 +58,7 @@ def assert_one_error(code, errors, *names):
     (["--avl_stacked_probes=sometimes"], ["avl_stacked_probes must be auto, true or false"]),
     (["--avl_mode=fast"], ["avl_mode must be one of grad, lr"]),
     (["--avl_probe_mode=noisy"], ["avl_probe_mode"]),
-    (["--avl_clamp=[2,3]"], ["avl_clamp must be ~ or [low, high]"]),
+    (["--avl_clamp=[2,3]"], ["avl_clamp must be auto, ~ or [low, high]"]),
     (["--zeroed_modalities=[audio]"], ["zeroed_modalities"]),
     (["--epochs=0"], ["epochs must be >= 1"]),
     (["--learning_rate=0"], ["learning_rate must be > 0"]),

@@ -86,9 +86,13 @@ def test_unisrec_reads_no_visual_features(tiny_config, tmp_path):
     assert set(train_data.dataset.item_features) == {"text"}
 
 
-def test_bad_unisrec_settings_are_one_line_errors(tiny_config):
+def test_bad_settings_are_one_line_errors(tiny_config):
     with pytest.raises(ConfigError, match="train_stage"):
         build_pipeline("UniSRec", dict(tiny_config, train_stage="finetune"))
+    with pytest.raises(ConfigError, match="n_exps"):
+        build_pipeline("UniSRec", dict(tiny_config, n_exps=0))
+    with pytest.raises(ConfigError, match="pivot_softmax"):
+        build_pipeline("MMSBR", dict(tiny_config, pivot_softmax="rows"))
     with pytest.raises(ConfigError, match="MMSBR .*train_neg_sample_args"):
         build_pipeline("MMSBR", dict(tiny_config, train_neg_sample_args={"distribution": "uniform", "sample_num": 1}))
 

@@ -69,10 +69,12 @@ def _modality_subset(value, non_empty=False):
 
 
 def _clamp(value):
+    if value == "auto":
+        return None
     ok = (isinstance(value, (list, tuple)) and len(value) == 2
           and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
           and 0 < value[0] <= 1 <= value[1])
-    return None if ok else "must be ~ or [low, high] with 0 < low <= 1 <= high, e.g. [0.1, 10.0]"
+    return None if ok else "must be auto, ~ or [low, high] with 0 < low <= 1 <= high, e.g. [0.1, 10.0]"
 
 
 def _positive_int_list(value):
@@ -102,6 +104,7 @@ RANGES = {
     # REVEAL / AVL (read by the AVLTrainer: checked here, before the dataset loads)
     "avl_alpha": NON_NEGATIVE,
     "avl_clamp": Range(check=_clamp),
+    "avl_rule": Range(choices=("paper", "reference", "agm", "ogm_ge")),
     "avl_mode": Range(choices=("grad", "lr")),
     "avl_probe_mode": Range(choices=("eval", "train")),
     "avl_probe_every": AT_LEAST_ONE,
@@ -161,6 +164,22 @@ RANGES = {
     "reg_weight": NON_NEGATIVE,
     "bias_reg_weight": NON_NEGATIVE,
     "visual_reg_weight": NON_NEGATIVE,
+    # UniSRec, MMSBR
+    "train_stage": Range(choices=("transductive_ft", "inductive_ft", "pretrain")),
+    "n_exps": AT_LEAST_ONE,
+    "adaptor_dropout_prob": PROBABILITY,
+    "lambda": NON_NEGATIVE,
+    "item_drop_ratio": PROBABILITY,
+    "item_drop_coefficient": Range(low=0, high=1),
+    "duplicate_targets": Range(choices=("exclude", "reference")),
+    "n_pivots": AT_LEAST_ONE,
+    "n_tokens": AT_LEAST_ONE,
+    "token_dropout_prob": PROBABILITY,
+    "contrastive_weight": NON_NEGATIVE,
+    "num_negatives": AT_LEAST_ONE,
+    "price_levels": AT_LEAST_ONE,
+    "feature_init": Range(choices=("features", "uniform")),
+    "pivot_softmax": Range(choices=("keys", "queries")),
     # FVE
     "fve_cycles": AT_LEAST_ONE,
     "fve_batch_size": AT_LEAST_ONE,

@@ -9,7 +9,9 @@ REVEAL needs two things from a backbone, and nothing else:
 (b) *vision-related parameters*: the backbone lists, in ``vision_modules``, the sub-modules whose
     parameters belong to the visual modality (image feature tables, image projections,
     image-specific experts and gates; not shared experts or final mixing layers). AVL scales exactly
-    these parameters' gradients.
+    these parameters' gradients. ``text_modules`` lists the text counterparts: the balancing rules
+    that modulate both modalities (``avl_rule``) scale those, and AVL's diagnostics compare the two
+    gradient norms.
 
 FVE's interaction scope adds one optional part:
 
@@ -40,6 +42,9 @@ class MultimodalSequentialRecommender(SequentialRecommender):
     """
 
     vision_modules = ()
+    # the text counterparts (text feature tables, projections, text experts), for the balancing rules
+    # that modulate both modalities
+    text_modules = ()
     # sub-modules initialised from the visual feature matrix (re-initialised, not carried over, when
     # the FVE loop warm-starts a cycle from the previous cycle's weights)
     vision_feature_tables = ()
@@ -124,21 +129,33 @@ class MultimodalSequentialRecommender(SequentialRecommender):
             return projected * factor.to(projected.dtype)
         return projected
 
-    # -- (b) vision-related parameters --------------------------------------------------------
+    # -- (b) vision-related (and text-related) parameters ---------------------------------------
     def vision_parameters(self):
         """``(name, parameter)`` pairs of every parameter of the declared ``vision_modules``."""
-        if not self.vision_modules:
-            raise ModelContractError(f"{type(self).__name__} declares no vision_modules: list the sub-modules of "
-                                     "the visual modality (e.g. vision_modules = ('vision_projection',)) in the "
+        return MultimodalSequentialRecommender.modality_parameters(self, "vision")
+
+    def text_parameters(self):
+        """``(name, parameter)`` pairs of every parameter of the declared ``text_modules`` (the rules that
+        modulate both modalities, ``avl_rule: reference | agm | ogm_ge``, and the gradient-norm ratio)."""
+        return MultimodalSequentialRecommender.modality_parameters(self, "text")
+
+    def modality_parameters(self, modality):
+        """``(name, parameter)`` pairs of the sub-modules the backbone declares for ``modality``."""
+        attribute = {"vision": "vision_modules", "text": "text_modules"}[modality]
+        declared = getattr(self, attribute)
+        if not declared:
+            example = "vision_projection" if modality == "vision" else "text_projection"
+            raise ModelContractError(f"{type(self).__name__} declares no {attribute}: list the sub-modules of "
+                                     f"the {modality} modality (e.g. {attribute} = ('{example}',)) in the "
                                      "class, for AVL to scale their gradients")
         modules = dict(self.named_modules())
         params = []
-        for name in self.vision_modules:
+        for name in declared:
             if name not in modules:
                 children = [n for n, m in modules.items() if n and "." not in n and any(True for _ in m.parameters())]
                 close = difflib.get_close_matches(name, list(modules), n=1)
                 raise ModelContractError(
-                    f"{type(self).__name__}.vision_modules names '{name}', which is not a sub-module"
+                    f"{type(self).__name__}.{attribute} names '{name}', which is not a sub-module"
                     + (f" (did you mean '{close[0]}'?)" if close else "")
                     + f"; its sub-modules with parameters: {', '.join(children) or 'none'}"
                 )

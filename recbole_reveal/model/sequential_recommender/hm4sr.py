@@ -69,6 +69,15 @@ class HM4SR(MultimodalSequentialRecommender):
         "vision_placeholder",
     )
     vision_feature_tables = ("vision_table",)
+    text_modules = (
+        "text_table",
+        "text_proj",
+        "align_moe.text_experts",
+        "temporal_moe.text_experts",
+        "text_norm",
+        "text_encoder",
+        "text_placeholder",
+    )
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

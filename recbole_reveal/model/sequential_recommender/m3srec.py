@@ -57,6 +57,14 @@ class M3SRec(MultimodalSequentialRecommender, GaussianSequentialRecommender):
         "cov_fusion.vision_experts",
     )
     vision_feature_tables = ("vision_mean_table", "vision_cov_table")
+    text_modules = (
+        "text_mean_table",
+        "text_cov_table",
+        "text_mean_proj",
+        "text_cov_proj",
+        "mean_fusion.text_experts",
+        "cov_fusion.text_experts",
+    )
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -56,6 +56,7 @@ class MISSRec(MultimodalSequentialRecommender):
     input_type = InputType.POINTWISE
     vision_modules = ("vision_table", "vision_adaptor")
     vision_feature_tables = ("vision_table",)
+    text_modules = ("text_table", "text_adaptor")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
