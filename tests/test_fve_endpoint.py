@@ -238,7 +238,7 @@ def test_progress_counts_answers_not_failed_requests(monkeypatch, caplog):
 
 
 @pytest.mark.parametrize("url, match", [
-    ("http://[::1/v1", r"'http://\[::1/v1' is not a valid URL"), ("http://:8000/v1", "names no host"),
+    ("http://[::1/v1", r"is not a valid URL \(Invalid IPv6 URL\)"), ("http://:8000/v1", "names no host"),
     ("http://127.0.0.1:abc/v1", "is not a valid URL .*Port"), ("ftp://127.0.0.1/v1", "http:// or https://"),
     (None, "base URL"), ("http://127.0.0.1:8000/v1?x=1", "query"),
 ])

@@ -30,6 +30,7 @@ from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 
 import openai
 
+from recbole_reveal.config_keys.schema import key_variable_problem
 from recbole_reveal.fve.critic.generation.base import Answer, user_turn
 from recbole_reveal.fve.critic.generation.openai_http import (
     EndpointError,
@@ -57,13 +58,10 @@ class GenerationError(RevealUserError):
 
 def api_key_of(env):
     """The API key in the environment variable ``env`` (``fve_generation_api_key_env``; None: no key)."""
-    if env is None:
-        return None
-    key = os.environ.get(env)
-    if not key:
-        raise ConfigError(f"fve_generation_api_key_env names the environment variable {env}, which is not set: "
-                          "export it with the server's API key, or set the key to ~")
-    return key
+    problem = key_variable_problem("endpoint", env)
+    if problem:
+        raise ConfigError(problem)
+    return None if env is None else os.environ[env]
 
 
 def answer_text(content):

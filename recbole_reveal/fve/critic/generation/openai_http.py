@@ -8,7 +8,7 @@ a refused or dropped connection, HTTP 408, 409, 429 and 5xx, and typed errors fo
 Ours:
 
 - :func:`check_endpoint_url`: a URL that cannot work (scheme, host, port, brackets) is a one-line
-  ``ConfigError`` when the settings are read, before any stage runs.
+  ``ConfigError`` (the config schema's rule, which checks a run's config before any stage runs).
 - a **total** time per request attempt: httpx's timeouts bound each socket operation, so a server that
   trickles a byte every few seconds never trips them. :class:`DeadlineTransport` caps every connect,
   read and write of an attempt at the time left of its ``timeout`` seconds; past it the attempt fails
@@ -20,12 +20,12 @@ Ours:
 import ssl
 import threading
 import time
-from urllib.parse import urlsplit
 
 import httpcore2
 import httpx2
 import openai
 
+from recbole_reveal.config_keys.schema import endpoint_url_problem
 from recbole_reveal.infra.errors import ConfigError, RevealUserError
 
 _attempt = threading.local()          # the deadline of the request attempt this thread is making
@@ -36,24 +36,11 @@ class EndpointError(RevealUserError):
 
 
 def check_endpoint_url(url, key="fve_generation_endpoint"):
-    """``url`` without a trailing slash, or a ``ConfigError`` saying what is wrong with it."""
-    example = "such as http://127.0.0.1:8000/v1"
-    if not isinstance(url, str) or not url.strip():
-        raise ConfigError(f"{key} must be the server's OpenAI-compatible base URL, {example}; got {url!r}")
-    try:
-        parts = urlsplit(url)
-        port = parts.port                       # ValueError: a port that is not a number or out of range
-        host = parts.hostname
-    except ValueError as e:
-        raise ConfigError(f"{key}: {url!r} is not a valid URL ({e}); expected one {example}") from None
-    if parts.scheme not in ("http", "https"):
-        raise ConfigError(f"{key}: {url!r} must start with http:// or https://, {example}")
-    if not host:
-        raise ConfigError(f"{key}: {url!r} names no host; expected a URL {example}")
-    if port == 0:
-        raise ConfigError(f"{key}: {url!r} names port 0; expected the server's port, {example}")
-    if parts.query or parts.fragment:
-        raise ConfigError(f"{key}: {url!r} has a query or fragment; expected the base URL alone, {example}")
+    """``url`` without a trailing slash, or a ``ConfigError`` saying what is wrong with it (the config
+    schema's rule, for a client built outside a checked config)."""
+    problem = endpoint_url_problem(url)
+    if problem:
+        raise ConfigError(f"{key} {problem}; got {url!r}")
     return url.rstrip("/")
 
 
