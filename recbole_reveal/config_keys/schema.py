@@ -111,6 +111,27 @@ def _non_empty_str(value):
     return None if isinstance(value, str) and value else "must be a non-empty string or ~"
 
 
+def endpoint_url_problem(url):
+    """Why ``url`` cannot be an OpenAI-compatible base URL (None when it can): the scheme, the host, the
+    port and the brackets are read as an HTTP client would, so a URL that cannot work fails here."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(url, str) or not url.strip():
+        return "must be the server's OpenAI-compatible base URL, such as http://127.0.0.1:8000/v1"
+    try:
+        parts = urlsplit(url)
+        port, host = parts.port, parts.hostname     # ValueError: a port that is not a number, a bad bracket
+    except ValueError as e:
+        return f"is not a valid URL ({e}); expected one such as http://127.0.0.1:8000/v1"
+    if parts.scheme not in ("http", "https"):
+        return "must start with http:// or https://, such as http://127.0.0.1:8000/v1"
+    if not host or port == 0:
+        return f"names {'no host' if not host else 'port 0'}; expected a URL such as http://127.0.0.1:8000/v1"
+    if parts.query or parts.fragment:
+        return "has a query or fragment; expected the base URL alone, such as http://127.0.0.1:8000/v1"
+    return None
+
+
 POSITIVE = Range(low=0, low_open=True)
 NON_NEGATIVE = Range(low=0)
 AT_LEAST_ONE = Range(low=1)
@@ -281,27 +302,6 @@ def _endpoint_given(backend, endpoint):
     if backend == "endpoint" and not (isinstance(endpoint, str) and endpoint.startswith(("http://", "https://"))):
         return ("fve_generation_backend: endpoint needs fve_generation_endpoint, the server's OpenAI-compatible "
                 f"base URL such as http://127.0.0.1:8000/v1; got {endpoint!r}")
-    return None
-
-
-def endpoint_url_problem(url):
-    """Why ``url`` cannot be an OpenAI-compatible base URL (None when it can): the scheme, the host, the
-    port and the brackets are read as an HTTP client would, so a URL that cannot work fails here."""
-    from urllib.parse import urlsplit
-
-    if not isinstance(url, str) or not url.strip():
-        return "must be the server's OpenAI-compatible base URL, such as http://127.0.0.1:8000/v1"
-    try:
-        parts = urlsplit(url)
-        port, host = parts.port, parts.hostname     # ValueError: a port that is not a number, a bad bracket
-    except ValueError as e:
-        return f"is not a valid URL ({e}); expected one such as http://127.0.0.1:8000/v1"
-    if parts.scheme not in ("http", "https"):
-        return "must start with http:// or https://, such as http://127.0.0.1:8000/v1"
-    if not host or port == 0:
-        return f"names {'no host' if not host else 'port 0'}; expected a URL such as http://127.0.0.1:8000/v1"
-    if parts.query or parts.fragment:
-        return "has a query or fragment; expected the base URL alone, such as http://127.0.0.1:8000/v1"
     return None
 
 
