@@ -37,14 +37,10 @@ from recbole_reveal.infra.collectives import all_reduce_weighted_mean, is_distri
 from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
 from recbole_reveal.trainer.avl_diagnostics import DiagnosticsMixin, _stats
-from recbole_reveal.trainer.avl_rules import PaperRule, make_rule
+from recbole_reveal.trainer.avl_rules import make_rule
 
 # a stacked probe must agree with the two separate probes to this relative tolerance (float rounding)
 STACKED_PROBE_RTOL = 1e-4
-
-
-# the paper rule's running state, under its earlier name (``trainer.balance`` of a paper-rule run)
-ModalityBalance = PaperRule
 
 
 class AVLTrainer(DiagnosticsMixin, PluginTrainer):
