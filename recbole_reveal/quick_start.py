@@ -11,6 +11,7 @@ from recbole_reveal.infra.collectives import is_main_process
 from recbole_reveal.config import build_config
 from recbole_reveal.infra.cost import CostMeter, cost_path, format_cost, write_cost
 from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.robustness import robustness_results
 from recbole_reveal.training import close_run_logs, fit_and_test, prepare_run
 
 
@@ -56,6 +57,9 @@ def run_with_config(config, saved=True):
                 masked_test_results[modality] = trainer.evaluate(
                     test_data, load_best_model=False, show_progress=config["show_progress"]
                 )
+        if config["eval_missing_rates"] or config["eval_by_popularity"]:     # robustness.py
+            with meter.stage("test_robustness"):
+                masked_test_results.update(robustness_results(config, model_obj, trainer, train_data, test_data))
         cost = meter.report(device=config["device"], model=config["model"], dataset=config["dataset"],
                             seed=config["seed"], test_users=_n_users(test_data))
         cost_file = (write_cost(cost_path(trainer.saved_model_file), cost)

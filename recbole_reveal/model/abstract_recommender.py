@@ -30,11 +30,12 @@ import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_reveal.infra.errors import ModelContractError
+from recbole_reveal.model.missing_features import MissingModalityMixin
 
 MODALITIES = ("text", "vision")
 
 
-class MultimodalSequentialRecommender(SequentialRecommender):
+class MultimodalSequentialRecommender(MissingModalityMixin, SequentialRecommender):
     """A RecBole sequential recommender that consumes per-item text and visual features.
 
     Subclasses set ``vision_modules`` (names of sub-modules, dotted paths allowed) and call
@@ -72,6 +73,8 @@ class MultimodalSequentialRecommender(SequentialRecommender):
             # interaction can be gigabytes); moved to the model's device on first use
             self._history_tables = (interaction["vision"], dataset.item_features["vision"])
         self._kept = {}     # modality -> factor, set by kept_modalities (AVL's stacked probes)
+        # (d) items without a modality: the missing_modality handling, test-time masking
+        self.init_missing(config, dataset)
 
     # -- (a) modality masking -------------------------------------------------------------
     @contextmanager
@@ -190,15 +193,3 @@ class MultimodalSequentialRecommender(SequentialRecommender):
             self._history_tables = (interactions, items)
         offset = interactions[interaction_seq] - items[item_seq]
         return item_vision + offset.to(item_vision.dtype)
-
-    # -- features -------------------------------------------------------------------------------
-    @staticmethod
-    def item_feature_table(dataset, modality):
-        """The dataset's ``[n_items, dim]`` float tensor for ``modality`` (row 0 = padding)."""
-        features = getattr(dataset, "item_features", None)
-        if features is None or modality not in features:
-            raise ValueError(
-                f"the dataset has no '{modality}' item features: multimodal models need the "
-                "MultimodalSequentialDataset hook (set by run_recbole_reveal / create_dataset)"
-            )
-        return features[modality]
