@@ -85,14 +85,14 @@ def test_every_rule_applies_the_same_coefficients_on_both_ranks(ddp_runs, label)
 def test_k_comes_from_the_ranks_losses_weighted_by_their_rows(ddp_runs):
     """Ranks with 5 and 27 rows in a step: K is the paper's K of the global batch, whose unimodal losses
     are the ranks' losses weighted by their rows (an unweighted mean gives another K)."""
-    from recbole_reveal.trainer.avl import ModalityBalance
+    from recbole_reveal.trainer.avl_rules import PaperRule
 
     records, _, _ = ddp_runs
     r0, r1 = records["uneven"]
     assert (r0["rows"], r1["rows"]) == (5, 27) and r0["local"] != r1["local"]
 
     def k_of(loss_v, loss_t):
-        balance = ModalityBalance(alpha=1.0)
+        balance = PaperRule(alpha=1.0)
         balance.load_state_dict(r0["state"])
         return balance.update(loss_v, loss_t)
 

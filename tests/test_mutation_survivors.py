@@ -6,7 +6,7 @@ import numpy as np
 
 from recbole_reveal.fve.critic.critic import build_requests, feedback_summary
 from recbole_reveal.fve.feedback.rankings import Rankings, item_record, item_statistics
-from recbole_reveal.fve.prompts.__main__ import main as prompts_main
+from recbole_reveal.commands.fve_prompts import main as prompts_main
 from recbole_reveal.fve.prompts.records import ItemMeta, read_items, read_prompts
 from recbole_reveal.fve.prompts.templates import item_fields, load_templates
 

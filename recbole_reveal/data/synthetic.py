@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from recbole_reveal.data.synthetic_readme import dataset_readme
+from recbole_reveal.infra.files import atomic_open, atomic_path
 
 # (top-level category token, sub-category token, title noun, silhouette)
 CATEGORIES = [
@@ -70,6 +71,10 @@ ZIPF_EXPONENT = 0.7
 CHAIN_STAY_ON_SUCCESSORS = 0.9  # the rest of the mass jumps to a uniform random category
 REVIEW_TRUE_LOOK, REVIEW_WRONG_LOOK = 0.3, 0.1
 BASE_TIME = 1_600_000_000  # 2020-09-13; timestamps are seconds
+# what the dataset's README states about the generator
+README_FACTS = {"brands": BRANDS, "chain_stay_on_successors": CHAIN_STAY_ON_SUCCESSORS, "pref_pop": PREF_POP,
+                "review_true_look": REVIEW_TRUE_LOOK, "review_wrong_look": REVIEW_WRONG_LOOK,
+                "zipf_exponent": ZIPF_EXPONENT}
 
 _OPENERS = [
     "Arrived on time.", "Bought this as a gift.", "Second one I have ordered.",
@@ -338,7 +343,7 @@ def make_review(item, rng):
 # --------------------------------------------------------------------------- writing
 
 def _write_tsv(path, header, rows):
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
+    with atomic_open(path, "w", newline="\n") as f:
         f.write("\t".join(header) + "\n")
         for row in rows:
             f.write("\t".join(str(v) for v in row) + "\n")
@@ -365,8 +370,8 @@ def generate_dataset(out_dir, name, n_users=1500, n_items=480, seed=2026, image_
           BRANDS[it["shown_brand"]], f"images/{it['token']}.png") for it in items],
     )
     for it in items:
-        render_item_image(it, seed, image_size).save(
-            os.path.join(root, "images", f"{it['token']}.png"), format="PNG", compress_level=9)
+        with atomic_path(os.path.join(root, "images", f"{it['token']}.png"), fsync=False) as tmp:
+            render_item_image(it, seed, image_size).save(tmp, format="PNG", compress_level=9)
 
     time_rng, review_rng = _rng(seed, 4), _rng(seed, 5)
     inter_rows, review_rows = [], []
@@ -406,7 +411,7 @@ def generate_dataset(out_dir, name, n_users=1500, n_items=480, seed=2026, image_
                f"--users {n_users} --items {n_items} --seed {seed} --image_size {image_size}"
                + (f" --vision_share {vision_share}" if vision_share is not None else "")
                + (f" --text_noise {text_noise}" if text_noise else ""))
-    with open(os.path.join(root, "README.md"), "w", encoding="utf-8", newline="\n") as f:
-        f.write(dataset_readme(name, summary, command, out_label, knobs))
+    with atomic_open(os.path.join(root, "README.md"), "w", newline="\n") as f:
+        f.write(dataset_readme(name, summary, command, out_label, knobs, README_FACTS))
     return summary
 

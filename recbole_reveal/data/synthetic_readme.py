@@ -1,11 +1,12 @@
 """The README of a dataset made by :mod:`recbole_reveal.data.synthetic`."""
 
 
-def dataset_readme(name, summary, command, out_label, knobs):
-    """The README written beside a generated dataset (its command, files and planted signal)."""
-    from recbole_reveal.data.synthetic import (  # its constants (synthetic imports this module)
-        BRANDS, CHAIN_STAY_ON_SUCCESSORS, PREF_POP, REVIEW_TRUE_LOOK, REVIEW_WRONG_LOOK, ZIPF_EXPONENT,
-    )
+def dataset_readme(name, summary, command, out_label, knobs, generator):
+    """The README written beside a generated dataset (its command, files and planted signal);
+    ``generator``: the generator's constants the text states (``synthetic.README_FACTS``)."""
+    BRANDS, CHAIN_STAY_ON_SUCCESSORS, PREF_POP, REVIEW_TRUE_LOOK, REVIEW_WRONG_LOOK, ZIPF_EXPONENT = (
+        generator[k] for k in ("brands", "chain_stay_on_successors", "pref_pop", "review_true_look",
+                               "review_wrong_look", "zipf_exponent"))
     (w_color, w_pattern, w_brand), text_noise = knobs["taste_weights"], knobs["text_noise"]
     shown = (f" With probability {text_noise:.0%} an item's title and brand column name a wrong brand "
              "(`--text_noise`): the text is that much less informative." if text_noise else "")

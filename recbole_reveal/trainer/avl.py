@@ -37,14 +37,10 @@ from recbole_reveal.infra.collectives import all_reduce_weighted_mean, is_distri
 from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
 from recbole_reveal.trainer.avl_diagnostics import DiagnosticsMixin, _stats
-from recbole_reveal.trainer.avl_rules import PaperRule, avl_scale, make_rule  # noqa: F401  (avl_scale: public here)
+from recbole_reveal.trainer.avl_rules import make_rule
 
 # a stacked probe must agree with the two separate probes to this relative tolerance (float rounding)
 STACKED_PROBE_RTOL = 1e-4
-
-
-# the paper rule's running state, under its earlier name (``trainer.balance`` of a paper-rule run)
-ModalityBalance = PaperRule
 
 
 class AVLTrainer(DiagnosticsMixin, PluginTrainer):
@@ -72,9 +68,6 @@ class AVLTrainer(DiagnosticsMixin, PluginTrainer):
             self.avl_stacked_probes = "auto" if stacked is None else stacked
             self.avl_probe_every = int(config["avl_probe_every"] or 1)
             self.balance = make_rule(config["avl_rule"] or "paper", float(config["avl_alpha"]), config["avl_clamp"])
-            if self.avl_mode == "lr" and self.balance.name == "ogm_ge":
-                raise ConfigError("avl_mode: lr is not defined for avl_rule: ogm_ge (its generalisation noise is a "
-                                  "gradient term); use avl_mode: grad")
             self.scaled_params = {m: [p for _, p in model.modality_parameters(m) if p.requires_grad]
                                   for m in self.balance.modalities}
             for modality, params in self.scaled_params.items():
