@@ -18,6 +18,7 @@ import math
 import os
 
 from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.infra.files import atomic_open
 
 
 def worker_runtime_env():
@@ -172,7 +173,7 @@ class SweepResult:
     def export_result(self, output_file):
         from recbole.utils import dict2str
 
-        with open(output_file, "w", encoding="utf-8") as fp:
+        with atomic_open(output_file, "w") as fp:
             for params, result in self.params2result.items():
                 fp.write(params + "\n")
                 fp.write("Valid result:\n" + dict2str(result["best_valid_result"]) + "\n")

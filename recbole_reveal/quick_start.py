@@ -11,6 +11,7 @@ from recbole_reveal.infra.collectives import is_main_process
 from recbole_reveal.config import build_config
 from recbole_reveal.infra.cost import CostMeter, cost_path, format_cost, write_cost
 from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.robustness import robustness_results
 from recbole_reveal.training import close_run_logs, fit_and_test, prepare_run
 
 
@@ -19,7 +20,8 @@ def run_recbole_reveal(model, dataset, config_file_list=None, config_dict=None, 
     ``valid_score_bigger``, ``best_valid_result``, ``test_result``, ``masked_test_results``
     (test results with each modality in ``eval_zeroed_modalities`` zeroed at inference),
     ``cost`` (seconds per stage and peak memory, see :mod:`recbole_reveal.infra.cost`), ``cost_file`` (that
-    report as JSON beside the checkpoint) and ``config``. This is also the objective RecBole's
+    report as JSON beside the checkpoint), ``avl_epochs`` (AVL's per-epoch diagnostics of a ``*_REVEAL``
+    model, :mod:`recbole_reveal.trainer.avl_diagnostics`; empty otherwise) and ``config``. This is also the objective RecBole's
     HyperTuning calls (see ``objective_function``).
     """
     return run_with_config(build_config(model, dataset, config_file_list, config_dict, cmd_args), saved=saved)
@@ -55,6 +57,9 @@ def run_with_config(config, saved=True):
                 masked_test_results[modality] = trainer.evaluate(
                     test_data, load_best_model=False, show_progress=config["show_progress"]
                 )
+        if config["eval_missing_rates"] or config["eval_by_popularity"]:     # robustness.py
+            with meter.stage("test_robustness"):
+                masked_test_results.update(robustness_results(config, model_obj, trainer, train_data, test_data))
         cost = meter.report(device=config["device"], model=config["model"], dataset=config["dataset"],
                             seed=config["seed"], test_users=_n_users(test_data))
         cost_file = (write_cost(cost_path(trainer.saved_model_file), cost)
@@ -75,6 +80,7 @@ def run_with_config(config, saved=True):
         "masked_test_results": masked_test_results,
         "cost": cost,
         "cost_file": cost_file,
+        "avl_epochs": list(getattr(trainer, "avl_history", [])),
         "config": config,
     }
 

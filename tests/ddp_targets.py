@@ -21,15 +21,20 @@ def train_and_record(runs, out_dir, dataset="tiny", config_dict=None):
     for label, (model, overrides) in runs.items():
         config, (train_data, valid_data, test_data), model_obj, trainer = prepare_run(build_config(
             model, dataset, config_dict=dict(config_dict or {}, **overrides)))
-        ks = []
-        trainer.optimizer.register_step_pre_hook(
-            lambda optimizer, args, kwargs: ks.append(getattr(trainer, "current_k", None)))
+        ks, coefficients = [], []
+
+        def record_step(optimizer, args, kwargs, trainer=trainer, ks=ks, coefficients=coefficients):
+            ks.append(getattr(trainer, "current_k", None))
+            coefficients.append(dict(getattr(trainer, "current_coefficients", {})))
+
+        trainer.optimizer.register_step_pre_hook(record_step)
         initial = {k: v.detach().clone() for k, v in model_obj.state_dict().items()}
         best_score, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
         trained = {k: v.detach().clone() for k, v in model_obj.state_dict().items()}   # before the best
         test = trainer.evaluate(test_data, load_best_model=True)        # checkpoint (rank 0's) is loaded
         record = {
-            "k": ks, "state": trained, "best_state": {k: v.detach().clone() for k, v in model_obj.state_dict().items()},
+            "k": ks, "coefficients": coefficients, "avl_epochs": list(getattr(trainer, "avl_history", [])),
+            "state": trained, "best_state": {k: v.detach().clone() for k, v in model_obj.state_dict().items()},
             "initial": initial, "valid": dict(best_valid), "test": dict(test),
             "train_loss": dict(trainer.train_loss_dict), "world_size": config["world_size"],
             "stacked": getattr(trainer, "_stacked_ok", None), "checkpoint": trainer.saved_model_file,

@@ -7,13 +7,13 @@ import torch
 
 from recbole_reveal import run_recbole_reveal
 from recbole_reveal.infra.errors import ConfigError
-from recbole_reveal.trainer import AVLTrainer, ModalityBalance
+from recbole_reveal.trainer import AVLTrainer, PaperRule
 from helpers import build_pipeline, first_batch
 
 
 def test_k_follows_eqs_9_to_13_for_a_known_loss_sequence():
     alpha = 0.5
-    balance = ModalityBalance(alpha, clamp=None)
+    balance = PaperRule(alpha, clamp=None)
     losses = [(1.0, 0.5), (0.8, 0.6), (1.2, 0.4)]
     # hand computation: running means after each step are (1.0, 0.5), (0.9, 0.55), (1.0, 0.5)
     expected = [
@@ -28,19 +28,19 @@ def test_k_follows_eqs_9_to_13_for_a_known_loss_sequence():
 
 
 def test_clamp_bounds_k_and_unclamped_overflow_is_an_error():
-    clamped = ModalityBalance(1.0, clamp=[0.1, 10.0])
+    clamped = PaperRule(1.0, clamp=[0.1, 10.0])
     clamped.update(0.0, 0.0)
     assert clamped.update(8.0, 0.0) == 10.0
-    unclamped = ModalityBalance(1.0, clamp=None)
+    unclamped = PaperRule(1.0, clamp=None)
     unclamped.update(0.0, 0.0)
     with pytest.raises(FloatingPointError, match="avl_alpha"):
         unclamped.update(50.0, 0.0)
     with pytest.raises(ValueError, match="avl_clamp"):
-        ModalityBalance(1.0, clamp=[2.0, 10.0])
+        PaperRule(1.0, clamp=[2.0, 10.0])
 
 
 def test_a_non_finite_probe_loss_is_skipped_without_touching_the_means():
-    balance = ModalityBalance(0.5, clamp=None)
+    balance = PaperRule(0.5, clamp=None)
     balance.update(1.0, 0.5)
     before = balance.state_dict()
     assert balance.update(float("nan"), 0.5) is None
@@ -221,7 +221,7 @@ def test_stacked_probes_give_the_separate_probes_k(tiny_config):
     for model_name, extra in (("M3SRec_REVEAL", {}), ("HM4SR_REVEAL", {"category_weight": 0, "time_unit": 1})):
         cfg = dict(tiny_config, avl_alpha=1.0, avl_clamp=None, **extra)
         _, (train_data, _, _), model, trainer = build_pipeline(model_name, cfg)
-        stacked, separate = ModalityBalance(1.0), ModalityBalance(1.0)
+        stacked, separate = PaperRule(1.0), PaperRule(1.0)
         for batch in train_data:
             with torch.no_grad():
                 pair_stacked = trainer._stacked_probe(batch)

@@ -84,7 +84,7 @@ def test_unknown_model_lists_what_exists(tiny_root):
 
 
 def test_unknown_dataset_lists_what_exists(tiny_root):
-    with pytest.raises(DatasetNotFoundError, match=r"no_such_set.*tiny.*recbole_reveal\.data\.synthetic"):
+    with pytest.raises(DatasetNotFoundError, match=r"no_such_set.*tiny.*recbole_reveal\.commands\.synthetic_data"):
         build_config("M3SRec", "no_such_set", config_dict={"data_path": tiny_root})
 
 

@@ -69,7 +69,7 @@ def _vision(folder):
 def test_missing_feature_file_names_the_file_and_the_command(own_dataset):
     root, folder = own_dataset[:2]
     os.remove(os.path.join(folder, "features", "text_minilm.npy"))
-    with pytest.raises(FeatureFileError, match=r"text_minilm\.npy.*recbole_reveal\.features\.extract"):
+    with pytest.raises(FeatureFileError, match=r"text_minilm\.npy.*recbole_reveal\.commands\.extract_features"):
         _dataset(root)
 
 

@@ -21,7 +21,12 @@ RUNS = {
     "hm4sr_reveal": ("HM4SR_REVEAL", dict(HM4SR, avl_alpha=1.0, avl_clamp=None)),
     "m3srec": ("M3SRec", {}),
     "m3srec_reveal_avl_off": ("M3SRec_REVEAL", {"avl": False}),
+    # the other balancing rules (avl_rule), each on another backbone
+    "m3srec_reveal_reference": ("M3SRec_REVEAL", {"avl_rule": "reference", "avl_alpha": 1.0}),
+    "hm4sr_reveal_agm": ("HM4SR_REVEAL", dict(HM4SR, avl_rule="agm", avl_alpha=0.5)),
+    "missrec_reveal_ogm_ge": ("MISSRec_REVEAL", {"avl_rule": "ogm_ge", "avl_alpha": 0.5, "hidden_dropout_prob": 0.1}),
 }
+RULE_RUNS = ["m3srec_reveal_reference", "hm4sr_reveal_agm", "missrec_reveal_ogm_ge"]
 TIMEOUT = 600          # seconds; a hang fails the test instead of the CI job
 
 
@@ -66,17 +71,28 @@ def test_avl_applies_the_same_k_on_both_ranks_at_every_step(ddp_runs, label):
     assert rank0["stacked"] is True
 
 
+@pytest.mark.parametrize("label", RULE_RUNS)
+def test_every_rule_applies_the_same_coefficients_on_both_ranks(ddp_runs, label):
+    records, _, _ = ddp_runs
+    rank0, rank1 = records[label]
+    assert rank0["coefficients"] == rank1["coefficients"]           # vision and text, bit for bit
+    assert {"vision", "text"} <= set(rank0["coefficients"][0])
+    assert len({c["text"] for c in rank0["coefficients"]} | {c["vision"] for c in rank0["coefficients"]}) > 2
+    # the diagnostics (unimodal validation, gradient-norm ratio) agree too
+    assert rank0["avl_epochs"] == rank1["avl_epochs"] and rank0["avl_epochs"][-1]["valid_text_zeroed"] >= 0
+
+
 def test_k_comes_from_the_ranks_losses_weighted_by_their_rows(ddp_runs):
     """Ranks with 5 and 27 rows in a step: K is the paper's K of the global batch, whose unimodal losses
     are the ranks' losses weighted by their rows (an unweighted mean gives another K)."""
-    from recbole_reveal.trainer.avl import ModalityBalance
+    from recbole_reveal.trainer.avl_rules import PaperRule
 
     records, _, _ = ddp_runs
     r0, r1 = records["uneven"]
     assert (r0["rows"], r1["rows"]) == (5, 27) and r0["local"] != r1["local"]
 
     def k_of(loss_v, loss_t):
-        balance = ModalityBalance(alpha=1.0)
+        balance = PaperRule(alpha=1.0)
         balance.load_state_dict(r0["state"])
         return balance.update(loss_v, loss_t)
 

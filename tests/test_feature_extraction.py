@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from recbole_reveal.data.feature_store import load_item_features
+from recbole_reveal.data.feature_store import load_item_features, load_missing_items
 from recbole_reveal.data.synthetic import generate_dataset
 from recbole_reveal.features.encoders import build_encoder
-from recbole_reveal.infra.errors import EncoderUnavailable
+from recbole_reveal.infra.errors import ConfigError, EncoderUnavailable
 from recbole_reveal.commands.extract_features import main
 from recbole_reveal.data.atomic import read_atomic
 from recbole_reveal.features.extract import build_texts
@@ -82,16 +82,21 @@ def test_vision_efficientnet(data_path, tmp_path, caplog):
     _, again = load_item_features(features, "vision_again")
     np.testing.assert_array_equal(matrix, again)
 
-    # a missing and a corrupt image: zero rows, one warning naming both, the run completes
+    # a missing and a corrupt image: an error naming them without --keep_missing; with it, zero rows,
+    # one warning naming both, the items listed in the set's .missing file, the run completes
     broken = str(tmp_path / "broken")
     shutil.copytree(os.path.join(data_path, NAME), os.path.join(broken, NAME))
     os.remove(os.path.join(broken, NAME, "images", f"{tokens[2]}.png"))
     with open(os.path.join(broken, NAME, "images", f"{tokens[7]}.png"), "wb") as f:
         f.write(b"not a png")
+    args = ["--dataset", NAME, "--data_path", broken, "--encoder", "efficientnet-lite0", "--batch_size", "8"]
+    with pytest.raises(ConfigError, match=f"1 of 12 items .* have no image \\({tokens[2]}\\): pass --keep_missing"):
+        main(args)
     with caplog.at_level(logging.WARNING, logger="recbole_reveal.features.extract"):
-        result = main(["--dataset", NAME, "--data_path", broken, "--encoder", "efficientnet-lite0",
-                       "--batch_size", "8"])
-    assert result["zero_rows"] == [tokens[2], tokens[7]]
+        result = main(args + ["--keep_missing"])
+    assert result["zero_rows"] == [tokens[2], tokens[7]] == result["missing"]
+    broken_features = os.path.join(broken, NAME, "features")
+    assert load_missing_items(broken_features, "vision_efficientnet_lite0", tokens) == [tokens[2], tokens[7]]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("2 of 12 images" in w and tokens[2] in w and tokens[7] in w for w in warnings), warnings
     _, damaged = load_item_features(os.path.join(broken, NAME, "features"), "vision_efficientnet_lite0")

@@ -10,9 +10,8 @@ import torch
 from PIL import Image
 
 from recbole_reveal.infra.errors import ConfigError
-from recbole_reveal.fve.attention import (
-    PAD_PX, TITLE_PX, main, patch_attention, render_heatmaps, tokens_to_grid, upsample,
-)
+from recbole_reveal.commands.fve_attention import main
+from recbole_reveal.fve.attention import PAD_PX, TITLE_PX, patch_attention, render_heatmaps, tokens_to_grid, upsample
 from recbole_reveal.fve.prompts.records import write_prompts
 from recbole_reveal.fve.vlm.load import load_vlm
 from recbole_reveal.testing.vlms import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl

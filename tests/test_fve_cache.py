@@ -275,7 +275,7 @@ def test_a_reader_sees_whole_shards_while_another_process_appends(tmp_path, capl
 
 
 def test_info_summarises_a_cache_folder_without_changing_it(tmp_path, capsys):
-    from recbole_reveal.fve.encoding.cache.__main__ import main
+    from recbole_reveal.commands.fve_cache import main
 
     root = str(tmp_path / "cache")
     keys = _keys(5)

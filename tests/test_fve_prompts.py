@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from recbole_reveal.fve.prompts.__main__ import main
+from recbole_reveal.commands.fve_prompts import main
 from recbole_reveal.fve.prompts.keywords import (
     ENGLISH_STOP_WORDS, evaluation_holdout, extract_keywords, load_stop_words, tokenize_review,
 )

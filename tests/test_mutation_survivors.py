@@ -6,7 +6,7 @@ import numpy as np
 
 from recbole_reveal.fve.critic.critic import build_requests, feedback_summary
 from recbole_reveal.fve.feedback.rankings import Rankings, item_record, item_statistics
-from recbole_reveal.fve.prompts.__main__ import main as prompts_main
+from recbole_reveal.commands.fve_prompts import main as prompts_main
 from recbole_reveal.fve.prompts.records import ItemMeta, read_items, read_prompts
 from recbole_reveal.fve.prompts.templates import item_fields, load_templates
 
@@ -145,9 +145,9 @@ def test_contract_errors_name_the_model_and_what_is_missing():
         Contract.vision_parameters(Backbone())
     text_only = SimpleNamespace(item_features={"text": np.zeros((2, 2))})
     with pytest.raises(ValueError, match="no 'vision' item features: .*MultimodalSequentialDataset hook"):
-        Contract.item_feature_table(text_only, "vision")
+        Contract.item_feature_table(Backbone(), text_only, "vision")
     with pytest.raises(ValueError, match="no 'text' item features"):
-        Contract.item_feature_table(SimpleNamespace(), "text")
+        Contract.item_feature_table(Backbone(), SimpleNamespace(), "text")
 
 
 def test_zeroed_modalities_config_zeroes_for_the_models_whole_life(tiny_config):

@@ -277,7 +277,7 @@ def test_run_hyper_and_run_experiments_take_data_path_and_log_plainly(own_root, 
 
 
 def test_python_m_commands_print_no_runpy_warning(own_root):
-    for module in ("recbole_reveal.fve.prompts", "recbole_reveal.commands.extract_features", "recbole_reveal.commands.synthetic_data"):
+    for module in ("recbole_reveal.commands.fve_prompts", "recbole_reveal.commands.extract_features", "recbole_reveal.commands.synthetic_data"):
         out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=300,
                              env=dict(os.environ, PYTHONPATH=REPO))
         assert out.returncode == 0 and "RuntimeWarning" not in out.stderr, (module, out.stderr)

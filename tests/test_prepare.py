@@ -485,6 +485,24 @@ def test_cli_other_category_offline_keeping_items_without_images(sports, server,
     assert e.value.code == 2 and "error: Amazon 5-core review file not found" in capsys.readouterr().err
 
 
+def test_keep_missing_keeps_items_without_text_or_image_and_counts_them(server, tmp_path, capsys):
+    import json
+
+    raw = str(tmp_path / "raw")
+    rf.write_amazon_raw(raw, server.base, category="Toys_and_Games")
+    prepare_main(["amazon", "--category", "Toys_and_Games", "--name", "Toys", "--raw-dir", raw, "--out",
+                  str(tmp_path / "out"), "--offline", "--keep_missing", "--skip-features", "--max-bad-fraction", "0.1"])
+    _, items = read_tsv(os.path.join(tmp_path, "out", "Toys", "Toys.item"))
+    no_image = sum(r[4] == "" for r in items)
+    no_text = sum(not (r[1] or r[2] or r[3]) for r in items)
+    assert no_image == len(items) and no_text >= 1       # offline: no image at all; the text-less item kept
+    with open(os.path.join(tmp_path, "out", "Toys", "prepare_report.json"), encoding="utf-8") as f:
+        report = json.load(f)
+    assert report["missing"] == {"vision": no_image, "text": no_text} and report["settings"]["keep_missing"]
+    assert (f"items kept without an image: {no_image:,}, without text: {no_text:,} (marked missing in the feature "
+            "sets)") in capsys.readouterr().out
+
+
 def test_dataset_property_files():
     expected_alpha = {"Sports": 0.05, "Beauty": 0.05, "Home": 0.1, "Yelp": 0.1}
     for name, alpha in expected_alpha.items():

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from recbole_reveal.fve.prompts.__main__ import cli
+from recbole_reveal.commands.fve_prompts import cli
 from recbole_reveal.fve.prompts.templates import build_initial_prompts
 from recbole_reveal.infra.errors import ConfigError
 

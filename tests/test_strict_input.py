@@ -58,7 +58,7 @@ def assert_one_error(code, errors, *names):
     (["--avl_stacked_probes=sometimes"], ["avl_stacked_probes must be auto, true or false"]),
     (["--avl_mode=fast"], ["avl_mode must be one of grad, lr"]),
     (["--avl_probe_mode=noisy"], ["avl_probe_mode"]),
-    (["--avl_clamp=[2,3]"], ["avl_clamp must be ~ or [low, high]"]),
+    (["--avl_clamp=[2,3]"], ["avl_clamp must be auto, ~ or [low, high]"]),
     (["--zeroed_modalities=[audio]"], ["zeroed_modalities"]),
     (["--epochs=0"], ["epochs must be >= 1"]),
     (["--learning_rate=0"], ["learning_rate must be > 0"]),
@@ -257,7 +257,9 @@ def test_every_ranged_key_exists_and_every_key_the_plugin_reads_is_declared():
     assert not sorted(set(RANGES) - declared - {"embedding_size", "mask_ratio", "ft_ratio", "dropout_prob"})
     package = os.path.join(REPO, "recbole_reveal")
     # these read a VLM folder's config.json (also called config), not a run's config
-    vlm_config_readers = {os.path.join(package, "fve", name) for name in ("vlm.py", "generation.py", "families.py")}
+    vlm_config_readers = {os.path.join(package, "fve", *name.split("/")) for name in (
+        "vlm/folder.py", "vlm/load.py", "vlm/families.py", "critic/generation/transformers_backend.py",
+        "critic/generation/endpoint.py")}
     read = set()
     for folder, _, files in os.walk(package):
         read |= set().union(*(keys_read_by(os.path.join(folder, f)) for f in files

@@ -128,3 +128,23 @@ def test_colour_preference_is_real(tmp_path):
 def test_rejects_catalogue_it_cannot_cover(tmp_path):
     with pytest.raises(ValueError, match="cover every item"):
         generate_dataset(str(tmp_path), NAME, n_users=2, n_items=60, seed=1, image_size=16)
+
+
+def test_imbalance_knobs_move_the_taste_to_the_images_and_blur_the_text():
+    from recbole_reveal.data.synthetic import make_items, make_sequences, taste_weights
+
+    assert taste_weights() == (synthetic.PREF_COLOR, synthetic.PREF_PATTERN, synthetic.PREF_BRAND)
+    color, pattern, brand = taste_weights(1.0)
+    assert brand == 0 and color == 2 * pattern and color + pattern == pytest.approx(3.7)
+    items = make_items(120, seed=3, text_noise=1.0)
+    assert all(it["shown_brand"] != it["brand"] for it in items)
+    assert all(it["shown_brand"] == it["brand"] for it in make_items(120, seed=3))
+
+    def colour_match(vision_share):
+        users, sequences = make_sequences(make_items(120, seed=3), 300, seed=3, weights=taste_weights(vision_share))
+        chosen = [items[i]["color"] == u["color"] for u, s in zip(users, sequences) for i in s]
+        return np.mean(chosen)
+
+    assert colour_match(1.0) > colour_match(0.0) + 0.15        # only the images' colour drives choice
+    with pytest.raises(ValueError, match="vision_share"):
+        taste_weights(1.5)

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from recbole_reveal.trainer import AVLTrainer, ModalityBalance
+from recbole_reveal.trainer import AVLTrainer, PaperRule
 from helpers import build_pipeline, first_batch, write_tiny_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,10 +136,10 @@ def test_k_of_a_step_is_driven_by_l_v_minus_l_t(backbone, base_config):
     trainer.balance.load_state_dict(history)
     model.eval()
     loss_v, loss_t = (_seeded(trainer._probe_seed, loss_with, model, batch, z) for z in ("text", "vision"))
-    expected = ModalityBalance(1.0, None)
+    expected = PaperRule(1.0, None)
     expected.load_state_dict(history)
     k = expected.update(loss_v, loss_t)
-    swapped = ModalityBalance(1.0, None)
+    swapped = PaperRule(1.0, None)
     swapped.load_state_dict(history)
     assert not math.isclose(k, swapped.update(loss_t, loss_v), rel_tol=1e-3)
 

@@ -12,7 +12,6 @@ shards are reshuffled from the run's ``seed``."""
 import datetime
 import os
 
-from recbole_reveal.adaptation import compat
 from recbole_reveal.infra.collectives import process_group, broadcast_object, uses_cuda
 from recbole_reveal.infra.errors import ConfigError
 
@@ -27,6 +26,8 @@ def patch_recbole(rank):
     its global rank (only rank 0 logs). Idempotent."""
     if _PATCHED:
         return
+    from recbole_reveal.adaptation import compat    # here: the launcher that imports this module stays light
+
     compat.apply()
     import recbole.trainer.trainer as recbole_trainer
     import recbole.utils.logger as recbole_logger

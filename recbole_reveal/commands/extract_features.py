@@ -26,6 +26,9 @@ def main(argv=None):
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--feature_dir", help="default <data_path>/<dataset>/features")
+    p.add_argument("--keep_missing", action="store_true",
+                   help="keep items without the modality (no image / no text), marked missing in <name>.missing; "
+                   "without it they are an error")
     p.add_argument("--dataset_yaml", choices=("auto", "cpu", "gpu", "skip"), default="auto",
                    help="when the dataset has no property file: write a starter <data_path>/<dataset>/<dataset>.yaml "
                    "with sizes for a CPU or a GPU (auto: this machine's; default), or skip")
@@ -33,7 +36,7 @@ def main(argv=None):
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     return extract(a.dataset, a.data_path, a.modality, a.encoder, a.name, a.fields, a.image_field,
-                   a.batch_size, a.device, a.feature_dir, a.dataset_yaml)
+                   a.batch_size, a.device, a.feature_dir, a.dataset_yaml, a.keep_missing)
 
 
 def cli(argv=None):

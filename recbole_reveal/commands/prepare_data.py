@@ -35,6 +35,9 @@ def build_parser():
     g.add_argument("--missing-images", choices=["drop", "keep"], default="drop",
                    help="drop (paper §5.1.2, default) or keep items without a valid image (all-zero "
                         "visual features)")
+    g.add_argument("--keep_missing", "--keep-missing", action="store_true",
+                   help="keep items without an image or without text (not the paper's protocol): they stay in the "
+                        "dataset, marked missing in the feature sets (docs/missing-modalities.md)")
     g.add_argument("--photo-labels", nargs="+", default=list(DEFAULT_PHOTO_LABELS),
                    help="Yelp: photo label priority for the one photo per business "
                         f"(default {' '.join(DEFAULT_PHOTO_LABELS)})")
@@ -66,7 +69,8 @@ def main(argv=None):
                    offline=a.offline, workers=a.workers, retries=a.retries, backoff=a.backoff,
                    timeout=a.timeout, features=not a.skip_features, text_encoder=a.text_encoder,
                    vision_encoder=a.vision_encoder, device=a.device, batch_size=a.batch_size,
-                   max_bad_fraction=a.max_bad_fraction, photo_labels=a.photo_labels, tmp_dir=a.tmp_dir)
+                   max_bad_fraction=a.max_bad_fraction, photo_labels=a.photo_labels, tmp_dir=a.tmp_dir,
+                   keep_missing=a.keep_missing)
     paths = {"reviews": a.reviews, "meta": a.meta, "business": a.business, "photos_json": a.photos_json,
              "photos_dir": a.photos_dir}
     try:

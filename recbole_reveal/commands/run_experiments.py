@@ -107,6 +107,28 @@ def build_parser():
                    help="also sweep these config values (one row per model and grid point), e.g. avl_alpha=0.05,0.1")
     p.add_argument("--eval_zeroed", nargs="+", default=[], choices=("text", "vision"),
                    help="also report each model (that has modalities) with these modalities zeroed at inference")
+    p.add_argument("--by_popularity", action="store_true",
+                   help="also report each model per bucket of its test targets' training interactions (0, 1-4, "
+                   "5-9, >=10): where content features matter (cold items)")
+    _common(p)
+
+    p = sub.add_parser("missing", help="Robustness: metrics vs the fraction r of items missing a modality at test time",
+                       description="Train each model under each missing_modality handling, then evaluate it with a "
+                       "seeded fraction r of the items missing vision (and, separately, text) in the history, the "
+                       "candidates or both (the same items for every model); table and plot of R@20 / NDCG@20 vs r, "
+                       "and the test users whose target has only one modality observed. "
+                       "docs/missing-modalities.md")
+    p.add_argument("--models", nargs="+", required=True,
+                   help="multimodal models, e.g. M3SRec M3SRec_REVEAL (each X_REVEAL is compared with X)")
+    p.add_argument("--handlings", nargs="+", default=["zero", "learned", "mean"], choices=("zero", "learned", "mean"),
+                   help="missing_modality values to train with (default: all three)")
+    p.add_argument("--rates", nargs="+", type=float, default=[0, 0.25, 0.5, 0.75, 1],
+                   help="fractions r of items masked (default 0 0.25 0.5 0.75 1)")
+    p.add_argument("--scopes", nargs="+", default=["history", "candidates", "both"],
+                   choices=("history", "candidates", "both"), help="where items are masked (default: all three)")
+    p.add_argument("--modalities", nargs="+", default=["vision", "text"], choices=("vision", "text"),
+                   help="masked modalities, one at a time (default vision text)")
+    p.add_argument("--mask_seed", type=int, default=0, help="seed of the draw of masked items (default 0)")
     _common(p)
 
     p = sub.add_parser("modality", help="Fig. 1d-e + Table 4: modality ablation of a backbone and its V-only variants",
@@ -172,7 +194,7 @@ def _table_command(args):
             raise ConfigError(f"--nproc {args.nproc} and --set nproc={overrides['nproc']} differ; give one")
         overrides["nproc"] = args.nproc
     seeds = resolve_seeds(args)
-    if args.command == "seeds":
+    if args.command in ("seeds", "missing"):
         protocols.check_models(args.models)
         models = args.models
     else:
@@ -182,8 +204,20 @@ def _table_command(args):
     overrides.pop("vlm_path", None)         # given to the rows that run FVE, not to every run
     backbone = model_display_name(protocols.backbone_of(getattr(args, "backbone", None) or ""))
     if args.command == "seeds":
-        rows = protocols.seeds_rows(args.models, overrides, parse_grid(args.grid), args.eval_zeroed, vlm_path)
+        rows = protocols.seeds_rows(args.models, overrides, parse_grid(args.grid), args.eval_zeroed, vlm_path,
+                                    args.by_popularity)
         title = f"{args.dataset}: models over seeds (Table 2)"
+    elif args.command == "missing":
+        bad = [r for r in args.rates if not 0 <= r <= 1]
+        if bad:
+            raise ConfigError(f"--rates must be fractions in [0, 1], got {bad}")
+        if vlm_path:
+            raise ConfigError("'missing' runs the single pass (static features): drop --vlm_path")
+        if args.split != "test":
+            raise ConfigError("'missing' masks items in the test evaluation only: use --split test")
+        rows = protocols.missing_rows(args.models, args.handlings, args.rates, args.scopes, args.modalities,
+                                      args.mask_seed, overrides)
+        title = f"{args.dataset}: robustness to missing modalities"
     elif args.command == "variants":
         rows = protocols.variants_rows(args.backbone, overrides, vlm_path)
         title = f"{args.dataset}: REVEAL variants of {backbone} (Table 3)"
@@ -223,8 +257,11 @@ def _table_command(args):
     _write(os.path.join(out_dir, "table.md"), markdown)
     _write(os.path.join(out_dir, "table.csv"), render_csv(summary))
     _write(os.path.join(out_dir, "runs.csv"), render_runs_csv(rows, records, seeds, args.split))
-    print("\n" + markdown)
+    if args.command != "missing":       # its table lists every cell: degradation.md is the readable view
+        print("\n" + markdown)
     print(f"written: {out_dir}/table.md, table.csv, runs.csv")
+    if args.command == "missing":
+        _write_degradation(rows, summary, title, out_dir)
     figure_rows = summary[:5]       # Fig. 1d-e: the five input configurations, not Table 4's block
     if args.command == "modality" and any(e["mean"] for e in figure_rows):
         from recbole_reveal.experiments.plots import plot_modality
@@ -233,6 +270,21 @@ def _table_command(args):
                              title=f"{args.dataset}, {backbone}: {len(seeds)} seeds")
         print(f"written: {path}")
     return 0
+
+
+def _write_degradation(rows, summary, title, out_dir):
+    """degradation.md / .csv / .png: the metric vs r view of the ``missing`` rows."""
+    from recbole_reveal.experiments.degradation import degradation_cells, render_degradation, render_degradation_csv
+    from recbole_reveal.experiments.plots import plot_degradation
+
+    markdown = render_degradation(summary, rows, title)
+    _write(os.path.join(out_dir, "degradation.md"), markdown)
+    _write(os.path.join(out_dir, "degradation.csv"), render_degradation_csv(summary, rows))
+    print("\n" + markdown)
+    cells = degradation_cells(summary, rows)
+    if any(e["mean"] for settings in cells.values() for by_rate in settings.values() for e in by_rate.values()):
+        print(f"written: {plot_degradation(cells, os.path.join(out_dir, 'degradation.png'), title=title)}")
+    print(f"written: {out_dir}/degradation.md, degradation.csv")
 
 
 def _plot(args):

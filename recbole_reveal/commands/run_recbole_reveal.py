@@ -63,10 +63,10 @@ def main(argv=None):
     try:
         config = build_config(model, dataset, config_files, cmd_args=rest)
         if fve_requested(config):
-            from recbole_reveal.fve.loop.run import run_fve
+            from recbole_reveal.fve.loop.run import run_fve_with_config
 
             show_fve_progress()
-            print(run_fve(model, dataset, config_file_list=config_files, cmd_args=rest)["table_text"])
+            print(run_fve_with_config(config)["table_text"])
             return 0
         result = run_with_config(config)
     except USER_ERRORS as e:

@@ -15,8 +15,12 @@ def main(argv=None):
     p.add_argument("--items", type=int, default=480)
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--image_size", type=int, default=128)
+    p.add_argument("--vision_share", type=float, default=None,
+                   help="share of the taste weights only the images carry (default: the demo's 0.81)")
+    p.add_argument("--text_noise", type=float, default=0.0, help="probability an item shows a wrong brand")
     a = p.parse_args(argv)
-    summary = generate_dataset(a.out, a.name, a.users, a.items, a.seed, a.image_size)
+    summary = generate_dataset(a.out, a.name, a.users, a.items, a.seed, a.image_size, a.vision_share,
+                               a.text_noise)
     print(json.dumps(summary, indent=2))
     return summary
 

@@ -48,19 +48,20 @@ def value_problems(values, types, sources, model_keys=None):
     """One line per bad value of ``values`` (types, ranges, relations); good values are converted in
     place, each line led by where the key was set (``sources``; the key itself when unknown). A relation
     marked ``model_keys`` is checked only for keys in ``model_keys``."""
-    errors = []
+    errors, bad = [], set()
     where = (lambda key: "") if sources is None else (lambda key: f"{sources.get(key, key)}: ")
     for key in list(values):
         value, problem = check_value(key, values[key], types)
         if problem:
             errors.append(f"{where(key)}{problem}")
+            bad.add(key)
         else:
             values[key] = value
     for relation in RELATIONS:
         names = relation.keys
         if relation.model_keys and not all(n in (model_keys or ()) for n in names):
             continue
-        if all(isinstance(values.get(n), int) and not isinstance(values.get(n), bool) for n in names):
+        if all(n in values and n not in bad for n in names):
             problem = relation.check(*(values[n] for n in names))
             if problem:
                 errors.append(f"{', '.join(where(n)[:-2] for n in names)}: {problem}" if sources is not None

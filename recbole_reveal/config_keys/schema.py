@@ -69,10 +69,12 @@ def _modality_subset(value, non_empty=False):
 
 
 def _clamp(value):
+    if value == "auto":
+        return None
     ok = (isinstance(value, (list, tuple)) and len(value) == 2
           and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
           and 0 < value[0] <= 1 <= value[1])
-    return None if ok else "must be ~ or [low, high] with 0 < low <= 1 <= high, e.g. [0.1, 10.0]"
+    return None if ok else "must be auto, ~ or [low, high] with 0 < low <= 1 <= high, e.g. [0.1, 10.0]"
 
 
 def _positive_int_list(value):
@@ -83,9 +85,26 @@ def _positive_int_list(value):
     return None if ok else "must be a positive integer or a list of positive integers, e.g. [10, 20]"
 
 
+def _fractions(value):
+    ok = isinstance(value, (list, tuple)) and all(
+        isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r <= 1 for r in value)
+    return None if ok else "must be a list of fractions in [0, 1], e.g. [0, 0.25, 0.5, 0.75, 1]"
+
+
+def _scopes(value):
+    ok = isinstance(value, (list, tuple)) and value and all(s in ("history", "candidates", "both") for s in value)
+    return None if ok else "must be a non-empty list drawn from ['history', 'candidates', 'both']"
+
+
 def _column_name(value):
     ok = isinstance(value, str) and value and value == value.strip() and not any(c.isspace() for c in value)
     return None if ok else "must name a column of the .inter file"
+
+
+def _two_cutoffs(value):
+    ok = (isinstance(value, (list, tuple)) and len(value) == 2
+          and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in value) and value[0] <= value[1])
+    return None if ok else "must be two integers 1 <= k1 <= k2, e.g. [10, 20]"
 
 
 def _non_empty_str(value):
@@ -102,6 +121,7 @@ RANGES = {
     # REVEAL / AVL (read by the AVLTrainer: checked here, before the dataset loads)
     "avl_alpha": NON_NEGATIVE,
     "avl_clamp": Range(check=_clamp),
+    "avl_rule": Range(choices=("paper", "reference", "agm", "ogm_ge")),
     "avl_mode": Range(choices=("grad", "lr")),
     "avl_probe_mode": Range(choices=("eval", "train")),
     "avl_probe_every": AT_LEAST_ONE,
@@ -111,6 +131,12 @@ RANGES = {
     "zeroed_modalities": Range(check=_modality_subset),
     "eval_zeroed_modalities": Range(check=_modality_subset),
     "feature_modalities": Range(check=lambda v: _modality_subset(v, non_empty=True)),
+    # items without a modality, the robustness figures (docs/missing-modalities.md)
+    "missing_modality": Range(choices=("zero", "learned", "mean")),
+    "eval_missing_rates": Range(check=_fractions),
+    "eval_missing_modalities": Range(check=lambda v: _modality_subset(v, non_empty=True)),
+    "eval_missing_scopes": Range(check=_scopes),
+    "eval_missing_seed": NON_NEGATIVE,
     "text_feature_dim": AT_LEAST_ONE,
     "vision_feature_dim": AT_LEAST_ONE,
     # RecBole's training and evaluation
@@ -200,6 +226,16 @@ RANGES = {
     "fve_history_table_device": Range(choices=("model", "cpu")),
     "fve_dtype": Range(choices=("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32")),
     "fve_vlm_offload": Range(choices=("auto", "cpu", "free", "keep")),
+    "fve_attn_implementation": Range(choices=("sdpa", "eager", "flash_attention_2", "auto")),
+    "fve_quantization": Range(choices=("4bit", "8bit")),
+    "fve_feedback_k": Range(check=_two_cutoffs),
+    "fve_acceptance_warning": Range(low=0, high=1),
+    "fve_min_acceptance": Range(low=0, high=1),
+    "fve_generation_backend": Range(choices=("transformers", "endpoint")),
+    "fve_generation_concurrency": AT_LEAST_ONE,
+    "fve_generation_timeout": POSITIVE,
+    "fve_generation_retries": NON_NEGATIVE,
+    "fve_generation_api_key_env": Range(check=_non_empty_str),
     "fve_interaction_field": Range(check=_column_name),
     "fve_run_dir": Range(check=_non_empty_str),
     "fve_stop_after": Range(check=_non_empty_str),
@@ -209,20 +245,65 @@ RANGES = {
 
 @dataclass(frozen=True)
 class Relation:
-    """A relation between keys, checked when every one of ``keys`` is set (``model_keys``: and read by
-    the run's model): ``check(*values)`` returns the problem (None when fine)."""
+    """A relation between keys, checked when every one of ``keys`` is present and none of them has a problem of
+    its own (``model_keys``: and the run's model reads them all): ``check(*values)`` returns the problem
+    (None when fine)."""
 
     keys: Tuple[str, ...]
     check: Callable
     model_keys: bool = False
-    numbers: Tuple[type, ...] = (int,)
+
+
+def _is_int(*values):
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def _heads_divide(hidden, heads):
+    if _is_int(hidden, heads) and hidden > 0 and heads > 0 and hidden % heads:
+        return f"hidden_size ({hidden}) must be a multiple of n_heads ({heads})"
+    return None
+
+
+def _pixel_bounds(high, low):
+    if _is_int(high, low) and high < low:
+        return f"fve_max_pixels ({high}) is below fve_min_pixels ({low})"
+    return None
+
+
+def _exposure_covers_feedback(exposure, feedback_k):
+    if _is_int(exposure) and _two_cutoffs(feedback_k) is None and exposure < feedback_k[1]:
+        return f"fve_exposure_k must be an integer >= fve_feedback_k[1] ({feedback_k[1]}); got {exposure!r}"
+    return None
+
+
+def _endpoint_given(backend, endpoint):
+    if backend == "endpoint" and not (isinstance(endpoint, str) and endpoint.startswith(("http://", "https://"))):
+        return ("fve_generation_backend: endpoint needs fve_generation_endpoint, the server's OpenAI-compatible "
+                f"base URL such as http://127.0.0.1:8000/v1; got {endpoint!r}")
+    return None
+
+
+def _guided_json_needs_endpoint(guided, backend):
+    if guided is True and backend != "endpoint":
+        return ("fve_generation_guided_json needs fve_generation_backend: endpoint (a server with guided decoding "
+                "such as vLLM or SGLang); transformers generate has none")
+    return None
+
+
+def _lr_mode_needs_a_loss_rule(mode, rule):
+    if mode == "lr" and rule == "ogm_ge":
+        return ("avl_mode: lr is not defined for avl_rule: ogm_ge (its generalisation noise is a gradient term); "
+                "use avl_mode: grad")
+    return None
 
 
 RELATIONS = (
-    Relation(("hidden_size", "n_heads"), lambda h, n: None if h <= 0 or n <= 0 or h % n == 0 else
-             f"hidden_size ({h}) must be a multiple of n_heads ({n})", model_keys=True),
-    Relation(("fve_max_pixels", "fve_min_pixels"), lambda high, low: None if high >= low else
-             f"fve_max_pixels ({high}) is below fve_min_pixels ({low})"),
+    Relation(("hidden_size", "n_heads"), _heads_divide, model_keys=True),
+    Relation(("avl_mode", "avl_rule"), _lr_mode_needs_a_loss_rule),
+    Relation(("fve_max_pixels", "fve_min_pixels"), _pixel_bounds),
+    Relation(("fve_exposure_k", "fve_feedback_k"), _exposure_covers_feedback),
+    Relation(("fve_generation_backend", "fve_generation_endpoint"), _endpoint_given),
+    Relation(("fve_generation_guided_json", "fve_generation_backend"), _guided_json_needs_endpoint),
 )
 
 

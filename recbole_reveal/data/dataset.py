@@ -25,7 +25,7 @@ from recbole.utils import FeatureSource, FeatureType  # noqa: E402
 
 from recbole_reveal.data.atomic import iter_atomic  # noqa: E402
 from recbole_reveal.data.feature_store import (  # noqa: E402
-    align_to_item_ids, feature_paths, format_tokens, load_item_features,
+    align_to_item_ids, feature_paths, format_tokens, load_item_features, load_missing_items,
 )
 from recbole_reveal.data.interaction_tokens import derive_tokens  # noqa: E402
 from recbole_reveal.infra.errors import ConfigError, FeatureFileError  # noqa: E402
@@ -46,6 +46,7 @@ class ItemFeaturesMixin:
 
     def __init__(self, config):
         super().__init__(config)
+        self.item_availability = {}
         self.item_features = self.load_item_features()
 
     def feature_modalities(self):
@@ -84,19 +85,28 @@ class ItemFeaturesMixin:
         for modality in self.feature_modalities():
             key = self.modality_keys[modality]
             features[modality] = self.load_feature_set(self._feature_name(modality), self.config[f"{key}_dim"],
-                                                       label=f"{modality} features")
+                                                       label=f"{modality} features", modality=modality)
         return features
 
-    def load_feature_set(self, name, expected_dim=None, label="features"):
+    def load_feature_set(self, name, expected_dim=None, label="features", modality=None):
         """Feature set ``name`` of the feature directory as a ``[n_items, dim]`` float32 tensor in
         RecBole's item ids (row 0 = padding); also for a model's extra sets (UniSRec's word-drop text,
-        MMSBR's pseudo-modalities)."""
+        MMSBR's pseudo-modalities). The rows of the set's missing items (``NAME.missing``) are zeros; with
+        ``modality``, which items have it is recorded in ``item_availability[modality]``."""
         id2token = self.field2id_token[self.iid_field]
         tokens, matrix = load_item_features(self.feature_dir, name, expected_dim=expected_dim)
         source = feature_paths(self.feature_dir, name)[0]
         aligned = align_to_item_ids(tokens, matrix, id2token, source=source)
+        missing = set(load_missing_items(self.feature_dir, name, tokens))
+        available = np.fromiter((t not in missing for t in id2token), dtype=bool, count=len(id2token))
+        available[0] = False
+        aligned[~available] = 0.0       # a missing item's row is a placeholder, never a feature
+        if modality is not None:
+            self.item_availability[modality] = torch.from_numpy(available)
+        n_missing = len(id2token) - 1 - int(available.sum())
         self.logger.info(f"{label}: {source} ({matrix.shape[0]} rows, dim {matrix.shape[1]}, "
-                         f"{len(id2token) - 1} dataset items)")
+                         f"{len(id2token) - 1} dataset items" + (f", {n_missing} of them missing" if n_missing else "")
+                         + ")")
         return torch.from_numpy(aligned)
 
 

@@ -7,7 +7,10 @@ A feature set called ``NAME`` lives in a feature directory (by default
 * ``NAME.items`` -- UTF-8 text, one item token per line: line ``i`` is the item of row ``i``
   (the tokens of the ``item_id`` column of the atomic files, not RecBole's internal ids);
 * ``NAME.json``  -- optional provenance (encoder, source, ``rows``, ``dim``), written by the extractor,
-  with the SHA-256 of the two other files (``items_sha256``, ``matrix_sha256``).
+  with the SHA-256 of the two other files (``items_sha256``, ``matrix_sha256``);
+* ``NAME.missing`` -- optional: the tokens of the items that do NOT have this modality (no image, no
+  text), one per line. Their rows are placeholders (zeros), not features: *missing is not zero*, and
+  the config key ``missing_modality`` decides what a model sees in their place.
 
 ``NAME`` may contain ``/`` to group versions, e.g. ``fve/cycle_2`` for the visual features of FVE
 cycle 2. Rows are matched to RecBole's internal ids by token when the dataset is loaded, so the
@@ -38,6 +41,11 @@ def feature_paths(feature_dir, name):
     return stem + ".npy", stem + ".items", stem + ".json"
 
 
+def missing_path(feature_dir, name):
+    """The optional ``NAME.missing`` file: tokens of the items without this modality."""
+    return os.path.join(feature_dir, name) + ".missing"
+
+
 def set_lock_path(feature_dir, name):
     folder, base = os.path.split(os.path.join(feature_dir, name))
     return os.path.join(folder, f".{base}.lock")
@@ -48,11 +56,13 @@ def file_sha256(path):
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def save_item_features(feature_dir, name, item_tokens, matrix, metadata=None):
+def save_item_features(feature_dir, name, item_tokens, matrix, metadata=None, missing=None):
     """Write ``matrix`` (rows in ``item_tokens`` order) as feature set ``name``.
 
     Each file is written atomically and the set under its lock (module docstring); with ``metadata``
-    the ``.json`` also records ``rows``, ``dim`` and the checksums of the two other files.
+    the ``.json`` also records ``rows``, ``dim`` and the checksums of the two other files. ``missing``:
+    the tokens of items without the modality (written to ``NAME.missing``, counted in the ``.json`` as
+    ``missing``); None or empty: every item has it (no ``.missing`` file, no count).
     """
     matrix = np.asarray(matrix, dtype=np.float32)
     item_tokens = [str(t) for t in item_tokens]
@@ -64,6 +74,10 @@ def save_item_features(feature_dir, name, item_tokens, matrix, metadata=None):
     bad = [t for t in item_tokens if not t or "\n" in t or t != t.strip()]
     if bad:
         raise ValueError(f"feature set '{name}': invalid item tokens {bad[:5]}")
+    missing = [str(t) for t in (missing or [])]
+    unknown = sorted(set(missing) - set(item_tokens))
+    if unknown:
+        raise ValueError(f"feature set '{name}': missing items {format_tokens(unknown)} are not among its tokens")
     npy_path, items_path, json_path = feature_paths(feature_dir, name)
     os.makedirs(os.path.dirname(npy_path), exist_ok=True)
     with lock_file(set_lock_path(feature_dir, name), f"writing feature set {name}", wait=SET_LOCK_WAIT_S):
@@ -71,8 +85,14 @@ def save_item_features(feature_dir, name, item_tokens, matrix, metadata=None):
             np.save(f, matrix)
         with atomic_open(items_path, "w") as f:
             f.write("\n".join(item_tokens) + "\n")
+        if missing:
+            with atomic_open(missing_path(feature_dir, name), "w") as f:
+                f.write("\n".join(missing) + "\n")
+        elif os.path.exists(missing_path(feature_dir, name)):
+            os.unlink(missing_path(feature_dir, name))
         if metadata is not None:
-            meta = dict(metadata, rows=matrix.shape[0], dim=matrix.shape[1],
+            meta = dict(metadata, **({"missing": len(missing)} if missing else {}), rows=matrix.shape[0],
+                        dim=matrix.shape[1],
                         items_sha256=file_sha256(items_path), matrix_sha256=file_sha256(npy_path))
             write_json_atomic(json_path, meta, sort_keys=True)
         elif os.path.exists(json_path):
@@ -100,6 +120,29 @@ def load_item_features(feature_dir, name, expected_dim=None):
             f"{npy_path}: feature dimension is {matrix.shape[1]}, but the config expects {expected_dim}"
         )
     return tokens, matrix
+
+
+def load_missing_items(feature_dir, name, tokens):
+    """The tokens of the set's items without the modality: ``NAME.missing`` when there is one, else the
+    ``zero_rows`` an older extractor recorded in ``NAME.json`` (images it could not read), else none.
+    A token that is not one of the set's ``tokens`` is a :class:`FeatureFileError`."""
+    path = missing_path(feature_dir, name)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            missing = [t for t in f.read().splitlines() if t]
+    else:
+        json_path = feature_paths(feature_dir, name)[2]
+        meta = {}
+        if os.path.isfile(json_path):
+            with open(json_path, encoding="utf-8") as f:
+                meta = json.load(f)
+        missing = [str(t) for t in (meta.get("zero_rows") or [])] if isinstance(meta, dict) else []
+        path = json_path
+    unknown = sorted(set(missing) - set(tokens))
+    if unknown:
+        raise FeatureFileError(f"{path}: lists {len(unknown)} items that are not in the set's .items file "
+                               f"({format_tokens(unknown)}); it must name items of the set")
+    return missing
 
 
 def _reading(feature_dir, name):

@@ -12,9 +12,15 @@ that each modality carries signal and vision carries signal that text lacks:
   Reviews mention looks only sometimes, and sometimes wrongly;
 * popularity -- a Zipf-like per-item weight (ID signal).
 
+Two knobs set the modality imbalance (``benchmarks/imbalance_sweep.py``): ``vision_share``, the share
+of the users' taste (the choice logit's preference weights) that only the images carry (colour and
+pattern) rather than the text (brand); ``text_noise``, the probability that an item's title and brand
+column name a wrong brand (less informative text). Left unset they give the demo dataset unchanged.
+
 Usage::
 
     python -m recbole_reveal.commands.synthetic_data --out dataset_atomic --name synthetic-demo
+    python -m recbole_reveal.commands.synthetic_data --name imbalance --vision_share 0.95 --text_noise 0.3
 
 Same arguments give byte-identical files (PNG included).
 """
@@ -24,6 +30,9 @@ import os
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from recbole_reveal.data.synthetic_readme import dataset_readme
+from recbole_reveal.infra.files import atomic_open, atomic_path
 
 # (top-level category token, sub-category token, title noun, silhouette)
 CATEGORIES = [
@@ -62,6 +71,10 @@ ZIPF_EXPONENT = 0.7
 CHAIN_STAY_ON_SUCCESSORS = 0.9  # the rest of the mass jumps to a uniform random category
 REVIEW_TRUE_LOOK, REVIEW_WRONG_LOOK = 0.3, 0.1
 BASE_TIME = 1_600_000_000  # 2020-09-13; timestamps are seconds
+# what the dataset's README states about the generator
+README_FACTS = {"brands": BRANDS, "chain_stay_on_successors": CHAIN_STAY_ON_SUCCESSORS, "pref_pop": PREF_POP,
+                "review_true_look": REVIEW_TRUE_LOOK, "review_wrong_look": REVIEW_WRONG_LOOK,
+                "zipf_exponent": ZIPF_EXPONENT}
 
 _OPENERS = [
     "Arrived on time.", "Bought this as a gift.", "Second one I have ordered.",
@@ -91,8 +104,22 @@ def _rng(seed, *stream):
 
 # --------------------------------------------------------------------------- catalogue
 
-def make_items(n_items, seed):
-    """Item attribute table (a list of dicts, in item order)."""
+def taste_weights(vision_share=None):
+    """``(colour, pattern, brand)`` weights of the choice logit: the demo's constants, or their total
+    split ``vision_share`` to the image-only attributes (colour 2 : pattern 1) and the rest to brand."""
+    if vision_share is None:
+        return PREF_COLOR, PREF_PATTERN, PREF_BRAND
+    if not 0 <= vision_share <= 1:
+        raise ValueError(f"vision_share must be in [0, 1], got {vision_share}")
+    total = PREF_COLOR + PREF_PATTERN + PREF_BRAND
+    return total * vision_share * 2 / 3, total * vision_share / 3, total * (1 - vision_share)
+
+
+def make_items(n_items, seed, text_noise=0.0):
+    """Item attribute table (a list of dicts, in item order). With ``text_noise`` p, an item's shown
+    brand (``shown_brand``: title and brand column) is another brand with probability p."""
+    if not 0 <= text_noise <= 1:
+        raise ValueError(f"text_noise must be in [0, 1], got {text_noise}")
     rng = _rng(seed, 1)
     n_cat = min(len(CATEGORIES), n_items)
     cats = np.arange(n_items) % n_cat  # balanced categories
@@ -110,11 +137,16 @@ def make_items(n_items, seed):
             "popularity": float(pop_rank[i] ** -ZIPF_EXPONENT),
             "model_code": f"{letters}-{int(rng.integers(100, 1000))}",
         })
+    noise = _rng(seed, 6)      # its own stream: the demo's draws stay as they were
+    for item in items:
+        wrong = noise.random() < text_noise
+        other = int(noise.integers(len(BRANDS) - 1))
+        item["shown_brand"] = (item["brand"] + 1 + other) % len(BRANDS) if wrong else item["brand"]
     return items
 
 
 def item_title(item):
-    return f"{BRANDS[item['brand']]} {CATEGORIES[item['category']][2]} {item['model_code']}"
+    return f"{BRANDS[item['shown_brand']]} {CATEGORIES[item['category']][2]} {item['model_code']}"
 
 
 def make_category_chain(n_cat, rng):
@@ -129,8 +161,10 @@ def make_category_chain(n_cat, rng):
 
 # --------------------------------------------------------------------------- users
 
-def make_sequences(items, n_users, seed):
-    """Returns (users, sequences): per-user preferences and item-index sequences."""
+def make_sequences(items, n_users, seed, weights=None):
+    """Returns (users, sequences): per-user preferences and item-index sequences; ``weights`` =
+    :func:`taste_weights`."""
+    w_color, w_pattern, w_brand = weights or taste_weights()
     rng = _rng(seed, 2)
     n_cat = len({it["category"] for it in items})
     trans = make_category_chain(n_cat, rng)
@@ -147,8 +181,8 @@ def make_sequences(items, n_users, seed):
             "pattern": str(rng.choice(PATTERNS)),
             "brand": int(rng.integers(len(BRANDS))),
         }
-        logits = (PREF_COLOR * (colors == pref["color"]) + PREF_PATTERN * (patterns == pref["pattern"])
-                  + PREF_BRAND * (brands == pref["brand"]) + PREF_POP * log_pop)
+        logits = (w_color * (colors == pref["color"]) + w_pattern * (patterns == pref["pattern"])
+                  + w_brand * (brands == pref["brand"]) + PREF_POP * log_pop)
         length = min(20, 8 + int(rng.poisson(4)))
         seq, seen = [], set()
         cat = int(rng.integers(n_cat))
@@ -309,86 +343,35 @@ def make_review(item, rng):
 # --------------------------------------------------------------------------- writing
 
 def _write_tsv(path, header, rows):
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
+    with atomic_open(path, "w", newline="\n") as f:
         f.write("\t".join(header) + "\n")
         for row in rows:
             f.write("\t".join(str(v) for v in row) + "\n")
 
 
-def _readme(name, summary, command, out_label):
-    return f"""# {name} -- SYNTHETIC DATA
-
-**THIS DATASET IS SYNTHETIC. It is not real user behaviour and no result on it says anything
-about real recommendation quality.** It exists to exercise the pipeline end to end offline.
-
-Generated by `recbole_reveal.data.synthetic` with (run from the folder that contains the
-`--out` folder):
-
-```
-{command}
-```
-
-{summary['users']} users, {summary['items']} items, {summary['interactions']} interactions
-(average sequence length {summary['avg_seq_len']:.2f}), {summary['categories']} categories,
-{len(BRANDS)} brands. The same command reproduces byte-identical files.
-
-## Files
-| file | content |
-|---|---|
-| `{name}.inter` | RecBole atomic interactions: `user_id:token item_id:token rating:float timestamp:float`, sorted by user then time; timestamps (seconds) strictly increase per user |
-| `{name}.item` | `item_id:token title:token_seq categories:token_seq brand:token image:token`; `image` is a path relative to this folder |
-| `{name}.review` | one review per interaction: `user_id:token item_id:token timestamp:float review:token` (not loaded by RecBole; used for review keywords) |
-| `images/<item>.png` | {summary['image_size']}x{summary['image_size']} RGB rendering of each item |
-| `truth/item_attributes.tsv`, `truth/user_preferences.tsv` | hidden generating attributes (colour, pattern, preferences) for analysis and tests only; **never feed them to a model** |
-| `features/` | item feature matrices (`<set>.npy` float32 rows, `<set>.items` tokens, `<set>.json` provenance) written by `recbole_reveal.features.extract`, see below |
-
-The feature sets were produced with:
-
-```
-python -m recbole_reveal.commands.extract_features --dataset {name} --data_path {out_label} --modality text --encoder minilm
-python -m recbole_reveal.commands.extract_features --dataset {name} --data_path {out_label} --modality vision --encoder efficientnet-lite0
-```
-
-## Which modality carries which signal
-- **ID / sequence**: the next item's category follows a sparse global Markov chain (each category
-  has 2-3 likely successors, {CHAIN_STAY_ON_SUCCESSORS:.0%} of the mass); item popularity is Zipf-like
-  (exponent {ZIPF_EXPONENT}).
-- **Text** (`title`, `categories`, `brand`): category and brand. Titles are
-  "<Brand> <noun> <model code>" and never mention colour or pattern. Users mildly prefer one brand.
-- **Vision** (`images/`): the category silhouette (circle, triangle, star, ...) filled with the
-  item's colour (8 colours) and pattern (solid, stripes, dots, checks). Colour and pattern exist
-  only in the images, and each user strongly prefers one colour and one pattern: this is the
-  signal that vision has and text lacks. Background tint, grey blobs, thin lines, size, rotation
-  and offset are random clutter with no signal.
-- **Reviews**: generic sentences; {REVIEW_TRUE_LOOK:.0%} mention the item's true colour or pattern,
-  {REVIEW_WRONG_LOOK:.0%} a wrong one (noise), the rest nothing about looks.
-
-Within the chosen category a user picks item *i* with probability proportional to
-exp({PREF_COLOR}*[colour = user's] + {PREF_PATTERN}*[pattern = user's] + {PREF_BRAND}*[brand = user's]
-+ {PREF_POP}*log popularity_i), never repeating an item while the category has unseen ones.
-"""
-
-
-def generate_dataset(out_dir, name, n_users=1500, n_items=480, seed=2026, image_size=128):
-    """Write the dataset to ``<out_dir>/<name>/``; returns a summary dict of counts."""
+def generate_dataset(out_dir, name, n_users=1500, n_items=480, seed=2026, image_size=128, vision_share=None,
+                     text_noise=0.0):
+    """Write the dataset to ``<out_dir>/<name>/``; returns a summary dict of counts (knobs: module
+    docstring)."""
     if n_items < 2 or n_users < 1:
         raise ValueError("need at least 2 items and 1 user")
     root = os.path.join(out_dir, name)
     os.makedirs(os.path.join(root, "images"), exist_ok=True)
     os.makedirs(os.path.join(root, "truth"), exist_ok=True)
 
-    items = make_items(n_items, seed)
-    users, sequences = make_sequences(items, n_users, seed)
+    items = make_items(n_items, seed, text_noise)
+    weights = taste_weights(vision_share)
+    users, sequences = make_sequences(items, n_users, seed, weights)
 
     _write_tsv(
         os.path.join(root, f"{name}.item"),
         ["item_id:token", "title:token_seq", "categories:token_seq", "brand:token", "image:token"],
         [(it["token"], item_title(it), " ".join(CATEGORIES[it["category"]][:2]),
-          BRANDS[it["brand"]], f"images/{it['token']}.png") for it in items],
+          BRANDS[it["shown_brand"]], f"images/{it['token']}.png") for it in items],
     )
     for it in items:
-        render_item_image(it, seed, image_size).save(
-            os.path.join(root, "images", f"{it['token']}.png"), format="PNG", compress_level=9)
+        with atomic_path(os.path.join(root, "images", f"{it['token']}.png"), fsync=False) as tmp:
+            render_item_image(it, seed, image_size).save(tmp, format="PNG", compress_level=9)
 
     time_rng, review_rng = _rng(seed, 4), _rng(seed, 5)
     inter_rows, review_rows = [], []
@@ -418,11 +401,17 @@ def generate_dataset(out_dir, name, n_users=1500, n_items=480, seed=2026, image_
         "avg_seq_len": len(inter_rows) / n_users, "categories": min(len(CATEGORIES), n_items),
         "image_size": image_size, "seed": seed,
     }
+    knobs = {"taste_weights": [round(w, 6) for w in weights], "text_noise": text_noise}
+    if vision_share is not None or text_noise:
+        summary.update(vision_share=vision_share, text_noise=text_noise)
     # Only the last path component, so the README (and the byte-identity) does not depend on
     # where the dataset folder lives.
     out_label = os.path.basename(os.path.normpath(out_dir)) or "."
     command = (f"python -m recbole_reveal.commands.synthetic_data --out {out_label} --name {name} "
-               f"--users {n_users} --items {n_items} --seed {seed} --image_size {image_size}")
-    with open(os.path.join(root, "README.md"), "w", encoding="utf-8", newline="\n") as f:
-        f.write(_readme(name, summary, command, out_label))
+               f"--users {n_users} --items {n_items} --seed {seed} --image_size {image_size}"
+               + (f" --vision_share {vision_share}" if vision_share is not None else "")
+               + (f" --text_noise {text_noise}" if text_noise else ""))
+    with atomic_open(os.path.join(root, "README.md"), "w", newline="\n") as f:
+        f.write(dataset_readme(name, summary, command, out_label, knobs, README_FACTS))
     return summary
+

@@ -151,3 +151,26 @@ def _save(fig, path, title=None):
     finally:
         plt.close(fig)
     return path
+
+
+def plot_degradation(cells, out_path, metrics=(("recall@20", "R@20"), ("ndcg@20", "N@20")), title=None):
+    """The robustness protocol: a panel per (modality, scope) of all test users and per metric, a line
+    per setting of the metric against r, with std error bars (``cells`` from
+    :func:`recbole_reveal.experiments.degradation.degradation_cells`)."""
+    panels = [(key, settings) for key, settings in cells.items() if key[2] == "all"]
+    if not panels:
+        raise ConfigError("plot: no robustness results to draw")
+    fig, axes = plt.subplots(len(metrics), len(panels), figsize=(PANEL_IN[0] * len(panels), PANEL_IN[1] * len(metrics)),
+                             dpi=DPI, squeeze=False)
+    for column, ((modality, scope, _), settings) in enumerate(panels):
+        for line, (metric, name) in enumerate(metrics):
+            ax = axes[line][column]
+            for setting, by_rate in settings.items():
+                rates = [r for r in sorted(by_rate) if metric in by_rate[r]["mean"]]
+                ax.errorbar(rates, [by_rate[r]["mean"][metric] for r in rates],
+                            yerr=[by_rate[r]["std"][metric] for r in rates], marker="o", capsize=2, label=setting)
+            ax.set_xlabel(f"r ({modality} missing, {scope})")
+            ax.set_ylabel(f"test {name}")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    return _save(fig, out_path, title)

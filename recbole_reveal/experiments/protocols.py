@@ -10,6 +10,7 @@ from typing import Optional
 
 from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.experiments.runs import RunSpec, model_display_name
+from recbole_reveal.data.availability import POPULARITY_BUCKETS
 from recbole_reveal.infra.locations import reveal_only_keys
 
 REVEAL_SUFFIX = "_REVEAL"
@@ -24,6 +25,7 @@ class Row:
     reference: Optional[str] = None     # label of the row this one is compared with
     section: Optional[str] = None       # heading printed above the row's block
     skipped: Optional[str] = None       # why the row cannot run (e.g. FVE without a VLM)
+    cell: Optional[tuple] = None        # the missing protocol: (setting, modality, scope, subset, rate)
 
 
 def backbone_of(model):
@@ -52,15 +54,19 @@ def _fve(spec, vlm_path):
     return spec.with_overrides(fve=True, vlm_path=vlm_path), None
 
 
-def seeds_rows(models, overrides=None, grid=None, eval_zeroed=(), vlm_path=None):
+def seeds_rows(models, overrides=None, grid=None, eval_zeroed=(), vlm_path=None, by_popularity=False):
     """Table 2: one row per model (x each value of ``grid``: {key: [values]}); each ``X_REVEAL`` row is
     compared with the ``X`` row of the same grid point, when ``X`` is in ``models``. With
     ``eval_zeroed``, each model that has modalities also gets a row per modality zeroed at inference.
-    ``vlm_path`` goes to the ``*_REVEAL`` models only (their FVE loop); the others never see it."""
+    ``vlm_path`` goes to the ``*_REVEAL`` models only (their FVE loop); the others never see it. With
+    ``by_popularity``, each model also gets a row per popularity bucket of the test targets (the number
+    of training interactions: 0, 1-4, 5-9, >= 10), compared like the model's own row."""
     overrides = dict(overrides or {})
     eval_zeroed = list(eval_zeroed or [])
     if eval_zeroed:
         _reserved(overrides, ("eval_zeroed_modalities",), "seeds --eval_zeroed")
+    if by_popularity:
+        _reserved(overrides, ("eval_by_popularity",), "seeds --by_popularity")
     points = [{}]
     for key, values in (grid or {}).items():
         points = [dict(p, **{key: v}) for p in points for v in values]
@@ -82,12 +88,55 @@ def seeds_rows(models, overrides=None, grid=None, eval_zeroed=(), vlm_path=None)
                 reference = _grid_label(base, {k: v for k, v in point.items() if k not in reveal_only})
             zeroed = eval_zeroed if eval_zeroed and _has_modalities(model) else []
             extra = {"eval_zeroed_modalities": zeroed} if zeroed else {}
+            if by_popularity:
+                extra["eval_by_popularity"] = True
             if vlm_path and model != base:
                 extra["vlm_path"] = vlm_path
             spec = RunSpec(model, dict(overrides, **own, **extra))
             rows.append(Row(label, spec, reference=reference))
             for modality in zeroed:
                 rows.append(Row(f"{label}, {modality} zeroed at inference", spec, view=modality))
+            for bucket, _, _ in (POPULARITY_BUCKETS if by_popularity else ()):
+                rows.append(Row(_bucket_label(label, bucket), spec, view=f"popularity/{bucket}",
+                                reference=reference and _bucket_label(reference, bucket)))
+    return rows
+
+
+def _bucket_label(label, bucket):
+    return f"{label}, targets with {bucket} training interactions"
+
+
+def missing_rows(models, handlings, rates, scopes, modalities, mask_seed=0, overrides=None):
+    """The robustness protocol: each model under each ``missing_modality`` handling, evaluated with a
+    fraction r of the items missing a modality at test time (``eval_missing_*`` keys), per modality,
+    scope and rate; ``.../one_modality`` rows: the test users whose target has one modality observed.
+    Each ``X_REVEAL`` row is compared with the ``X`` row of the same handling and cell."""
+    overrides = dict(overrides or {})
+    _reserved(overrides, ("missing_modality", "eval_missing_rates", "eval_missing_scopes",
+                          "eval_missing_modalities", "eval_missing_seed"), "missing")
+    for model in models:
+        if not _has_modalities(model):
+            raise ConfigError(f"'missing' masks item features: {model} reads none (a multimodal backbone such as "
+                              "M3SRec, MISSRec, HM4SR, or its _REVEAL variant, is needed)")
+    rates = sorted(set(float(r) for r in rates))
+    rows = []
+    for handling in handlings:
+        for model in models:
+            base = backbone_of(model)
+            setting = f"{model_display_name(model)} [{handling}]"
+            reference = f"{model_display_name(base)} [{handling}]" if model != base and base in models else None
+            spec = RunSpec(model, dict(overrides, missing_modality=handling, eval_missing_rates=rates,
+                                       eval_missing_scopes=list(scopes), eval_missing_modalities=list(modalities),
+                                       eval_missing_seed=mask_seed))
+            rows.append(Row(setting, spec, reference=reference))
+            for modality in modalities:
+                for scope in scopes:
+                    for subset in ("all", "one_modality"):
+                        for rate in rates:
+                            view = f"{modality}/{scope}/{rate:g}" + ("" if subset == "all" else "/one_modality")
+                            rows.append(Row(f"{setting} {view}", spec, view=view,
+                                            reference=reference and f"{reference} {view}",
+                                            cell=(setting, modality, scope, subset, rate)))
     return rows
 
 

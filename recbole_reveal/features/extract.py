@@ -17,9 +17,13 @@ by one space; in every value ``_`` becomes a space (atomic files use ``_`` insid
 E.g. ``title: Acme tent KT-204; categories: Sports Outdoors Tents; brand: Acme``.
 
 Images: the ``--image_field`` column holds a path, relative to the dataset folder (absolute paths
-also work). An item whose image is missing, empty or unreadable gets an all-zero row; the run logs
-one warning with the count and the item tokens and lists them under ``zero_rows`` in the JSON. If
-no item has an image file at all the command stops before loading the encoder.
+also work). If no item has an image file at all the command stops before loading the encoder.
+
+Missing is not zero: an item whose image is missing, empty or unreadable (or, for text, whose every field
+is empty) lacks the modality. Such items stop the run with their count and tokens unless
+``--keep_missing`` is given; then they get a placeholder (all-zero) row, are listed in ``<name>.missing``
+(and, for images, under ``zero_rows`` in the JSON), and the config key ``missing_modality`` decides what
+a model is fed for them (docs/missing-modalities.md). Dropping them instead is the paper's protocol.
 """
 
 import logging
@@ -93,13 +97,15 @@ def _shorten(tokens, limit=20):
 
 
 def extract(dataset, data_path="dataset_atomic", modality=None, encoder="minilm", name=None,
-            fields=None, image_field="image", batch_size=64, device="cpu", feature_dir=None, dataset_yaml="skip"):
+            fields=None, image_field="image", batch_size=64, device="cpu", feature_dir=None, dataset_yaml="skip",
+            keep_missing=False):
     """Encode every item of ``dataset`` and save the feature set; returns a summary dict.
 
     ``dataset_yaml``: ``auto`` / ``cpu`` / ``gpu`` write the starter ``<data_path>/<dataset>/<dataset>.yaml``
     with sizes for that machine (``auto``: the machine this runs on) when the dataset has no property
     file yet (:mod:`recbole_reveal.data.dataset_yaml`); ``skip`` (the function's default; the command's is
-    ``auto``) writes none."""
+    ``auto``) writes none. ``keep_missing``: keep items without the modality, marked missing (else they
+    are an error)."""
     key = encoder.partition(":")[0]
     if key not in ENCODERS:
         build_encoder(encoder)  # raises the "unknown encoder" error listing the names
@@ -120,9 +126,7 @@ def extract(dataset, data_path="dataset_atomic", modality=None, encoder="minilm"
 
     if modality == "text":
         inputs = build_texts(columns, types, rows, used)
-        empty = [t for t, x in zip(tokens, inputs) if not x]
-        if empty:
-            logger.warning("%d items have no text in fields %s: %s", len(empty), used, _shorten(empty))
+        absent = [t for t, x in zip(tokens, inputs) if not x]
     else:
         col = columns.index(image_field)
         inputs = [os.path.join(root, row[col]) if row[col] else "" for row in rows]
@@ -130,6 +134,9 @@ def extract(dataset, data_path="dataset_atomic", modality=None, encoder="minilm"
             raise DatasetNotFoundError(
                 f"no image of column '{image_field}' exists (e.g. '{inputs[0] if inputs else ''}'); "
                 f"paths are relative to {root}")
+        absent = [t for t, p in zip(tokens, inputs) if not (p and os.path.isfile(p))]
+    if modality == "text" or not keep_missing:   # images: unreadable ones are known after decoding
+        _check_missing(absent, len(rows), modality, item_path, keep_missing)
 
     enc = build_encoder(encoder, device=device, modality=modality)
     logger.info("encoding %d items of %s with '%s' (%s, batch %d, %s)",
@@ -153,8 +160,10 @@ def extract(dataset, data_path="dataset_atomic", modality=None, encoder="minilm"
             last_log = now
     seconds = time.perf_counter() - start
     if zero_rows:
+        _check_missing(zero_rows, len(rows), modality, item_path, keep_missing)
         logger.warning("%d of %d images missing or unreadable; wrote zero rows for: %s",
                        len(zero_rows), len(rows), _shorten(zero_rows))
+    missing = absent if modality == "text" else zero_rows
 
     name = name or f"{modality}_{enc.slug}"
     feature_dir = feature_dir or os.path.join(root, "features")
@@ -167,10 +176,13 @@ def extract(dataset, data_path="dataset_atomic", modality=None, encoder="minilm"
                                  "token_seq tokens joined by spaces; '_' -> ' '")
     else:
         metadata["zero_rows"] = zero_rows
-    path = save_item_features(feature_dir, name, tokens, matrix, metadata)
-    logger.info("wrote %s (%d x %d) in %.1f s", path, matrix.shape[0], matrix.shape[1], seconds)
+    if modality == "text":
+        matrix[[k for k, x in enumerate(inputs) if not x]] = 0.0
+    path = save_item_features(feature_dir, name, tokens, matrix, metadata, missing=missing)
+    logger.info("wrote %s (%d x %d, %d items without %s) in %.1f s", path, matrix.shape[0], matrix.shape[1],
+                len(missing), modality, seconds)
     result = {"name": name, "path": path, "rows": matrix.shape[0], "dim": matrix.shape[1],
-              "zero_rows": zero_rows, "seconds": seconds, "dataset_yaml": None}
+              "zero_rows": zero_rows, "missing": missing, "seconds": seconds, "dataset_yaml": None}
     if dataset_yaml != "skip":
         result["dataset_yaml"] = _dataset_yaml(data_path, dataset, modality, name, dataset_yaml)
     return result
@@ -194,6 +206,19 @@ def _dataset_yaml(data_path, dataset, modality, name, sizes):
     else:
         logger.info("the dataset YAML %s selects this set (%s: %s)", yaml_path, key, name)
     return yaml_path
+
+
+def _check_missing(missing, n_items, modality, item_path, keep_missing):
+    """Items without the modality: an error unless ``keep_missing`` (then logged with their count)."""
+    if not missing:
+        return
+    what = "image" if modality == "vision" else "text in the chosen fields"
+    if not keep_missing:
+        raise ConfigError(
+            f"{len(missing)} of {n_items} items of {item_path} have no {what} ({_shorten(missing)}): pass "
+            "--keep_missing to keep them, marked missing (missing_modality decides what a model is fed for them), or "
+            "remove them from the dataset (the paper's protocol; docs/missing-modalities.md)")
+    logger.warning("%d of %d items have no %s: kept, marked missing", len(missing), n_items, what)
 
 
 def _plugin_default(key):

@@ -20,23 +20,25 @@ def fve_defaults():
     return locations.fve_defaults()
 
 
-def fve_settings(config=None):
-    """FVE's keys of ``config`` (a ``Config`` or a dict; a key it lacks takes its default).
+def fve_settings(config=None, keys=None):
+    """FVE's keys of ``config`` (a ``Config`` or a dict): all of ``fve.yaml``, or only ``keys`` (a part's
+    own, e.g. the critic's); a key ``config`` lacks (with ``keys``: or holds as ``~``) takes its default.
 
-    A built ``Config`` has had every key checked (the one pass, :mod:`recbole_reveal.config_keys.check`);
-    a plain dict goes through the same pass here (types from ``fve.yaml``, ranges and relations from the
-    schema), and an ``fve_*`` key in it that FVE does not know is an error (a typo would otherwise be
-    ignored silently).
+    A built ``Config`` has had every key checked once, when it was built (the one pass,
+    :mod:`recbole_reveal.config_keys.check`): its values are taken as they are. A plain dict goes through
+    the same pass here (types from ``fve.yaml``, ranges, choices and relations from the schema), and an
+    ``fve_*`` key in it that FVE does not know is an error (a typo would otherwise be ignored silently).
     """
-    settings = fve_defaults()
+    defaults = fve_defaults()
     config = config if config is not None else {}
     checked = hasattr(config, "final_config_dict")
-    keys = config.final_config_dict if checked else config
-    unknown = sorted(k for k in keys if str(k).startswith("fve_") and k not in settings)
-    if unknown:
-        raise ConfigError(f"unknown FVE config keys {unknown}; known: {sorted(settings)} ({DEFAULTS_FILE})")
+    present = config.final_config_dict if checked else config
+    if keys is None:
+        unknown = sorted(k for k in present if str(k).startswith("fve_") and k not in defaults)
+        if unknown:
+            raise ConfigError(f"unknown FVE config keys {unknown}; known: {sorted(defaults)} ({DEFAULTS_FILE})")
+    settings = {k: defaults[k] for k in (keys or defaults)}
     for key in settings:
-        if key in keys:
+        if key in present and not (keys is not None and config[key] is None):
             settings[key] = config[key]
     return settings if checked else check_values(settings, declared_keys(DEFAULTS_FILE))
-

@@ -9,7 +9,9 @@ REVEAL needs two things from a backbone, and nothing else:
 (b) *vision-related parameters*: the backbone lists, in ``vision_modules``, the sub-modules whose
     parameters belong to the visual modality (image feature tables, image projections,
     image-specific experts and gates; not shared experts or final mixing layers). AVL scales exactly
-    these parameters' gradients.
+    these parameters' gradients. ``text_modules`` lists the text counterparts: the balancing rules
+    that modulate both modalities (``avl_rule``) scale those, and AVL's diagnostics compare the two
+    gradient norms.
 
 FVE's interaction scope adds one optional part:
 
@@ -28,11 +30,12 @@ import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_reveal.infra.errors import ModelContractError
+from recbole_reveal.model.missing_features import MissingModalityMixin
 
 MODALITIES = ("text", "vision")
 
 
-class MultimodalSequentialRecommender(SequentialRecommender):
+class MultimodalSequentialRecommender(MissingModalityMixin, SequentialRecommender):
     """A RecBole sequential recommender that consumes per-item text and visual features.
 
     Subclasses set ``vision_modules`` (names of sub-modules, dotted paths allowed) and call
@@ -40,6 +43,9 @@ class MultimodalSequentialRecommender(SequentialRecommender):
     """
 
     vision_modules = ()
+    # the text counterparts (text feature tables, projections, text experts), for the balancing rules
+    # that modulate both modalities
+    text_modules = ()
     # sub-modules initialised from the visual feature matrix (re-initialised, not carried over, when
     # the FVE loop warm-starts a cycle from the previous cycle's weights)
     vision_feature_tables = ()
@@ -67,6 +73,8 @@ class MultimodalSequentialRecommender(SequentialRecommender):
             # interaction can be gigabytes); moved to the model's device on first use
             self._history_tables = (interaction["vision"], dataset.item_features["vision"])
         self._kept = {}     # modality -> factor, set by kept_modalities (AVL's stacked probes)
+        # (d) items without a modality: the missing_modality handling, test-time masking
+        self.init_missing(config, dataset)
 
     # -- (a) modality masking -------------------------------------------------------------
     @contextmanager
@@ -124,21 +132,33 @@ class MultimodalSequentialRecommender(SequentialRecommender):
             return projected * factor.to(projected.dtype)
         return projected
 
-    # -- (b) vision-related parameters --------------------------------------------------------
+    # -- (b) vision-related (and text-related) parameters ---------------------------------------
     def vision_parameters(self):
         """``(name, parameter)`` pairs of every parameter of the declared ``vision_modules``."""
-        if not self.vision_modules:
-            raise ModelContractError(f"{type(self).__name__} declares no vision_modules: list the sub-modules of "
-                                     "the visual modality (e.g. vision_modules = ('vision_projection',)) in the "
+        return MultimodalSequentialRecommender.modality_parameters(self, "vision")
+
+    def text_parameters(self):
+        """``(name, parameter)`` pairs of every parameter of the declared ``text_modules`` (the rules that
+        modulate both modalities, ``avl_rule: reference | agm | ogm_ge``, and the gradient-norm ratio)."""
+        return MultimodalSequentialRecommender.modality_parameters(self, "text")
+
+    def modality_parameters(self, modality):
+        """``(name, parameter)`` pairs of the sub-modules the backbone declares for ``modality``."""
+        attribute = {"vision": "vision_modules", "text": "text_modules"}[modality]
+        declared = getattr(self, attribute)
+        if not declared:
+            example = "vision_projection" if modality == "vision" else "text_projection"
+            raise ModelContractError(f"{type(self).__name__} declares no {attribute}: list the sub-modules of "
+                                     f"the {modality} modality (e.g. {attribute} = ('{example}',)) in the "
                                      "class, for AVL to scale their gradients")
         modules = dict(self.named_modules())
         params = []
-        for name in self.vision_modules:
+        for name in declared:
             if name not in modules:
                 children = [n for n, m in modules.items() if n and "." not in n and any(True for _ in m.parameters())]
                 close = difflib.get_close_matches(name, list(modules), n=1)
                 raise ModelContractError(
-                    f"{type(self).__name__}.vision_modules names '{name}', which is not a sub-module"
+                    f"{type(self).__name__}.{attribute} names '{name}', which is not a sub-module"
                     + (f" (did you mean '{close[0]}'?)" if close else "")
                     + f"; its sub-modules with parameters: {', '.join(children) or 'none'}"
                 )
@@ -173,15 +193,3 @@ class MultimodalSequentialRecommender(SequentialRecommender):
             self._history_tables = (interactions, items)
         offset = interactions[interaction_seq] - items[item_seq]
         return item_vision + offset.to(item_vision.dtype)
-
-    # -- features -------------------------------------------------------------------------------
-    @staticmethod
-    def item_feature_table(dataset, modality):
-        """The dataset's ``[n_items, dim]`` float tensor for ``modality`` (row 0 = padding)."""
-        features = getattr(dataset, "item_features", None)
-        if features is None or modality not in features:
-            raise ValueError(
-                f"the dataset has no '{modality}' item features: multimodal models need the "
-                "MultimodalSequentialDataset hook (set by run_recbole_reveal / create_dataset)"
-            )
-        return features[modality]

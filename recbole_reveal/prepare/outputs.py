@@ -30,7 +30,7 @@ def extract_features(name, out, opts):
     for modality, encoder, default in (("text", opts.text_encoder, "text_minilm"),
                                        ("vision", opts.vision_encoder, "vision_efficientnet_lite0")):
         r = extract(name, data_path=out, modality=modality, encoder=encoder, batch_size=opts.batch_size,
-                    device=opts.device)
+                    device=opts.device, keep_missing=opts.missing_images == "keep")
         if r["name"] != default:
             key = "text_feature" if modality == "text" else "vision_feature"
             logger.warning("the %s feature set is named '%s'; train with --%s=%s (the default is %s)",
@@ -38,7 +38,7 @@ def extract_features(name, out, opts):
         if r["zero_rows"]:
             logger.warning("%d items got all-zero visual features (no image)", len(r["zero_rows"]))
         results.append({"name": r["name"], "modality": modality, "encoder": encoder, "rows": r["rows"],
-                        "dim": r["dim"], "zero_rows": len(r["zero_rows"])})
+                        "dim": r["dim"], "zero_rows": len(r["zero_rows"]), "missing": len(r["missing"])})
     return results
 
 

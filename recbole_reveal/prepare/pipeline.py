@@ -53,7 +53,7 @@ class Options:
     def __init__(self, core=5, require_title=False, missing_images="drop", offline=False, workers=16,
                  retries=3, backoff=1.0, timeout=20.0, features=True, text_encoder="minilm",
                  vision_encoder="efficientnet-lite0", device="cpu", batch_size=64,
-                 max_bad_fraction=0.05, photo_labels=src.DEFAULT_PHOTO_LABELS, tmp_dir=None):
+                 max_bad_fraction=0.05, photo_labels=src.DEFAULT_PHOTO_LABELS, tmp_dir=None, keep_missing=False):
         if missing_images not in ("drop", "keep"):
             raise PrepareError(f"missing_images must be 'drop' or 'keep', got {missing_images!r}")
         if core < 1:
@@ -65,11 +65,15 @@ class Options:
         self.device, self.batch_size = device, int(batch_size)
         self.max_bad_fraction, self.photo_labels = float(max_bad_fraction), tuple(photo_labels)
         self.tmp_dir = tmp_dir
+        # keep items without an image or without text, marked missing in the feature sets (not the paper's protocol)
+        self.keep_missing = bool(keep_missing)
+        if self.keep_missing:
+            self.missing_images = "keep"
 
     def recorded(self):
         """The settings that determine the output (written to the report)."""
         return {"core": self.core, "require_title": self.require_title,
-                "missing_images": self.missing_images, "offline": self.offline,
+                "missing_images": self.missing_images, "keep_missing": self.keep_missing, "offline": self.offline,
                 "features": self.features, "text_encoder": self.text_encoder,
                 "vision_encoder": self.vision_encoder, "device": self.device,
                 "photo_labels": list(self.photo_labels)}
@@ -302,7 +306,7 @@ def prepare(dataset, raw_dir=".", out="dataset_atomic", name=None, category=None
             rec = records.get(token)
             if rec is None:
                 reasons["no_metadata"] += 1
-            elif not _item_has_text(rec, opts.require_title):
+            elif not opts.keep_missing and not _item_has_text(rec, opts.require_title):
                 reasons["no_text"] += 1
             elif not rec.sources and opts.missing_images == "drop":
                 reasons["no_image_source"] += 1
@@ -371,6 +375,8 @@ def prepare(dataset, raw_dir=".", out="dataset_atomic", name=None, category=None
                [("\t".join((t, records[t].title, records[t].categories, records[t].brand,
                             image_of.get(t, ""))) + "\n").encode("utf-8") for t in final_items])
         report["stats"] = compute_stats(users[mask], items[mask])
+        report["missing"] = {"vision": sum(t not in image_of for t in final_items),
+                             "text": sum(not _item_has_text(records[t], opts.require_title) for t in final_items)}
     finally:
         spool.close()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -389,4 +395,6 @@ def prepare(dataset, raw_dir=".", out="dataset_atomic", name=None, category=None
 
     # 8. statistics
     print(format_table(rows))
+    print(f"items kept without an image: {report['missing']['vision']:,}, without text: {report['missing']['text']:,}"
+          + (" (marked missing in the feature sets)" if opts.keep_missing or opts.missing_images == "keep" else ""))
     return report

@@ -28,77 +28,36 @@ Inference is untouched. With ``avl: False`` the trainer is RecBole's ``Trainer``
 import math
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 
 from recbole.utils import set_color
 
 from recbole_reveal.adaptation.trainer import PluginTrainer
-from recbole_reveal.config_keys.schema import require
 from recbole_reveal.infra.collectives import all_reduce_weighted_mean, is_distributed
 from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
+from recbole_reveal.trainer.avl_diagnostics import DiagnosticsMixin, _stats
+from recbole_reveal.trainer.avl_rules import make_rule
 
 # a stacked probe must agree with the two separate probes to this relative tolerance (float rounding)
 STACKED_PROBE_RTOL = 1e-4
 
 
-def avl_scale(loss_v, loss_t, mean_loss_v, mean_loss_t, alpha):
-    """Eqs 9-13: ``K = exp(alpha * (exp(L_v - L_t) - exp(mean_L_v - mean_L_t)))``."""
-    r = math.exp(loss_v - loss_t)
-    r_bar = math.exp(mean_loss_v - mean_loss_t)
-    return math.exp(alpha * (r - r_bar))
-
-
-class ModalityBalance:
-    """Running state of AVL: means of the unimodal losses over every probed step so far (eq 11)."""
-
-    def __init__(self, alpha, clamp=None):
-        self.alpha = require("avl_alpha", alpha)       # the schema's rule, for a balance built outside a run
-        self.clamp = require("avl_clamp", clamp)
-        self.steps = 0
-        self.mean_loss_v = 0.0
-        self.mean_loss_t = 0.0
-
-    def update(self, loss_v, loss_t):
-        """Add one step's unimodal losses; return that step's scale ``K``, or ``None`` when a loss is not
-        finite (the step is left out of the means and the caller applies ``K = 1``)."""
-        if not (math.isfinite(loss_v) and math.isfinite(loss_t)):
-            return None
-        self.steps += 1
-        self.mean_loss_v += (loss_v - self.mean_loss_v) / self.steps
-        self.mean_loss_t += (loss_t - self.mean_loss_t) / self.steps
-        try:
-            k = avl_scale(loss_v, loss_t, self.mean_loss_v, self.mean_loss_t, self.alpha)
-        except OverflowError:
-            k = math.inf
-        if self.clamp is not None:
-            k = min(max(k, self.clamp[0]), self.clamp[1])
-        elif not math.isfinite(k):
-            raise FloatingPointError(
-                f"AVL scale overflowed (L_v={loss_v:.4f}, L_t={loss_t:.4f}, alpha={self.alpha}); "
-                "lower avl_alpha or set avl_clamp"
-            )
-        return k
-
-    def state_dict(self):
-        return {"steps": self.steps, "mean_loss_v": self.mean_loss_v, "mean_loss_t": self.mean_loss_t}
-
-    def load_state_dict(self, state):
-        self.steps, self.mean_loss_v, self.mean_loss_t = state["steps"], state["mean_loss_v"], state["mean_loss_t"]
-
-
-class AVLTrainer(PluginTrainer):
+class AVLTrainer(DiagnosticsMixin, PluginTrainer):
     r"""RecBole trainer with Adaptive Visual Learning for ``*_REVEAL`` models.
 
-    Config keys (``properties/model/REVEAL.yaml``): ``avl`` (on/off), ``avl_alpha``, ``avl_clamp``,
-    ``avl_mode`` (``grad`` | ``lr``), ``avl_probe_mode`` (``train`` | ``eval``: dropout in the two
-    probe passes), ``avl_probe_every`` (probe every n-th batch, hold K in between; 1 = every batch),
-    ``avl_stacked_probes`` (``auto`` | ``True`` | ``False``: both probes as one stacked forward).
+    Config keys (``properties/model/REVEAL.yaml``): ``avl`` (on/off), ``avl_rule`` (``paper`` |
+    ``reference`` | ``agm`` | ``ogm_ge``: :mod:`recbole_reveal.trainer.avl_rules`), ``avl_alpha``,
+    ``avl_clamp``, ``avl_mode`` (``grad`` | ``lr``), ``avl_probe_mode`` (``train`` | ``eval``: dropout in
+    the two probe passes), ``avl_probe_every`` (probe every n-th batch, hold the coefficients in
+    between; 1 = every batch), ``avl_stacked_probes`` (``auto`` | ``True`` | ``False``: both probes as
+    one stacked forward), ``avl_diagnostics`` (per-epoch unimodal validation and gradient-norm ratio,
+    :mod:`recbole_reveal.trainer.avl_diagnostics`).
     """
 
     def __init__(self, config, model):
         self.avl_enabled = bool(config["avl"])
+        self._init_diagnostics(config, model)
         if self.avl_enabled:
             if not isinstance(model, MultimodalSequentialRecommender):
                 raise TypeError(f"AVL needs a MultimodalSequentialRecommender, got {type(model).__name__}")
@@ -108,42 +67,67 @@ class AVLTrainer(PluginTrainer):
             stacked = config["avl_stacked_probes"]
             self.avl_stacked_probes = "auto" if stacked is None else stacked
             self.avl_probe_every = int(config["avl_probe_every"] or 1)
-            self.vision_params = [p for _, p in model.vision_parameters() if p.requires_grad]
-            if not self.vision_params:
-                raise ConfigError(f"{type(model).__name__} has no trainable vision parameters for AVL")
-            self.balance = ModalityBalance(float(config["avl_alpha"]), config["avl_clamp"])
-            self.current_k = 1.0
+            self.balance = make_rule(config["avl_rule"] or "paper", float(config["avl_alpha"]), config["avl_clamp"])
+            self.scaled_params = {m: [p for _, p in model.modality_parameters(m) if p.requires_grad]
+                                  for m in self.balance.modalities}
+            for modality, params in self.scaled_params.items():
+                if not params:
+                    raise ConfigError(f"{type(model).__name__} has no trainable {modality} parameters for "
+                                      f"avl_rule {self.balance.name}")
+            self.vision_params = self.scaled_params["vision"]
+            self.current_coefficients = dict.fromkeys(self.balance.modalities, 1.0)
             self._avl_step = 0                 # batches trained so far (the avl_probe_every schedule)
-            self._epoch_stats = []             # (K, L_v, L_t) of each probed batch of the epoch
+            self._epoch_stats = []             # (K_vision, L_v, L_t) of each probed batch of the epoch
+            self._epoch_text_k = []            # the text coefficient of each probed batch (two-modality rules)
             self._epoch_skipped = 0            # probed batches whose probe loss was not finite
             self._stacked_ok = None            # stacked probes checked and usable (None: not tried yet)
             self._probe_seed = int(config["seed"])
+            # OGM-GE's gradient noise: its own generator, the same on every rank (replicas stay identical)
+            self._noise = torch.Generator().manual_seed(int(config["seed"]))
         super().__init__(config, model)
         if self.avl_enabled:
-            self._vision_lr = self._vision_group["lr"]
-            self.optimizer.register_step_pre_hook(self._apply_k)
+            self._base_lr = {m: self._group(m)["lr"] for m in self.balance.modalities}
             self.optimizer.register_step_post_hook(self._restore_lr)
+        if self.avl_enabled or self.avl_diagnostics:
+            self.optimizer.register_step_pre_hook(self._apply_k)
+
+    @property
+    def current_k(self):
+        """The vision coefficient applied at the current step (the paper's K)."""
+        return self.current_coefficients["vision"]
+
+    @current_k.setter
+    def current_k(self, value):
+        self.current_coefficients["vision"] = value
 
     def _build_optimizer(self, **kwargs):
         if self.avl_enabled and "params" not in kwargs:
-            kwargs["params"] = [dict(group) for group in self._param_layout(avl=True)]
+            kwargs["params"] = [dict(group) for group in self._param_layout(self.balance.modalities)]
         return super()._build_optimizer(**kwargs)
 
-    def _param_layout(self, avl):
-        """The optimizer's parameter groups: one group of every parameter (RecBole's, ``avl=False``) or
-        the non-vision parameters then the trainable vision ones, flagged ``avl_vision``."""
-        if not avl:
+    def _param_layout(self, modalities):
+        """The optimizer's parameter groups: one group of every parameter (RecBole's, no ``modalities``)
+        or the other parameters, then one group per modulated modality (flagged ``avl_modality``; the
+        vision group also ``avl_vision``, as checkpoints of earlier versions have it)."""
+        if not modalities:
             return [{"params": list(self.model.parameters())}]
-        vision = [p for _, p in self.model.vision_parameters() if p.requires_grad]
-        vision_ids = {id(p) for p in vision}
-        others = [p for p in self.model.parameters() if id(p) not in vision_ids]
-        return [{"params": others}, {"params": vision, "avl_vision": True}]
+        groups, taken = [], set()
+        for modality in modalities:
+            params = [p for _, p in self.model.modality_parameters(modality) if p.requires_grad]
+            taken |= {id(p) for p in params}
+            flags = {"avl_modality": modality, **({"avl_vision": True} if modality == "vision" else {})}
+            groups.append(dict(params=params, **flags))
+        return [{"params": [p for p in self.model.parameters() if id(p) not in taken]}] + groups
+
+    def _group(self, modality):
+        """The optimizer's group of ``modality``, looked up each time: ``optimizer.load_state_dict``
+        (resuming) replaces the group dicts, and a kept reference would edit a dead copy."""
+        return next(g for g in self.optimizer.param_groups
+                    if g.get("avl_modality", "vision" if g.get("avl_vision") else None) == modality)
 
     @property
     def _vision_group(self):
-        """The optimizer's vision group, looked up each time: ``optimizer.load_state_dict`` (resuming)
-        replaces the group dicts, and a kept reference would edit a dead copy."""
-        return next(g for g in self.optimizer.param_groups if g.get("avl_vision"))
+        return self._group("vision")
 
     # -- the probes ---------------------------------------------------------------------------
     def unimodal_losses(self, interaction):
@@ -160,6 +144,10 @@ class AVLTrainer(PluginTrainer):
             self.model.eval()
         try:
             with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=self.enable_amp):
+                # L_v (L_t) over the rows whose target has vision (text): differing rows, no stacking
+                rows = getattr(self.model, "probe_rows", lambda _: None)(interaction)
+                if rows is not None:
+                    return self._separate_probes(interaction, rows)
                 if self._stacked_ok is None and self.avl_stacked_probes != False:  # noqa: E712  (True/'auto')
                     return self._first_stacked_probe(interaction)
                 if self._stacked_ok:
@@ -182,11 +170,17 @@ class AVLTrainer(PluginTrainer):
         loss = self.model.calculate_loss(interaction)
         return sum(loss) if isinstance(loss, tuple) else loss
 
-    def _separate_probes(self, interaction):
+    def _separate_probes(self, interaction, rows=None):
+        """``rows``: {measured modality: bool [B]}, the rows each probe counts (all when None); a probe
+        with no row is NaN (K = 1 for the step)."""
         losses = []
-        for zeroed in ("text", "vision"):
+        for zeroed, measured in (("text", "vision"), ("vision", "text")):
+            batch = interaction if rows is None else interaction[rows[measured]]
+            if rows is not None and not bool(rows[measured].any()):
+                losses.append(math.nan)
+                continue
             with self._forked(), self.model.zeroed_modalities(zeroed):
-                losses.append(float(self._loss_value(interaction)))
+                losses.append(float(self._loss_value(batch)))
         return tuple(losses)
 
     def _stacked_probe(self, interaction):
@@ -238,36 +232,46 @@ class AVLTrainer(PluginTrainer):
             loss_v, loss_t = self.unimodal_losses(interaction)
             if is_distributed(self.config):      # the global batch's losses, identical on every rank
                 loss_v, loss_t = all_reduce_weighted_mean([loss_v, loss_t], len(interaction), self.device)
-            k = self.balance.update(loss_v, loss_t)
-            if k is None:
+            coefficients = self.balance.step(loss_v, loss_t)
+            if coefficients is None:
                 self._epoch_skipped += 1
-                k = 1.0
+                coefficients = dict.fromkeys(self.balance.modalities, 1.0)
             else:
-                self._epoch_stats.append((k, loss_v, loss_t))
-            self.current_k = k
+                self._epoch_stats.append((coefficients["vision"], loss_v, loss_t))
+                if "text" in coefficients:
+                    self._epoch_text_k.append(coefficients["text"])
+            self.current_coefficients = coefficients
         self._avl_step += 1
         return self.model.calculate_loss(interaction)
 
     def _apply_k(self, optimizer, args, kwargs):
-        """Optimizer step pre-hook: runs after backward, clipping and AMP unscaling."""
-        if self.avl_mode == "grad":
-            for p in self.vision_params:
-                if p.grad is not None:
-                    p.grad.mul_(self.current_k)
-        else:
-            self._vision_group["lr"] = self._vision_lr * self.current_k
+        """Optimizer step pre-hook: runs after backward, clipping and AMP unscaling. The diagnostics'
+        gradient norms are read first, before any coefficient."""
+        if self.avl_diagnostics:
+            self._record_grad_norms()
+        if not self.avl_enabled:
+            return
+        for modality, k in self.current_coefficients.items():
+            if self.avl_mode == "grad":
+                for p in self.scaled_params[modality]:
+                    if p.grad is not None:
+                        self.balance.modulate(p.grad, k, self._noise)
+            else:
+                self._group(modality)["lr"] = self._base_lr[modality] * k
 
     def _restore_lr(self, optimizer, args, kwargs):
         if self.avl_mode == "lr":
-            self._vision_group["lr"] = self._vision_lr
+            for modality, lr in self._base_lr.items():
+                self._group(modality)["lr"] = lr
 
     # -- checkpoints ---------------------------------------------------------------------------
     def trainer_state(self):
-        """AVL's running means (eq 11 averages over every probed step of the run), the step counter of
-        the ``avl_probe_every`` schedule and the K held until the next probe."""
+        """The rule's running means (eq 11 averages over every probed step of the run), the step counter
+        of the ``avl_probe_every`` schedule and the coefficients held until the next probe."""
         if not self.avl_enabled:
             return None
-        return {"avl": self.balance.state_dict(), "avl_step": self._avl_step, "avl_current_k": self.current_k}
+        return {"avl": self.balance.state_dict(), "avl_step": self._avl_step, "avl_current_k": self.current_k,
+                "avl_coefficients": dict(self.current_coefficients)}
 
     def load_trainer_state(self, state):
         if not self.avl_enabled:
@@ -278,34 +282,48 @@ class AVLTrainer(PluginTrainer):
             return
         self.balance.load_state_dict(state["avl"])
         self._avl_step = int(state.get("avl_step", 0))
-        self.current_k = float(state.get("avl_current_k", 1.0))
+        saved = state.get("avl_coefficients") or {"vision": state.get("avl_current_k", 1.0)}
+        self.current_coefficients = {m: float(saved.get(m, 1.0)) for m in self.balance.modalities}
 
     def optimizer_layout(self):
-        return self._param_layout(self.avl_enabled)
+        return self._param_layout(self.balance.modalities if self.avl_enabled else ())
 
     def layout_of_saved_optimizer(self, saved):
-        return self._param_layout(any(g.get("avl_vision") for g in saved["param_groups"]))
+        modalities = [g.get("avl_modality", "vision" if g.get("avl_vision") else None) for g in saved["param_groups"]]
+        return self._param_layout(tuple(m for m in modalities if m))
 
     # -- per epoch ---------------------------------------------------------------------------
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        if self.avl_diagnostics:
+            self._start_epoch_diagnostics(epoch_idx)
         if not self.avl_enabled:
-            return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
-        self._epoch_stats, self._epoch_skipped = [], 0
-        total_loss = super()._train_epoch(
-            train_data, epoch_idx, loss_func=loss_func or self._avl_loss, show_progress=show_progress
-        )
-        self._log_avl_epoch(epoch_idx)
+            total_loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        else:
+            self._epoch_stats, self._epoch_text_k, self._epoch_skipped = [], [], 0
+            total_loss = super()._train_epoch(
+                train_data, epoch_idx, loss_func=loss_func or self._avl_loss, show_progress=show_progress
+            )
+            self._log_avl_epoch(epoch_idx)
+        if self.avl_diagnostics:
+            self._finish_train_diagnostics(epoch_idx, self._coefficient_record() if self.avl_enabled else {})
         return total_loss
 
+    def _coefficient_record(self):
+        summary = self.epoch_avl_summary()
+        record = {"rule": self.balance.name, "coefficient_vision": summary["K"], "L_v": summary["L_v"],
+                  "L_t": summary["L_t"], "skipped": summary["skipped"]}
+        if "K_text" in summary:
+            record["coefficient_text"] = summary["K_text"]
+        return record
+
     def epoch_avl_summary(self):
-        """Mean/min/max of K, L_v and L_t over the probed batches of the last epoch, and how many probed
-        batches were skipped for a non-finite probe loss."""
-        stats = np.asarray(self._epoch_stats, dtype=np.float64).reshape(-1, 3)
-        summary = {}
-        for column, name in enumerate(("K", "L_v", "L_t")):
-            values = stats[:, column]
-            summary[name] = ({"mean": values.mean(), "min": values.min(), "max": values.max()} if len(values)
-                             else {"mean": math.nan, "min": math.nan, "max": math.nan})
+        """Mean/min/max of the vision coefficient K (and, for the rules that modulate text, ``K_text``),
+        L_v and L_t over the probed batches of the last epoch, and how many probed batches were skipped
+        for a non-finite probe loss."""
+        columns = list(zip(*self._epoch_stats)) or [(), (), ()]
+        summary = {name: _stats(values) for name, values in zip(("K", "L_v", "L_t"), columns)}
+        if "text" in self.balance.modalities:
+            summary["K_text"] = _stats(self._epoch_text_k)
         summary["skipped"] = self._epoch_skipped
         return summary
 
@@ -322,10 +340,10 @@ class AVLTrainer(PluginTrainer):
             f"{name} mean {s['mean']:.4f} [min {s['min']:.4f}, max {s['max']:.4f}]"
             for name, s in summary.items() if name != "skipped"
         ]
-        message = set_color(f"epoch {epoch_idx} AVL", "blue") + ": " + "; ".join(parts)
+        message = set_color(f"epoch {epoch_idx} AVL ({self.balance.name})", "blue") + ": " + "; ".join(parts)
         if self._epoch_skipped:
-            message += (f"; {self._epoch_skipped} probed batch(es) skipped (non-finite probe loss: K = 1, "
-                        "means unchanged)")
+            message += (f"; {self._epoch_skipped} probed batch(es) skipped (non-finite probe loss: coefficients "
+                        "1, means unchanged)")
             self.logger.warning(message)
         else:
             self.logger.info(message)

@@ -20,13 +20,13 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from recbole_reveal.fve.config import fve_settings
 from recbole_reveal.fve.critic.generation.base import AnswerLog, GenerationItem, item_key
 from recbole_reveal.fve.critic.rewrite_parser import RewriteParseError, parse_rewrite
 from recbole_reveal.fve.prompts.records import write_jsonl
 from recbole_reveal.fve.prompts.templates import render
 from recbole_reveal.fve.vlm.families import QWEN_SPECIAL_TOKENS
-from recbole_reveal.infra.errors import ConfigError, RevealUserError
-from recbole_reveal.infra.locations import fve_defaults
+from recbole_reveal.infra.errors import RevealUserError
 
 logger = logging.getLogger(__name__)
 
@@ -41,21 +41,8 @@ class LowAcceptance(RevealUserError):
 
 def critic_settings(config=None):
     """The critic's keys (:data:`CRITIC_KEYS`) from ``config`` (dict or RecBole ``Config``; missing keys
-    take their defaults in ``fve.yaml``), validated."""
-    config = config if config is not None else {}
-    keys = getattr(config, "final_config_dict", config)
-    defaults = fve_defaults(CRITIC_KEYS)
-    s = {k: (config[k] if k in keys and config[k] is not None else v) for k, v in defaults.items()}
-    for key, low in (("fve_rewrite_max_new_tokens", 1), ("fve_rewrite_batch_size", 1), ("fve_rewrite_seed", 0)):
-        if key == "fve_rewrite_batch_size" and s[key] == "auto":
-            continue
-        if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < low:
-            raise ConfigError(f"{key} must be an integer >= {low}{' or auto' if 'batch' in key else ''}; got {s[key]!r}")
-    for key in ("fve_acceptance_warning", "fve_min_acceptance"):
-        if isinstance(s[key], bool) or not isinstance(s[key], (int, float)) or not 0 <= s[key] <= 1:
-            raise ConfigError(f"{key} must be a share between 0 and 1; got {s[key]!r}")
-        s[key] = float(s[key])
-    return s
+    take their defaults in ``fve.yaml``), checked by the one pass."""
+    return fve_settings(config, CRITIC_KEYS)
 
 
 @dataclass

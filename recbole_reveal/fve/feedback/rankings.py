@@ -50,9 +50,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.fve.config import fve_settings
 from recbole_reveal.infra.files import atomic_open
-from recbole_reveal.infra.locations import fve_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -64,24 +63,8 @@ STAT_FIELDS = ("target_count", "target_hits", "mean_rank", "top_k1_rate", "top_k
 
 def feedback_settings(config=None):
     """``fve_feedback_k``, ``fve_exposure_k``, ``fve_rewrite_fraction`` from ``config`` (a dict or a
-    RecBole ``Config``; missing keys take their defaults in ``fve.yaml``), validated."""
-    config = config if config is not None else {}
-    keys = getattr(config, "final_config_dict", config)
-    defaults = fve_defaults(FEEDBACK_KEYS)
-    s = {k: (config[k] if k in keys and config[k] is not None else v) for k, v in defaults.items()}
-    ks = s["fve_feedback_k"]
-    if (not isinstance(ks, (list, tuple)) or len(ks) != 2
-            or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks) or ks[0] > ks[1]):
-        raise ConfigError(f"fve_feedback_k must be two integers 1 <= k1 <= k2, e.g. [10, 20]; got {ks!r}")
-    e = s["fve_exposure_k"]
-    if isinstance(e, bool) or not isinstance(e, int) or e < ks[1]:
-        raise ConfigError(f"fve_exposure_k must be an integer >= fve_feedback_k[1] ({ks[1]}); got {e!r}")
-    f = s["fve_rewrite_fraction"]
-    if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
-        raise ConfigError(f"fve_rewrite_fraction must be a number in (0, 1]; got {f!r}")
-    s["fve_feedback_k"] = [int(ks[0]), int(ks[1])]
-    s["fve_rewrite_fraction"] = float(f)
-    return s
+    RecBole ``Config``; missing keys take their defaults in ``fve.yaml``), checked by the one pass."""
+    return fve_settings(config, FEEDBACK_KEYS)
 
 
 @dataclass

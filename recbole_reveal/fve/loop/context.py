@@ -7,32 +7,22 @@ from dataclasses import dataclass, field
 
 from recbole_reveal.config import build_config
 from recbole_reveal.fve.config import fve_settings
-from recbole_reveal.fve.critic.critic import critic_settings
-from recbole_reveal.fve.critic.generation.factory import build_generator, generation_settings
+from recbole_reveal.fve.critic.generation.factory import build_generator
 from recbole_reveal.fve.encoding.build import build_fve_encoder
-from recbole_reveal.fve.feedback.rankings import feedback_settings
 from recbole_reveal.fve.loop.scope import scope_of
 from recbole_reveal.fve.prompts.interactions import read_interactions
 from recbole_reveal.fve.prompts.records import read_items
 from recbole_reveal.fve.prompts.templates import load_templates
 from recbole_reveal.fve.vlm.folder import check_vlm_folder, download_hint
-from recbole_reveal.fve.vlm.load import ATTN_IMPLEMENTATIONS, QUANTIZATIONS
 from recbole_reveal.infra.cost import CostMeter
 from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.training import prepare_run
 
 
 def run_settings(config):
-    """Every ``fve_*`` key of ``config`` with its default, validated: the encoder's (``fve_settings``),
-    the feedback's, the critic's and the generation backend's."""
-    settings = fve_settings(config)
-    settings.update(feedback_settings(config))
-    settings.update(critic_settings(config))
-    settings.update(generation_settings(settings))
-    for key, choices in (("fve_attn_implementation", ATTN_IMPLEMENTATIONS), ("fve_quantization", QUANTIZATIONS)):
-        if settings[key] is not None and settings[key] not in choices:
-            raise ConfigError(f"{key} must be one of {', '.join(choices)} or ~; got {settings[key]!r}")
-    return settings
+    """Every ``fve_*`` key of ``config`` with its default (the encoder's, the feedback's, the critic's and
+    the generation backend's), each checked once, when the config was built."""
+    return fve_settings(config)
 
 
 @dataclass
@@ -53,9 +43,10 @@ class FVEContext:
     _templates: dict = None
 
     @classmethod
-    def build(cls, model, dataset, config_file_list=None, config_dict=None, cmd_args=()):
-        config_dict = dict(config_dict or {})
-        config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
+    def build(cls, config):
+        """The context of a built config; each cycle's backbone run rebuilds it from the same inputs with
+        that cycle's feature set (:meth:`prepare_training`)."""
+        model, dataset, config_file_list, config_dict, cmd_args = config.inputs
         settings = run_settings(config)
         from recbole_reveal.fve.loop.stages import training_plan
 

@@ -15,6 +15,7 @@ import time
 from contextlib import contextmanager
 
 from recbole_reveal.fve.encoding.residency import place_vlm
+from recbole_reveal.config import build_config
 from recbole_reveal.fve.loop.context import FVEContext
 from recbole_reveal.fve.loop.run_state import RunState, fingerprint_config, run_folders_locked
 from recbole_reveal.fve.loop.stages import Critic, Encode, Feedback, Init, Train
@@ -51,7 +52,12 @@ def run_fve(model, dataset, config_file_list=None, config_dict=None, cmd_args=()
     ``stopped_after`` (``fve_stop_after`` when it ended the call early, else None), ``run_dir``,
     ``feature_dir``, ``table_text``, ``cost``, ``cost_file``.
     """
-    ctx = FVEContext.build(model, dataset, config_file_list, config_dict, cmd_args)
+    return run_fve_with_config(build_config(model, dataset, config_file_list, config_dict, cmd_args))
+
+
+def run_fve_with_config(config):
+    """:func:`run_fve` of a config built once by the caller (``build_config``; the command passes its own)."""
+    ctx = FVEContext.build(config)
     x_max, stop_after = ctx.settings["fve_cycles"], ctx.settings["fve_stop_after"]
     plan = list(algorithm_2(x_max))
     if stop_after is not None and stop_after not in [s.name for s in plan]:

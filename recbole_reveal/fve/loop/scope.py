@@ -125,5 +125,5 @@ SCOPES = {s.name: s for s in (ItemScope, InteractionScope)}
 
 
 def scope_of(settings):
-    """The strategy of ``settings["fve_prompt_scope"]`` (checked by ``fve_settings``)."""
+    """The strategy of ``settings["fve_prompt_scope"]`` (its choices checked once, with the config)."""
     return SCOPES[settings["fve_prompt_scope"]]()

@@ -5,7 +5,7 @@ Prompt files are JSON lines, UTF-8, one object per item in ``.item`` order::
     {"item_id": "i0000", "prompt": "An item image of a Backpacks. ...", "keywords": ["blue", ...]}
 
 ``item_id`` and ``prompt`` (non-empty strings) are required; other keys are kept as they are (the
-cycle loop adds its own). ``python -m recbole_reveal.fve.prompts --dataset NAME`` writes the
+cycle loop adds its own). ``python -m recbole_reveal.commands.fve_prompts --dataset NAME`` writes the
 initial prompts of a dataset.
 """
 

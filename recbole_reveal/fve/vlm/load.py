@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from recbole_reveal.config_keys.schema import RANGES
 from recbole_reveal.fve.vlm.families import FAMILIES
 from recbole_reveal.fve.vlm.folder import check_vlm_folder
 from recbole_reveal.infra.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "auto")
-QUANTIZATIONS = ("4bit", "8bit")
+ATTN_IMPLEMENTATIONS = RANGES["fve_attn_implementation"].choices     # the schema's choices, one list
+QUANTIZATIONS = RANGES["fve_quantization"].choices
 GPU_EXTRA = "pip install 'recbole-reveal[gpu]'"
 
 

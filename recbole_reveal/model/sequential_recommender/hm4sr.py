@@ -69,6 +69,15 @@ class HM4SR(MultimodalSequentialRecommender):
         "vision_placeholder",
     )
     vision_feature_tables = ("vision_table",)
+    text_modules = (
+        "text_table",
+        "text_proj",
+        "align_moe.text_experts",
+        "temporal_moe.text_experts",
+        "text_norm",
+        "text_encoder",
+        "text_placeholder",
+    )
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -251,10 +260,13 @@ class HM4SR(MultimodalSequentialRecommender):
         ``interaction_seq``: the histories' interaction ids (interaction-level visual features)."""
         times, valid = self._times(time_seq, item_seq)
         positions = self.position_embedding(torch.arange(item_seq.size(1), device=item_seq.device))
-        id_emb, text_emb, vision_emb = self.lookup(tables, item_seq)
-        if interaction_seq is not None:
-            vision = self.history_vision_features(item_seq, interaction_seq, self.vision_table(item_seq))
-            vision_emb = self.mask_modality("vision", self.vision_proj(vision))
+        with self.reading_history():
+            if self.history_rows_differ():      # test-time masking of one side only: the history's own rows
+                tables = self.item_tables()
+            id_emb, text_emb, vision_emb = self.lookup(tables, item_seq)
+            if interaction_seq is not None:
+                vision = self.history_vision_features(item_seq, interaction_seq, self.vision_table(item_seq))
+                vision_emb = self.mask_modality("vision", self.vision_proj(vision))
         id_emb, text_emb, vision_emb = (e + positions for e in (id_emb, text_emb, vision_emb))
         id_emb, text_emb, vision_emb = self.align_moe(id_emb, text_emb, vision_emb)
         time_embedding = self.temporal_moe.time_embedding(times, valid)

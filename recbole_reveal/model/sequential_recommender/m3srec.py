@@ -57,6 +57,14 @@ class M3SRec(MultimodalSequentialRecommender, GaussianSequentialRecommender):
         "cov_fusion.vision_experts",
     )
     vision_feature_tables = ("vision_mean_table", "vision_cov_table")
+    text_modules = (
+        "text_mean_table",
+        "text_cov_table",
+        "text_mean_proj",
+        "text_cov_proj",
+        "mean_fusion.text_experts",
+        "cov_fusion.text_experts",
+    )
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -154,13 +162,14 @@ class M3SRec(MultimodalSequentialRecommender, GaussianSequentialRecommender):
         return mean, cov
 
     def sequence_gaussians(self, item_seq, interaction_seq=None):
-        if interaction_seq is not None:
-            # interaction-level visual features: every position is its own interaction
-            return self._fused_sequence(*self.fusion_parts(item_seq, interaction_seq))
-        # the fusion of an item does not depend on its position: compute it once per distinct item
-        # (a batch repeats items far more often than it holds distinct ones) and gather
-        unique, inverse = torch.unique(item_seq, return_inverse=True)
-        return self._fused_sequence(*self.fusion_parts(unique), inverse)
+        with self.reading_history():
+            if interaction_seq is not None:
+                # interaction-level visual features: every position is its own interaction
+                return self._fused_sequence(*self.fusion_parts(item_seq, interaction_seq))
+            # the fusion of an item does not depend on its position: compute it once per distinct item
+            # (a batch repeats items far more often than it holds distinct ones) and gather
+            unique, inverse = torch.unique(item_seq, return_inverse=True)
+            return self._fused_sequence(*self.fusion_parts(unique), inverse)
 
     def _fused_sequence(self, mean_parts, cov_parts, inverse=None):
         """The fused (mean, covariance) of a history from its fusion parts: per position, or per

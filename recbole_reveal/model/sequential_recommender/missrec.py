@@ -29,10 +29,11 @@ from torch import nn
 
 from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.model.abstract_recommender import MultimodalSequentialRecommender
-from recbole_reveal.model.kmeans import kmeans
+from recbole_reveal.model.kmeans import kmeans, nearest_centroid
 from recbole_reveal.model.reference_mode import reference_switch
 
 PENALTY_POOLINGS = ("sum", "mean", "reference")
+MODALITY_INDEX = {"text": 0, "vision": 1}      # modality_embeddings returns (text, vision)
 
 
 class MISSRec(MultimodalSequentialRecommender):
@@ -56,6 +57,7 @@ class MISSRec(MultimodalSequentialRecommender):
     input_type = InputType.POINTWISE
     vision_modules = ("vision_table", "vision_adaptor")
     vision_feature_tables = ("vision_table",)
+    text_modules = ("text_table", "text_adaptor")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -190,12 +192,27 @@ class MISSRec(MultimodalSequentialRecommender):
         self.text_interest_ids[1:] = assignment[:n_real] + 1  # interest 0 = padding
         self.vision_interest_ids[1:] = assignment[n_real:] + 1
 
+    def _interest_ids(self, modality, item_seq):
+        """The interest of each history item's ``modality`` token. An item whose modality is masked at test
+        time (the robustness protocol) gets the interest nearest its replacement row, as
+        :meth:`discover_interests` assigns every token, not the one its real features gave it."""
+        ids = getattr(self, f"{modality}_interest_ids")
+        masked = self.test_masked(modality, "history")
+        if masked is None:
+            return ids[item_seq]
+        with self.reading_history():
+            rows = self.modality_embeddings()[MODALITY_INDEX[modality]]
+        masked = masked.to(ids.device)
+        ids = ids.clone()
+        ids[masked] = nearest_centroid(rows[masked], self.interest_embeddings[1:], rows=4096) + 1
+        return ids[item_seq]
+
     def interest_tokens(self, item_seq):
         """The distinct interests of each history's items: ids ``[B, T]`` (0 = padding) and embeddings."""
         # mask_modality turns a zeroed modality's interest ids into zeros, the padding interest
         ids = torch.cat([
-            self.mask_modality("text", self.text_interest_ids[item_seq]),
-            self.mask_modality("vision", self.vision_interest_ids[item_seq]),
+            self.mask_modality("text", self._interest_ids("text", item_seq)),
+            self.mask_modality("vision", self._interest_ids("vision", item_seq)),
         ], dim=1)
         has_padding = (ids == 0).any(1)
         ids, _ = ids.sort(dim=1)
@@ -231,8 +248,9 @@ class MISSRec(MultimodalSequentialRecommender):
         ``item_modalities``: the ``(text, vision)`` embeddings of all items when the caller has them;
         ``interaction_seq``: the histories' interaction ids (interaction-level visual features).
         """
-        if item_modalities is None or interaction_seq is not None:
-            text, vision = self.modality_embeddings(item_seq, interaction_seq)
+        if item_modalities is None or interaction_seq is not None or self.history_rows_differ():
+            with self.reading_history():
+                text, vision = self.modality_embeddings(item_seq, interaction_seq)
         else:
             text, vision = (table[item_seq] for table in item_modalities)
 

@@ -10,39 +10,17 @@
 Both send one user turn per item: the instruction text, then the image (a common prefix that serving
 engines can cache), decoded greedily (temperature 0) under a fixed seed.
 """
-from recbole_reveal.infra.errors import ConfigError
 
-BACKENDS = ("transformers", "endpoint")
+from recbole_reveal.fve.config import fve_settings
+
+GENERATION_KEYS = ("fve_generation_backend", "fve_generation_endpoint", "fve_generation_model",
+                   "fve_generation_api_key_env", "fve_generation_concurrency", "fve_generation_timeout",
+                   "fve_generation_retries", "fve_generation_guided_json")
 
 
 def generation_settings(settings):
-    """The generation keys of ``settings`` (an ``fve_*`` dict with defaults), validated."""
-    s = {k: settings[k] for k in ("fve_generation_backend", "fve_generation_endpoint", "fve_generation_model",
-                                  "fve_generation_api_key_env", "fve_generation_concurrency",
-                                  "fve_generation_timeout", "fve_generation_retries", "fve_generation_guided_json")}
-    if s["fve_generation_backend"] not in BACKENDS:
-        raise ConfigError(f"fve_generation_backend must be one of {', '.join(BACKENDS)}; "
-                          f"got {s['fve_generation_backend']!r}")
-    endpoint = s["fve_generation_endpoint"]
-    if s["fve_generation_backend"] == "endpoint":
-        if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
-            raise ConfigError("fve_generation_backend: endpoint needs fve_generation_endpoint, the server's "
-                              f"OpenAI-compatible base URL such as http://127.0.0.1:8000/v1; got {endpoint!r}")
-    elif s["fve_generation_guided_json"]:
-        raise ConfigError("fve_generation_guided_json needs fve_generation_backend: endpoint (a server with "
-                          "guided decoding such as vLLM or SGLang); transformers generate has none")
-    for key, low in (("fve_generation_concurrency", 1), ("fve_generation_retries", 0)):
-        if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < low:
-            raise ConfigError(f"{key} must be an integer >= {low}; got {s[key]!r}")
-    t = s["fve_generation_timeout"]
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
-        raise ConfigError(f"fve_generation_timeout must be a positive number of seconds; got {t!r}")
-    if not isinstance(s["fve_generation_guided_json"], bool):
-        raise ConfigError(f"fve_generation_guided_json must be True or False; got {s['fve_generation_guided_json']!r}")
-    env = s["fve_generation_api_key_env"]
-    if env is not None and (not isinstance(env, str) or not env):
-        raise ConfigError(f"fve_generation_api_key_env must name an environment variable or be ~; got {env!r}")
-    return s
+    """The generation keys of ``settings`` (an ``fve_*`` dict with defaults), checked by the one pass."""
+    return fve_settings(dict(settings), GENERATION_KEYS)
 
 
 def build_generator(settings, load_vlm):

@@ -1,4 +1,4 @@
-"""``python -m recbole_reveal.fve.encoding.cache info ROOT``: entries, shard files and size of an FVE
+"""``python -m recbole_reveal.commands.fve_cache info ROOT``: entries, shard files and size of an FVE
 embedding cache folder, without changing anything."""
 
 import argparse
@@ -9,7 +9,7 @@ from recbole_reveal.fve.encoding.cache.embeddings import cache_summary
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m recbole_reveal.fve.encoding.cache",
+    p = argparse.ArgumentParser(prog="python -m recbole_reveal.commands.fve_cache",
                                 description="Inspect an FVE embedding cache folder (info).")
     p.add_argument("action", choices=["info"])
     p.add_argument("root")

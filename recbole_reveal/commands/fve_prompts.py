@@ -1,4 +1,4 @@
-"""``python -m recbole_reveal.fve.prompts --dataset NAME``: write FVE's initial prompt per item (JSON
+"""``python -m recbole_reveal.commands.fve_prompts --dataset NAME``: write FVE's initial prompt per item (JSON
 lines). The options are the loop's config keys (properties/fve/fve.yaml)."""
 
 import argparse
@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m recbole_reveal.fve.prompts",
+    p = argparse.ArgumentParser(prog="python -m recbole_reveal.commands.fve_prompts",
                                 description="Write FVE's initial prompt per item (JSON lines).")
     p.add_argument("--dataset", required=True)
     p.add_argument("--data_path", default="dataset_atomic")
@@ -41,8 +41,7 @@ def main(argv=None):
 
 
 def cli(argv=None):
-    """``python -m recbole_reveal.fve.prompts``: :func:`main`, with a user error as one ``error:`` line and
-    exit status 2."""
+    """:func:`main`, with a user error as one ``error:`` line and exit status 2."""
     return exit_status(main, argv)
 
 
