@@ -1,11 +1,13 @@
 """AVL's training cost and its cheap mode's fidelity, side by side in one run.
 
-    python benchmarks/avl_overhead.py [--backbone=M3SRec] [--dataset=synthetic-demo] [--repeats=3]
-        [--probe_every=4] [--alpha 0.1 1.0] [--threads=N]
+    python benchmarks/avl_overhead.py [--backbone=M3SRec] [--dataset=synthetic-demo] [--data_path=...]
+        [--repeats=3] [--probe_every=4] [--alpha 0.1 1.0] [--rules paper reference agm ogm_ge] [--threads=N]
 
 1. Cost: one training epoch of the backbone and of its REVEAL variant with exact AVL (the two probes as
-   two forwards, and as one stacked forward) and with the cheap mode (``avl_probe_every``), as the median
-   of ``--repeats`` alternating runs and the ratio to the backbone; plus the probes alone.
+   two forwards, and as one stacked forward) and with the cheap mode (``avl_probe_every``), each other
+   ``avl_rule`` (exact, stacked), and AVL off with its per-epoch diagnostics on (the gradient norms; the
+   unimodal validation is a validation cost), as the median of ``--repeats`` alternating runs and the ratio
+   to the backbone; plus the probes alone. The AVL rows run without the diagnostics.
 2. Fidelity of a cheap estimate of eq 13's K at the same probe cost (1/n of the exact probes): on a
    model trained for one epoch, for every batch of the next, the exact ``L_v - L_t`` and K, the estimate
    from a random 1/n of the batch (what the removed ``avl_sample_fraction`` did; 20 draws a batch), and
@@ -41,20 +43,26 @@ def probe_time(trainer, train_data):
     return time.perf_counter() - start
 
 
-def cost_table(backbone, dataset, repeats, probe_every):
+def cost_table(backbone, dataset, repeats, probe_every, rules=(), data_path=None):
     reveal = f"{backbone}_REVEAL"
+    quiet = {"avl_diagnostics": False}
     variants = {
         backbone: (backbone, {}),
-        "REVEAL exact, 2 probe forwards": (reveal, {"avl_stacked_probes": False}),
-        "REVEAL exact, stacked probes": (reveal, {"avl_stacked_probes": True}),
-        f"REVEAL cheap (probe every {probe_every}), stacked": (reveal, {"avl_stacked_probes": True,
-                                                                         "avl_probe_every": probe_every}),
+        "REVEAL exact, 2 probe forwards": (reveal, dict(quiet, avl_stacked_probes=False)),
+        "REVEAL exact, stacked probes": (reveal, dict(quiet, avl_stacked_probes=True)),
+        f"REVEAL cheap (probe every {probe_every}), stacked": (reveal, dict(quiet, avl_stacked_probes=True,
+                                                                             avl_probe_every=probe_every)),
+        **{f"REVEAL avl_rule {rule}, stacked": (reveal, dict(quiet, avl_stacked_probes=True, avl_rule=rule))
+           for rule in rules if rule != "paper"},
+        "REVEAL avl off, diagnostics on": (reveal, {"avl": False}),
     }
+    location = {"data_path": data_path} if data_path else {}
     built = {}
     for label, (model, overrides) in variants.items():
-        _, loaders, _, trainer = prepare_run(build_config(model, dataset, config_dict=dict(overrides, epochs=1, state="WARNING")))
+        config = build_config(model, dataset, config_dict=dict(overrides, **location, epochs=1, state="WARNING"))
+        _, loaders, _, trainer = prepare_run(config)
         built[label] = (trainer, loaders[0])
-        if model == reveal:            # settles the stacked-probe check before anything is timed
+        if model == reveal and config["avl"]:      # settles the stacked-probe check before anything is timed
             trainer.unimodal_losses(next(iter(loaders[0])))
     times = {label: [] for label in variants}
     for _ in range(repeats):           # alternate the variants so drifts in machine load hit all of them
@@ -126,13 +134,16 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--probe_every", type=int, default=4)
     parser.add_argument("--alpha", type=float, nargs="+", default=[0.1, 1.0])
+    parser.add_argument("--rules", nargs="*", default=["paper", "reference", "agm", "ogm_ge"],
+                        help="avl_rule values timed besides the paper's")
+    parser.add_argument("--data_path", default=None, help="folder holding <dataset>/ (default: the config's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--skip", choices=("cost", "fidelity"), help="leave one part out")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.skip != "cost":
-        cost_table(args.backbone, args.dataset, args.repeats, args.probe_every)
+        cost_table(args.backbone, args.dataset, args.repeats, args.probe_every, args.rules, args.data_path)
     if args.skip != "fidelity":
         fidelity_table(args.backbone, args.dataset, args.probe_every, args.alpha)
 

@@ -96,12 +96,16 @@ def run_cell(job):
     return record
 
 
-def variants(alphas=None):
-    """(label, overrides): the backbone, then every rule at its source's α (or at each α of ``alphas``)."""
+def variants(alphas=None, lr=True):
+    """(label, overrides): the backbone, then every rule at its source's α (or at each α of ``alphas``,
+    the strongest also with ``avl_mode: lr``, which Adam does not normalise away; not for OGM-GE)."""
     out = [("backbone", {"avl": False})]
     for rule, alpha in RULE_ALPHA.items():
         for a in (alphas[rule] if alphas else [alpha]):
             out.append((f"{rule} α={a:g}", {"avl": True, "avl_rule": rule, "avl_alpha": a}))
+        if alphas and lr and rule != "ogm_ge":
+            a = max(alphas[rule])
+            out.append((f"{rule} α={a:g} lr", {"avl": True, "avl_rule": rule, "avl_alpha": a, "avl_mode": "lr"}))
     return out
 
 
@@ -127,6 +131,9 @@ def summarise(label, records, base):
         row[f"p_{metric}"] = paired_ttest([b["test"][metric] for b in base], values)[1] if label != "backbone" \
             else math.nan
     row["vision_only"] = mean_std([r["vision_only"]["recall@20"] for r in records])
+    # the diagnostics' last validation: both modalities, text zeroed (vision only), vision zeroed (text only)
+    row["valid"] = [sum(r["avl_epochs"][-1][k] for r in records) / len(records)
+                    for k in ("valid", "valid_text_zeroed", "valid_vision_zeroed")]
     row["coefficients"] = coefficient_range(records)
     ratios = [e["grad_norm_ratio_vision_text"]["mean"] for r in records for e in r["avl_epochs"]
               if "grad_norm_ratio_vision_text" in e]
@@ -138,15 +145,17 @@ def summarise(label, records, base):
 def render(title, rows):
     lines = [f"### {title}", "",
              "| variant | R@20 | NDCG@20 | p (R@20) | p (N@20) | vision-only R@20 | coefficient range | "
-             "‖g_v‖/‖g_t‖ | epoch time ×backbone |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "‖g_v‖/‖g_t‖ | valid N@20 both / vision only / text only | epoch time ×backbone |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rng = "; ".join(f"{m} [{lo:.3f}, {hi:.3f}]" for m, (lo, hi) in r["coefficients"].items()) or "—"
-        p = [("—" if math.isnan(r[k]) else f"{r[k]:.3f}") for k in ("p_recall@20", "p_ndcg@20")]
+        # a NaN p of a rule: every seed's metric equals the backbone's (no difference to test)
+        p = [("—" if r["variant"] == "backbone" else "identical") if math.isnan(r[k]) else f"{r[k]:.3f}"
+             for k in ("p_recall@20", "p_ndcg@20")]
         lines.append(f"| {r['variant']} | {r['recall@20'][0]:.4f} ± {r['recall@20'][1]:.4f} | "
                      f"{r['ndcg@20'][0]:.4f} ± {r['ndcg@20'][1]:.4f} | {p[0]} | {p[1]} | "
                      f"{r['vision_only'][0]:.4f} ± {r['vision_only'][1]:.4f} | {rng} | {r['grad_ratio']:.3f} | "
-                     f"{r['time_ratio']:.2f} |")
+                     f"{' / '.join(f'{v:.4f}' for v in r['valid'])} | {r['time_ratio']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -175,9 +184,13 @@ def plot(tables, alpha_rows, out):
         ax.axhline(base, color="grey", ls="--", label="backbone")
         for rule in RULE_ALPHA:
             pts = sorted((float(r["variant"].split("α=")[1]), r["recall@20"]) for r in alpha_rows
-                         if r["variant"].startswith(rule + " "))
+                         if r["variant"].startswith(rule + " ") and not r["variant"].endswith(" lr"))
             ax.errorbar([a for a, _ in pts], [m for _, (m, _) in pts], yerr=[s for _, (_, s) in pts],
                         marker="o", capsize=3, label=rule)
+        lr = [(float(r["variant"].split("α=")[1].split()[0]), r["recall@20"][0]) for r in alpha_rows
+              if r["variant"].endswith(" lr")]
+        if lr:
+            ax.plot(*zip(*lr), "kx", label="avl_mode: lr")
         ax.set_xscale("log")
         ax.set_xlabel("α (avl_alpha)")
         ax.set_ylabel("test R@20")
@@ -219,7 +232,7 @@ def main(argv=None):
     print(f"data and features ready ({time.perf_counter() - start:.0f} s)", flush=True)
     jobs, cells = [], {}
     for setting in args.settings:
-        grid = variants() + ([v for v in variants(size["alphas"]) if v[0] != "backbone"]
+        grid = variants() + ([v for v in variants(size["alphas"], lr=not args.quick) if v[0] != "backbone"]
                              if setting == args.alpha_setting else [])
         for label, overrides in grid:
             overrides = dict(overrides, epochs=size["epochs"])

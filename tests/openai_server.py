@@ -15,15 +15,19 @@ TITLE = re.compile(r'The image shows the item "([^"]*)"')
 class ScriptedServer:
     """``answer(text) -> (content, finish_reason)`` scripts the replies; ``faults`` maps the n-th distinct
     item seen (0-based) to the fault its first request meets: ``"slow"`` (replies after ``slow_s``),
-    ``"500"`` or ``"drop"`` (closes the connection without a reply). ``hold_after``: the first that many
+    ``"500"``, ``"drop"`` (closes the connection without a reply) or ``"trickle"`` (the reply's headers,
+    then its body one byte every ``slow_s`` seconds). ``hold_after``: the first that many
     chat requests are answered, every later one waits until :meth:`release` (to kill a client in the middle
     of its critic). Which requests pass is decided on arrival, under the lock, so concurrent requests
     cannot slip past the count; a held request never times out on this side (a hold that ended by itself
     would answer the client and let its critic finish). ``held`` counts the requests waiting now."""
 
-    def __init__(self, answer, faults=None, slow_s=2.0, model="qwen-test", api_key=None, hold_after=None):
+    def __init__(self, answer, faults=None, slow_s=2.0, model="qwen-test", api_key=None, hold_after=None,
+                 models_reply=None):
         self.answer, self.faults, self.slow_s, self.model, self.api_key = answer, faults or {}, slow_s, model, api_key
-        self.requests = []          # (title, body) of every chat request, in arrival order
+        self.models_reply = models_reply        # GET /models replies this instead of the model list
+        self.requests = []          # (title, body) of every chat request for the served model, in arrival order
+        self.posts = 0              # every POST, refused ones included
         self.answered = 0
         self.hold_after = hold_after
         self.holding = threading.Event()      # set when a request waits on the hold
@@ -63,13 +67,19 @@ class ScriptedServer:
             def log_message(self, *args):
                 pass
 
-            def _reply(self, code, obj):
+            def _reply(self, code, obj, trickle=False):
                 data = json.dumps(obj).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                if not trickle:
+                    self.wfile.write(data)
+                    return
+                for k in range(len(data)):
+                    self.wfile.write(data[k:k + 1])
+                    self.wfile.flush()
+                    time.sleep(server.slow_s)
 
             def _authorised(self):
                 if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
@@ -81,12 +91,15 @@ class ScriptedServer:
                 if not self._authorised():
                     return
                 if self.path == "/v1/models":
-                    self._reply(200, {"object": "list", "data": [{"id": server.model, "object": "model"}]})
+                    self._reply(200, server.models_reply if server.models_reply is not None else
+                                {"object": "list", "data": [{"id": server.model, "object": "model"}]})
                 else:
                     self._reply(404, {"error": {"message": f"no route {self.path}"}})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server._lock:
+                    server.posts += 1
                 if not self._authorised():
                     return
                 if self.path != "/v1/chat/completions":
@@ -125,7 +138,8 @@ class ScriptedServer:
                 try:
                     self._reply(200, {"id": "x", "object": "chat.completion", "model": server.model,
                                       "choices": [{"index": 0, "finish_reason": finish,
-                                                   "message": {"role": "assistant", "content": content}}]})
+                                                   "message": {"role": "assistant", "content": content}}]},
+                                trickle=fault == "trickle")
                 except OSError:        # the client went away (a killed run, a timed-out request)
                     return
                 with server._lock:

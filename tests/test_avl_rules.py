@@ -162,3 +162,18 @@ def test_diagnostics_change_no_number_and_also_run_with_avl_off(tiny_config):
 def test_ogm_ge_in_lr_mode_is_refused(tiny_config):
     with pytest.raises(ConfigError, match="ogm_ge"):
         build_pipeline("M3SRec_REVEAL", dict(tiny_config, avl_rule="ogm_ge", avl_mode="lr"))
+
+
+def test_the_run_record_keeps_the_diagnostics(tiny_config, tmp_path):
+    import json
+
+    from recbole_reveal.experiments.runs import ResultStore, RunSpec, execute
+
+    overrides = {k: v for k, v in tiny_config.items() if k != "checkpoint_dir"}
+    spec = RunSpec("M3SRec_REVEAL", dict(overrides, epochs=1, avl_rule="agm"))
+    store = ResultStore(str(tmp_path / "results"))
+    execute(spec, 5, "tiny", store)
+    with open(store.path(spec, 5), encoding="utf-8") as f:
+        saved = json.load(f)["avl_epochs"]
+    assert [e["epoch"] for e in saved] == [0] and saved[0]["rule"] == "agm"
+    assert {"valid_text_zeroed", "valid_vision_zeroed", "grad_norm_ratio_vision_text", "coefficient_text"} <= set(saved[0])

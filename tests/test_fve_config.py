@@ -55,7 +55,8 @@ def _model_keys():
     return sorted(keys)
 
 
-@pytest.mark.parametrize("key", ["avl_alpha", "avl_clamp", "avl_mode", "avl_probe_mode", "avl_probe_every", "avl"])
+@pytest.mark.parametrize("key", ["avl_alpha", "avl_clamp", "avl_mode", "avl_probe_mode", "avl_probe_every", "avl",
+                                 "avl_rule"])
 def test_a_changed_avl_key_refuses_the_finished_stages(tmp_path, key):
     """A rerun with another alpha (or any AVL key) must not resume stages trained with the old one."""
     from types import SimpleNamespace
@@ -63,9 +64,9 @@ def test_a_changed_avl_key_refuses_the_finished_stages(tmp_path, key):
     from recbole_reveal.fve.loop.run_state import RunState, fingerprint_config
 
     base = {"model": "M3SRec_REVEAL", "avl": True, "avl_alpha": 0.1, "avl_clamp": [0.1, 10.0], "avl_mode": "grad",
-            "avl_probe_mode": "eval", "avl_probe_every": 1}
+            "avl_probe_mode": "eval", "avl_probe_every": 1, "avl_rule": "paper"}
     changed = dict(base, **{key: {"avl_alpha": 0.5, "avl_clamp": None, "avl_mode": "lr", "avl_probe_mode": "train",
-                                  "avl_probe_every": 2, "avl": False}[key]})
+                                  "avl_probe_every": 2, "avl": False, "avl_rule": "reference"}[key]})
     run = RunState(str(tmp_path), *fingerprint_config(SimpleNamespace(final_config_dict=base), {}))
     run.finish("init", {}, [])
     with pytest.raises(ConfigError, match=rf"changed keys: \['{key}'\]"):

@@ -1,15 +1,18 @@
 """The critic through an OpenAI-compatible endpoint, against a real HTTP server on 127.0.0.1 started here
 (tests/openai_server.py): what is sent (instruction before the image, temperature 0, the image resized
 to the pixel budget, guided JSON), retries on a slow reply / HTTP 500 / a dropped connection, failures
-that keep the answers received, and the key from an environment variable."""
+that keep the answers received, the key from an environment variable, and every fault of issue 24 (a
+reply that is not text, a trickled reply, a refused key, an unknown model or route, TLS to a plain server,
+a foreign model list, URLs that cannot work): a one-line error or a logged, rejected answer."""
 
 import os
 
 import pytest
 
 from openai_server import ScriptedServer, image_of
-from recbole_reveal.fve.critic.critic import CriticRequest, run_critic
+from recbole_reveal.fve.critic.critic import CriticRequest, acceptance, run_critic
 from recbole_reveal.fve.critic.generation.endpoint import EndpointGenerator, GenerationError
+from recbole_reveal.fve.critic.generation.openai_http import EndpointError
 from recbole_reveal.fve.critic.generation.factory import generation_settings
 from recbole_reveal.fve.prompts.templates import load_templates
 from recbole_reveal.infra.errors import ConfigError
@@ -34,7 +37,7 @@ def requests(n=4):
 
 
 def generator(server, **kw):
-    kw = dict(dict(concurrency=4, timeout=1.0, retries=2, max_new_tokens=64, backoff=0.05,
+    kw = dict(dict(concurrency=4, timeout=1.0, retries=2, max_new_tokens=64,
                    min_pixels=56 * 56, max_pixels=112 * 112), **kw)
     return EndpointGenerator(server.url, **kw)
 
@@ -79,13 +82,6 @@ def test_failed_requests_stop_the_critic_but_keep_the_answers(tmp_path):
         assert len(server.requests) == 8 and again == records
 
 
-def test_a_wrong_model_name_fails_at_once_with_the_servers_message():
-    with ScriptedServer(answer_by_title) as server:
-        with pytest.raises(GenerationError, match="does not exist"):
-            run_critic(generator(server, model="no-such-model", retries=3), requests(1), load_templates())
-        assert len(server.requests) == 0
-
-
 def test_guided_json_asks_for_the_schema_and_its_answer_parses():
     def json_answer(text):
         return '{"analysis": "misses the colour", "new_prompt": "A red tent."}', "stop"
@@ -121,17 +117,20 @@ def test_api_key_from_the_named_environment_variable(monkeypatch):
         with pytest.raises(ConfigError, match="FVE_KEY"):
             EndpointGenerator.from_settings(settings)
         monkeypatch.setenv("FVE_KEY", "wrong")
-        with pytest.raises(GenerationError, match="HTTP 401"):
+        with pytest.raises(EndpointError, match="HTTP 401"):
             EndpointGenerator.from_settings(settings)
         monkeypatch.setenv("FVE_KEY", "sekret")
         records, _ = run_critic(EndpointGenerator.from_settings(settings), requests(1), load_templates())
         assert records[0].fallback is None
 
 
-def test_generation_settings_are_checked():
-    base = {"fve_generation_backend": "endpoint", "fve_generation_endpoint": "http://127.0.0.1:8000/v1",
+SETTINGS = {"fve_generation_backend": "endpoint", "fve_generation_endpoint": "http://127.0.0.1:8000/v1",
             "fve_generation_model": None, "fve_generation_api_key_env": None, "fve_generation_concurrency": 4,
             "fve_generation_timeout": 30, "fve_generation_retries": 2, "fve_generation_guided_json": False}
+
+
+def test_generation_settings_are_checked():
+    base = SETTINGS
     assert generation_settings(base)["fve_generation_backend"] == "endpoint"
     for key, value, match in (("fve_generation_endpoint", None, "base URL"), ("fve_generation_backend", "vllm", "one of"),
                               ("fve_generation_concurrency", 0, "concurrency"), ("fve_generation_timeout", -1, "timeout")):
@@ -139,3 +138,118 @@ def test_generation_settings_are_checked():
             generation_settings(dict(base, **{key: value}))
     with pytest.raises(ConfigError, match="guided_json needs fve_generation_backend: endpoint"):
         generation_settings(dict(base, fve_generation_backend="transformers", fve_generation_guided_json=True))
+
+
+# ---- faults a serving engine produces (issue 24): each a one-line error, or a logged answer ------------------
+def title_of(text):
+    import re
+
+    return re.search(r'The image shows the item "([^"]*)"', text).group(1)
+
+
+def test_content_that_is_not_text_is_a_rejected_answer_and_never_crashes_a_rerun(tmp_path):
+    contents = {"Thing 0": [{"type": "text", "text": "ANALYSIS: dull.\n"}, {"type": "text", "text": "NEW_PROMPT: A red tent."}],
+                "Thing 1": 5, "Thing 2": {"text": "ANALYSIS: x"}, "Thing 3": [{"type": "image_url"}]}
+    with ScriptedServer(lambda text: (contents[title_of(text)], "stop")) as server:
+        records, counts = run_critic(generator(server), requests(), load_templates(), answers_dir=str(tmp_path))
+    assert records[0].fallback is None and records[0].new_prompt == "A red tent."     # content parts: their texts
+    assert records[1].fallback.startswith("unusable answer (message.content is int 5, not text")
+    assert records[2].fallback.startswith("unusable answer (message.content is dict")
+    assert records[3].fallback.startswith("unusable answer (message.content is list")
+    assert counts["fallback: unusable answer"] == 3 and acceptance(counts)["answered"] == 4
+    # the rerun against a healthy server: the logged answers are read back, nothing is asked again, no crash
+    with ScriptedServer(answer_by_title) as healthy:
+        again, _ = run_critic(generator(healthy), requests(), load_templates(), answers_dir=str(tmp_path))
+        assert healthy.requests == [] and again == records
+
+
+def test_a_logged_answer_that_is_not_text_is_rejected_when_read_back(tmp_path):
+    """An answer log written before answers were checked (its ``text`` a number) is read as rejected."""
+    import json
+
+    with ScriptedServer(answer_by_title) as server:
+        run_critic(generator(server), requests(2), load_templates(), answers_dir=str(tmp_path))
+        log = tmp_path / "answers.jsonl"
+        rows = [json.loads(line) for line in log.read_text().splitlines()]
+        log.write_text("".join(json.dumps(dict(row, text=[5])) + "\n" for row in rows))
+        records, counts = run_critic(generator(server), requests(2), load_templates(), answers_dir=str(tmp_path))
+        assert len(server.requests) == 2
+    assert counts["fallback: unusable answer"] == 2
+    assert all(r.fallback.startswith("unusable answer (the logged text is list") for r in records)
+
+
+def test_the_timeout_bounds_a_whole_request_not_each_read():
+    """A reply trickled one byte every 0.2 s (about a minute in all) against a 1 s timeout: the request
+    fails as timed out instead of waiting for the last byte."""
+    with ScriptedServer(answer_by_title, faults={0: "trickle"}, slow_s=0.2) as server:
+        with pytest.raises(GenerationError, match=r"1 of 1 requests .* failed.*no complete reply within 1 s"):
+            run_critic(generator(server, retries=0), requests(1), load_templates())
+
+
+def test_a_refused_key_or_an_unknown_model_stops_before_any_request():
+    with ScriptedServer(answer_by_title, api_key="sekret") as server:
+        with pytest.raises(EndpointError, match=r"GET /models at .* was refused \(HTTP 401: bad key\)"):
+            generator(server, api_key="wrong", retries=3)
+    with ScriptedServer(answer_by_title) as server:
+        with pytest.raises(ConfigError, match=r"fve_generation_model is 'no-such-model', but the server at .* "
+                                              r"serves \['qwen-test'\]"):
+            generator(server, model="no-such-model", retries=3)
+        with pytest.raises(EndpointError, match=r"GET /models at http://127.0.0.1:\d+ does not exist \(HTTP 404"):
+            EndpointGenerator(server.url[:-len("/v1")], retries=3)          # the base URL without /v1
+        assert server.posts == 0
+
+
+def test_a_404_during_the_critic_stops_it_at_once_keeping_the_answers(tmp_path):
+    """The model goes away after the pre-flight: the first 404 stops the critic; requests not sent yet
+    never are, and a rerun (the model back) asks only for the rest."""
+    with ScriptedServer(answer_by_title) as server:
+        gen = generator(server, concurrency=1, retries=3)
+        run_critic(gen, requests(1), load_templates(), answers_dir=str(tmp_path))
+        server.model = "renamed"
+        with pytest.raises(EndpointError, match=r"POST /chat/completions at .* does not exist \(HTTP 404: The model "
+                                                r"`qwen-test` does not exist.*1 answers received are kept"):
+            run_critic(gen, requests(4), load_templates(), answers_dir=str(tmp_path))
+        assert server.posts == 2                  # one answer, then one refused request, then nothing
+        server.model = "qwen-test"
+        records, _ = run_critic(gen, requests(4), load_templates(), answers_dir=str(tmp_path))
+        assert server.posts == 2 + 3 and all(r.raw_answer for r in records)
+
+
+def test_tls_to_a_plain_server_and_a_foreign_model_list_are_one_line_errors():
+    with ScriptedServer(answer_by_title) as server:
+        with pytest.raises(EndpointError, match=r"TLS handshake failed .*reached with http://, not https://"):
+            EndpointGenerator(server.url.replace("http://", "https://"), retries=3)
+    with ScriptedServer(answer_by_title, models_reply=["qwen-test"]) as server:
+        with pytest.raises(EndpointError, match=r"GET /models at .* replied \[\"qwen-test\"\], not an OpenAI model list"):
+            generator(server)
+
+
+def test_progress_counts_answers_not_failed_requests(monkeypatch, caplog):
+    import logging
+
+    from recbole_reveal.fve.critic.generation import endpoint
+
+    monkeypatch.setattr(endpoint, "PROGRESS_EVERY_S", 0.0)
+    with ScriptedServer(answer_by_title, faults={0: "500", 1: "500"}) as server:
+        with caplog.at_level(logging.INFO, logger="recbole_reveal.fve"), pytest.raises(GenerationError, match="2 of 4"):
+            run_critic(generator(server, retries=0, concurrency=1), requests(), load_templates())
+    lines = [r.getMessage() for r in caplog.records if " answered (" in r.getMessage()]
+    assert len(lines) == 4 and lines[-1].startswith("FVE critic: 2/4 answered (2 failed)")
+
+
+@pytest.mark.parametrize("url, match", [
+    ("http://[::1/v1", r"is not a valid URL \(Invalid IPv6 URL\)"), ("http://:8000/v1", "names no host"),
+    ("http://127.0.0.1:abc/v1", "is not a valid URL .*Port"), ("ftp://127.0.0.1/v1", "http:// or https://"),
+    (None, "base URL"), ("http://127.0.0.1:8000/v1?x=1", "query"),
+])
+def test_endpoint_urls_that_cannot_work_are_config_errors(url, match):
+    with pytest.raises(ConfigError, match=match):
+        generation_settings(dict(SETTINGS, fve_generation_endpoint=url))
+
+
+def test_an_unset_key_variable_is_a_config_error_when_the_settings_are_read(monkeypatch):
+    monkeypatch.delenv("FVE_KEY", raising=False)
+    with pytest.raises(ConfigError, match="fve_generation_api_key_env names the environment variable FVE_KEY"):
+        generation_settings(dict(SETTINGS, fve_generation_api_key_env="FVE_KEY"))
+    monkeypatch.setenv("FVE_KEY", "sekret")
+    assert generation_settings(dict(SETTINGS, fve_generation_api_key_env="FVE_KEY"))

@@ -498,3 +498,88 @@ def test_min_acceptance_stops_the_run_and_keeps_the_answers(full_run, tmp_path):
     out = run_fve("M3SRec_REVEAL", NAME, config_dict=cfg)
     assert out["executed"] == ["cycle_1/critic"] and open(answers).read() == logged     # nothing generated again
     assert out["table"][1]["acceptance"] == {"accepted": 0, "answered": 6, "rate": 0.0}
+
+
+# ---- the critic's server checked before any stage; failures in fve.log (issue 24) ------------------------
+def test_endpoint_problems_stop_the_run_before_any_stage(data_root, vlm_folder, tmp_path, monkeypatch):
+    """An unset key variable, a URL that cannot work, https to a plain-HTTP server, a refused key, a model
+    the server does not serve: each stops the run before ``init`` is recorded (not after cycle 0)."""
+    from openai_server import ScriptedServer
+
+    from recbole_reveal.fve.critic.generation.openai_http import EndpointError
+
+    fdir, _ = feature_dir_with_text(data_root, tmp_path / "features_preflight")
+    monkeypatch.delenv("FVE_UNSET_KEY", raising=False)
+    monkeypatch.setenv("FVE_WRONG_KEY", "wrong")
+    with ScriptedServer(endpoint_answer, api_key="sekret") as server:
+        for extra, error, match in (
+                ({"fve_generation_api_key_env": "FVE_UNSET_KEY"}, ConfigError, "FVE_UNSET_KEY, which is not set"),
+                ({"fve_generation_endpoint": "http://[::1/v1"}, ConfigError, "is not a valid URL"),
+                ({"fve_generation_endpoint": server.url.replace("http:", "https:")}, EndpointError, "TLS handshake"),
+                ({"fve_generation_api_key_env": "FVE_WRONG_KEY"}, EndpointError, r"refused \(HTTP 401"),
+        ):
+            with pytest.raises(error, match=match):
+                run_fve("M3SRec_REVEAL", NAME, config_dict=endpoint_config(data_root, vlm_folder, fdir, server.url,
+                                                                           **extra))
+            assert not os.path.exists(os.path.join(fdir, "fve", "run", "stages.json")), extra
+        assert server.posts == 0
+        log = open(os.path.join(fdir, "fve", "run", "fve.log"), encoding="utf-8").read().strip().splitlines()
+        assert "FVE: the check of the critic's server failed: EndpointError: GET /models" in log[-1]
+
+
+def test_the_command_line_prints_a_server_problem_as_one_line_with_rc_2(data_root, vlm_folder, tmp_path, capsys):
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import run_recbole_reveal as script
+
+    fdir, _ = feature_dir_with_text(data_root, tmp_path / "features_cli_preflight")
+    cfg_file = tmp_path / "fve.yaml"
+    cfg_file.write_text(yaml.safe_dump(endpoint_config(data_root, vlm_folder, fdir, "http://127.0.0.1:9/v1",
+                                                       fve_generation_retries=0)))
+    code = script.main(["--model=M3SRec_REVEAL", f"--dataset={NAME}", f"--config_files={cfg_file}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: GET /models at http://127.0.0.1:9/v1: connection failed") and "server running" in err[0]
+
+
+def test_a_finished_run_needs_no_server_and_a_failed_stage_is_in_fve_log(endpoint_run, data_root, vlm_folder,
+                                                                         tmp_path):
+    """A finished run asks no server; extended by a cycle whose critic fails, the failure ends fve.log."""
+    from openai_server import ScriptedServer
+
+    from recbole_reveal.fve.critic.generation.endpoint import GenerationError
+
+    ref_dir, _, _ = endpoint_run
+    fdir = str(tmp_path / "features_failing")
+    shutil.copytree(ref_dir, fdir)
+    out = run_fve("M3SRec_REVEAL", NAME, config_dict=endpoint_config(data_root, vlm_folder, fdir, "http://127.0.0.1:9/v1"))
+    assert out["executed"] == []
+    with ScriptedServer(endpoint_answer, faults={k: "500" for k in range(6)}) as server:
+        with pytest.raises(GenerationError, match="6 of 6 requests"):
+            run_fve("M3SRec_REVEAL", NAME, config_dict=endpoint_config(data_root, vlm_folder, fdir, server.url, fve_cycles=3,
+                                                                       fve_generation_retries=0))
+    last = open(os.path.join(fdir, "fve", "run", "fve.log"), encoding="utf-8").read().strip().splitlines()[-1]
+    assert "ERROR" in last and "FVE: stage cycle_1/critic failed: GenerationError: FVE critic: 6 of 6 requests" in last
+
+
+def test_a_truncated_weight_file_is_refused_before_init_and_the_repaired_folder_resumes(data_root, vlm_folder,
+                                                                                        tmp_path):
+    from recbole_reveal.fve.vlm.folder import VLMUnavailable
+
+    folder = shutil.copytree(vlm_folder, str(tmp_path / "vlm_download"))
+    weights = os.path.join(folder, "model.safetensors")
+    whole = open(weights, "rb").read()
+    with open(weights, "wb") as f:
+        f.write(whole[:-4096])                      # an interrupted download
+    fdir, _ = feature_dir_with_text(data_root, tmp_path / "features_truncated")
+    cfg = loop_config(data_root, folder, fdir, fve_stop_after="init")
+    with pytest.raises(VLMUnavailable, match=rf"damaged weights: model\.safetensors: {len(whole) - 4096} bytes, but its "
+                                             rf"header describes {len(whole)} \(truncated"):
+        run_fve("M3SRec_REVEAL", NAME, config_dict=cfg)
+    assert not os.path.exists(os.path.join(fdir, "fve", "run", "stages.json"))
+    with open(weights, "wb") as f:
+        f.write(whole)                              # the download repaired: the same command runs
+    assert run_fve("M3SRec_REVEAL", NAME, config_dict=cfg)["executed"] == ["init"]

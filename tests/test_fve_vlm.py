@@ -209,3 +209,26 @@ def test_synthetic_models_live_outside_the_production_module():
         assert callable(getattr(synthetic, name))
         assert not hasattr(vlm_module, name)
         assert not hasattr(fve, name)
+
+
+def test_damaged_weight_files_are_named_from_their_headers(tiny_folder, tmp_path):
+    """Cut inside the tensors, inside the header, before the header's length; one byte too many; a shard
+    without a tensor its index puts there: each named, before any weight is loaded."""
+    folder = shutil.copytree(tiny_folder, str(tmp_path / "damaged"))
+    weights = os.path.join(folder, "model.safetensors")
+    whole = open(weights, "rb").read()
+    for data, match in ((whole[:-1], rf"{len(whole) - 1} bytes, but its header describes {len(whole)} \(truncated"),
+                        (whole[:100], "100 bytes, shorter than its safetensors header"),
+                        (whole[:5], "5 bytes, shorter than its safetensors header"),
+                        (whole + b"\0", rf"{len(whole) + 1} bytes, but its header describes {len(whole)} \(an")):
+        with open(weights, "wb") as f:
+            f.write(data)
+        with pytest.raises(VLMUnavailable, match=r"damaged weights: model\.safetensors: " + match):
+            check_vlm_folder(folder)
+    with open(weights, "wb") as f:
+        f.write(whole)
+    check_vlm_folder(folder)
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": {"model.visual.no_such.weight": "model.safetensors"}}, f)
+    with pytest.raises(VLMUnavailable, match=r"model\.safetensors lacks 1 tensors its index puts there"):
+        check_vlm_folder(folder)

@@ -303,3 +303,16 @@ def test_history_and_candidates_are_masked_apart(model_name, cfg):
     else:
         assert not torch.allclose(scores["candidates"], scores["none"])
         assert not torch.allclose(scores["candidates"], scores["both"])
+
+
+def test_seeds_by_popularity_rows_compare_each_bucket_with_the_backbones():
+    from recbole_reveal.experiments.protocols import seeds_rows
+
+    rows = seeds_rows(["M3SRec", "M3SRec_REVEAL"], {"epochs": 1}, by_popularity=True)
+    buckets = [r for r in rows if r.view and r.view.startswith("popularity/")]
+    assert [r.view for r in buckets[:4]] == ["popularity/0", "popularity/1-4", "popularity/5-9", "popularity/>=10"]
+    assert all(r.spec.overrides["eval_by_popularity"] is True for r in rows)
+    reveal = [r for r in buckets if r.spec.model == "M3SRec_REVEAL"]
+    assert reveal[1].reference == buckets[1].label == "M3SRec, targets with 1-4 training interactions"
+    with pytest.raises(ConfigError, match="eval_by_popularity"):
+        seeds_rows(["M3SRec"], {"eval_by_popularity": True}, by_popularity=True)

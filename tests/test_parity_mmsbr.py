@@ -165,7 +165,7 @@ def test_mmsbr_computes_the_reference_model(priced_root, tmp_path):
 
 def test_prices_are_levels_within_the_category(priced_root, tmp_path):
     _, model, _ = build(priced_root, tmp_path)
-    assert model.price is not None
+    assert model.has_prices
     levels, categories = model.item_price_level, model.item_category
     assert levels[0] == 0 and categories[0] == 0
     assert set(levels[1:].tolist()) <= set(range(0, 6)) and (levels[1:] == 0).sum() == 1   # i7 has no price

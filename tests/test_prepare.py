@@ -501,6 +501,8 @@ def test_keep_missing_keeps_items_without_text_or_image_and_counts_them(server, 
     assert report["missing"] == {"vision": no_image, "text": no_text} and report["settings"]["keep_missing"]
     assert (f"items kept without an image: {no_image:,}, without text: {no_text:,} (marked missing in the feature "
             "sets)") in capsys.readouterr().out
+    readme = open(os.path.join(tmp_path, "out", "Toys", "README.md"), encoding="utf-8").read()
+    assert f"Items kept without an image: {no_image:,}; without text:\n{no_text:,}" in readme
 
 
 def test_dataset_property_files():

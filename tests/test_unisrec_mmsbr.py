@@ -75,7 +75,7 @@ def test_mmsbr_masks_each_modality_and_declares_its_vision_parameters(tiny_confi
                 assert not torch.allclose(model.full_sort_predict(batch), full)
     names = {name.split(".")[0] for name, _ in model.vision_parameters()}
     assert names == {"vision_table", "vision_tokenizers", "vision_layers"}     # no pseudo-vision set here
-    assert model.price is None      # the tiny dataset has no .item file: interest scores only
+    assert not model.has_prices      # the tiny dataset has no .item file: interest scores only
 
 
 def test_unisrec_reads_no_visual_features(tiny_config, tmp_path):

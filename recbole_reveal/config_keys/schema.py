@@ -111,6 +111,27 @@ def _non_empty_str(value):
     return None if isinstance(value, str) and value else "must be a non-empty string or ~"
 
 
+def endpoint_url_problem(url):
+    """Why ``url`` cannot be an OpenAI-compatible base URL (None when it can): the scheme, the host, the
+    port and the brackets are read as an HTTP client would, so a URL that cannot work fails here."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(url, str) or not url.strip():
+        return "must be the server's OpenAI-compatible base URL, such as http://127.0.0.1:8000/v1"
+    try:
+        parts = urlsplit(url)
+        port, host = parts.port, parts.hostname     # ValueError: a port that is not a number, a bad bracket
+    except ValueError as e:
+        return f"is not a valid URL ({e}); expected one such as http://127.0.0.1:8000/v1"
+    if parts.scheme not in ("http", "https"):
+        return "must start with http:// or https://, such as http://127.0.0.1:8000/v1"
+    if not host or port == 0:
+        return f"names {'no host' if not host else 'port 0'}; expected a URL such as http://127.0.0.1:8000/v1"
+    if parts.query or parts.fragment:
+        return "has a query or fragment; expected the base URL alone, such as http://127.0.0.1:8000/v1"
+    return None
+
+
 POSITIVE = Range(low=0, low_open=True)
 NON_NEGATIVE = Range(low=0)
 AT_LEAST_ONE = Range(low=1)
@@ -236,6 +257,7 @@ RANGES = {
     "fve_generation_timeout": POSITIVE,
     "fve_generation_retries": NON_NEGATIVE,
     "fve_generation_api_key_env": Range(check=_non_empty_str),
+    "fve_generation_endpoint": Range(check=endpoint_url_problem),
     "fve_interaction_field": Range(check=_column_name),
     "fve_run_dir": Range(check=_non_empty_str),
     "fve_stop_after": Range(check=_non_empty_str),
@@ -283,6 +305,17 @@ def _endpoint_given(backend, endpoint):
     return None
 
 
+def key_variable_problem(backend, env):
+    """An endpoint's API key is read from the environment variable ``env``: it must be set (checked with
+    the config, not when the critic starts hours later)."""
+    import os
+
+    if backend == "endpoint" and isinstance(env, str) and env and not os.environ.get(env):
+        return (f"fve_generation_api_key_env names the environment variable {env}, which is not set: export it "
+                "with the server's API key, or set the key to ~")
+    return None
+
+
 def _guided_json_needs_endpoint(guided, backend):
     if guided is True and backend != "endpoint":
         return ("fve_generation_guided_json needs fve_generation_backend: endpoint (a server with guided decoding "
@@ -304,6 +337,7 @@ RELATIONS = (
     Relation(("fve_exposure_k", "fve_feedback_k"), _exposure_covers_feedback),
     Relation(("fve_generation_backend", "fve_generation_endpoint"), _endpoint_given),
     Relation(("fve_generation_guided_json", "fve_generation_backend"), _guided_json_needs_endpoint),
+    Relation(("fve_generation_backend", "fve_generation_api_key_env"), key_variable_problem),
 )
 
 

@@ -68,6 +68,10 @@ def _readme(description, report, table_md, out_label):
 
 {table_md}
 
+Items kept without an image: {report.get("missing", {}).get("vision", 0):,}; without text:
+{report.get("missing", {}).get("text", 0):,} (marked missing in the feature sets; the paper's protocol drops
+them, `--keep_missing` keeps them: docs/missing-modalities.md).
+
 ## Files
 | file | content |
 |---|---|

@@ -201,6 +201,9 @@ def _record(req, answer, max_words, reserved, max_new_tokens):
     if answer.error is not None:
         rec.fallback = f"no usable image ({answer.error})"
         return rec, "no usable image"
+    if answer.invalid is not None:
+        rec.fallback = f"unusable answer ({answer.invalid})"
+        return rec, "unusable answer"
     try:
         rewrite = parse_rewrite(answer.text, max_words, reserved, answer.finished, max_new_tokens)
     except RewriteParseError as e:

@@ -21,7 +21,7 @@ from recbole_reveal.fve.loop.run_state import RunState, fingerprint_config, run_
 from recbole_reveal.fve.loop.stages import Critic, Encode, Feedback, Init, Train
 from recbole_reveal.fve.loop.table import cycle_table, format_table
 from recbole_reveal.infra.cost import format_cost, write_cost
-from recbole_reveal.infra.errors import ConfigError
+from recbole_reveal.infra.errors import ConfigError, RevealUserError
 from recbole_reveal.infra.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -70,18 +70,43 @@ def run_fve_with_config(config):
         # feature_dir may have rewritten fve/cycle_<x> or the prompts): otherwise it and all later ones rerun
         run.forget_untrusted(plan, ctx)
         executed, stopped = [], None
-        for stage in plan:
-            if run.done(stage.name):
-                continue
-            _execute(stage, ctx, run)
-            executed.append(stage.name)
-            if stage.name == stop_after:
-                stopped = stage.name
-                logger.info("FVE: stopping after %s (fve_stop_after); run again to resume", stage.name)
-                break
+        todo = _stages_to_run(plan, run, stop_after)
+        current = "the check of the critic's server"
+        try:
+            _check_critic_server(ctx, todo)
+            for stage in todo:
+                current = f"stage {stage.name}"
+                _execute(stage, ctx, run)
+                executed.append(stage.name)
+        except Exception as e:      # into fve.log as well: the console may be gone by the time it is read
+            logger.error("FVE: %s failed: %s: %s", current, type(e).__name__, e,
+                         exc_info=not isinstance(e, RevealUserError))
+            raise
+        if stop_after in executed:
+            stopped = stop_after
+            logger.info("FVE: stopping after %s (fve_stop_after); run again to resume", stop_after)
         if not executed:
             logger.info("FVE: every stage of %s is finished; nothing to run (results loaded)", ctx.run_dir)
         return _report(ctx, run, x_max, executed, stopped)
+
+
+def _stages_to_run(plan, run, stop_after):
+    """The unfinished stages of ``plan`` in order, up to and including ``stop_after`` when it is among them."""
+    todo = []
+    for stage in plan:
+        if not run.done(stage.name):
+            todo.append(stage)
+            if stage.name == stop_after:
+                break
+    return todo
+
+
+def _check_critic_server(ctx, todo):
+    """Ask the critic's server (``fve_generation_backend: endpoint``) once, before any stage runs, when a
+    critic stage is among ``todo``: a wrong address, key, scheme or model name then costs seconds, not
+    the encoding and training of cycle 0 (docs/fve.md)."""
+    if ctx.settings["fve_generation_backend"] == "endpoint" and any(s.kind == "critic" for s in todo):
+        logger.info("FVE: critic server %s serves %s", ctx.settings["fve_generation_endpoint"], ctx.generator.model)
 
 
 def _execute(stage, ctx, run):

@@ -129,7 +129,32 @@ class VLMFolder:
         if missing:
             raise VLMUnavailable(f"{key} {path} is incomplete: missing {'; '.join(missing)}. "
                                  + download_hint(path, self.model_type))
+        damaged = self.weight_problems()
+        if damaged:
+            raise VLMUnavailable(f"{key} {path} has damaged weights: {'; '.join(damaged[:3])}. "
+                                 + download_hint(path, self.model_type))
         return self
+
+    def weight_problems(self):
+        """Why the ``*.safetensors`` weights cannot load, from their headers and sizes alone (no tensor is
+        read, so it costs milliseconds for any size): a file shorter or longer than its header says (an
+        interrupted download), an unreadable header, a shard without a tensor its index puts there."""
+        index = self.json_file("model.safetensors.index.json") if os.path.isfile(
+            self.file("model.safetensors.index.json")) else {}
+        expected = {}
+        for tensor, shard in (index.get("weight_map") or {}).items():
+            expected.setdefault(shard, set()).add(tensor)
+        problems = []
+        for name in sorted(set(expected) | {n for n in os.listdir(self.path) if n.endswith(".safetensors")}):
+            if not os.path.isfile(self.file(name)):
+                continue                        # named by check() as missing
+            header, problem = _safetensors_header(self.file(name))
+            lacking = sorted(expected.get(name, set()) - set(header or ()))
+            if problem is None and lacking:
+                problem = f"{name} lacks {len(lacking)} tensors its index puts there (e.g. {lacking[0]})"
+            if problem:
+                problems.append(problem)
+        return problems
 
     @cached_property
     def model_id(self):
@@ -154,6 +179,27 @@ class VLMFolder:
                         f.seek((size - SAMPLE_BYTES) * k // (WEIGHT_SAMPLES - 1))
                         h.update(f.read(SAMPLE_BYTES))
         return h.hexdigest()[:20]
+
+
+def _safetensors_header(path):
+    """``(tensor names, None)``, or ``(None, why not)``: the header must parse and the file end exactly
+    where its header's last tensor does."""
+    name, size = os.path.basename(path), os.path.getsize(path)
+    again = "an interrupted download? download it again"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else None
+        if length is None or length > size - 8:
+            return None, f"{name}: {size} bytes, shorter than its safetensors header ({again})"
+        try:
+            header = json.loads(f.read(length))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            return None, f"{name}: unreadable safetensors header ({type(e).__name__}; {again})"
+    if size != 8 + length + end:
+        cut = "truncated: " if size < 8 + length + end else ""
+        return None, f"{name}: {size} bytes, but its header describes {8 + length + end} ({cut}{again})"
+    return set(header) - {"__metadata__"}, None
 
 
 def check_vlm_folder(path, key="vlm_path"):

@@ -72,6 +72,8 @@ class MMSBR(MultimodalSequentialRecommender):
         if self.n_layers < 2 or self.n_layers % 2:
             raise ConfigError(f"config key 'n_layers' must be an even number >= 2 (a text and an image layer per "
                               f"level of the pivot transformer), got {self.n_layers}")
+        if h % config["n_heads"]:
+            raise ConfigError(f"config key 'hidden_size' ({h}) must be a multiple of 'n_heads' ({config['n_heads']})")
         if (config["train_neg_sample_args"] or {}).get("distribution", "none") != "none":
             raise ConfigError("MMSBR trains with cross-entropy over all items: set train_neg_sample_args: ~")
         feature_init = reference_switch(config, "feature_init", "features", "uniform", FEATURE_INITS)
@@ -111,7 +113,7 @@ class MMSBR(MultimodalSequentialRecommender):
         self.w_2 = nn.Linear(h, 1)
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(h, eps=1e-12)
-        self.price = price
+        self.has_prices = price is not None
         if price is not None:
             self.register_buffer("item_price_level", price.levels, persistent=False)
             self.register_buffer("item_category", price.categories, persistent=False)
@@ -190,7 +192,7 @@ class MMSBR(MultimodalSequentialRecommender):
         """Scores of all items ``[B, n_items]``."""
         items = self.item_vectors()
         scores = self.interest(item_seq, item_seq_len, items) @ items.T
-        if self.price is None:
+        if not self.has_prices:
             return scores
         price = wasserstein_distance_matmul(*self.session_price(item_seq, item_seq_len), *self.item_price())
         return scores + scores * price

@@ -27,11 +27,14 @@ class GenerationItem:
 @dataclass
 class Answer:
     """A generated answer; ``finished``: it ended on its own (not at the token limit); ``error``: why no
-    generation could run for the item (its image is unusable), else None."""
+    generation could run for the item (its image is unusable), else None; ``invalid``: why the reply
+    holds no answer text (e.g. a server's ``message.content`` that is a number), else None: such an
+    answer is logged and rejected like a malformed one."""
 
     text: str
     finished: bool
     error: str = None
+    invalid: str = None
 
 
 def user_turn(text, image_part):
@@ -82,7 +85,8 @@ class AnswerLog:
 
     def load(self, keys):
         """``{index: Answer}`` of the logged answers whose key matches ``keys`` (a line cut short by a
-        kill, or logged for another request, is ignored)."""
+        kill, or logged for another request, is ignored; a logged text that is not a string, as an
+        earlier version logged a server's non-text content, is read as an ``invalid`` answer)."""
         lines = list(self._memory)
         if self.folder is not None and os.path.isdir(self.folder):
             for name in sorted(os.listdir(self.folder)):
@@ -95,8 +99,13 @@ class AnswerLog:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if keys.get(rec.get("index")) == rec.get("key"):
-                answers[rec["index"]] = Answer(rec["text"], rec["finished"], rec.get("error"))
+            if not isinstance(rec, dict) or keys.get(rec.get("index")) != rec.get("key"):
+                continue
+            text, invalid = rec.get("text"), rec.get("invalid")
+            if not isinstance(text, str):
+                invalid = invalid or f"the logged text is {type(text).__name__} {json.dumps(text)[:80]}, not text"
+                text = ""
+            answers[rec["index"]] = Answer(text, rec.get("finished") is True, rec.get("error"), invalid)
         return answers
 
 
