@@ -180,7 +180,9 @@ class CostMeter:
 
         self.rss_scope = "run" if reset_peak_rss() else "process"
         self._window, self._run_peak, self._stage_peaks = True, 0.0, {}
-        if torch.cuda.is_available():
+        # before CUDA's lazy initialisation there are no counters to reset (and resetting them raises
+        # "Invalid device argument", seen on an H200); they start at zero when CUDA initialises
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
             for k in range(torch.cuda.device_count()):
                 torch.cuda.reset_peak_memory_stats(k)
 
