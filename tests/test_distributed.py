@@ -21,12 +21,14 @@ RUNS = {
     "hm4sr_reveal": ("HM4SR_REVEAL", dict(HM4SR, avl_alpha=1.0, avl_clamp=None)),
     "m3srec": ("M3SRec", {}),
     "m3srec_reveal_avl_off": ("M3SRec_REVEAL", {"avl": False}),
-    # the other balancing rules (avl_rule), each on another backbone
-    "m3srec_reveal_reference": ("M3SRec_REVEAL", {"avl_rule": "reference", "avl_alpha": 1.0}),
-    "hm4sr_reveal_agm": ("HM4SR_REVEAL", dict(HM4SR, avl_rule="agm", avl_alpha=0.5)),
-    "missrec_reveal_ogm_ge": ("MISSRec_REVEAL", {"avl_rule": "ogm_ge", "avl_alpha": 0.5, "hidden_dropout_prob": 0.1}),
+    "missrec_reveal": ("MISSRec_REVEAL", {"avl_alpha": 1.0, "avl_clamp": None}),
 }
-RULE_RUNS = ["m3srec_reveal_reference", "hm4sr_reveal_agm", "missrec_reveal_ogm_ge"]
+# the other balancing rules (avl_rule) on every REVEAL backbone
+RULE_SETTINGS = {"reference": {"avl_alpha": 1.0}, "agm": {"avl_alpha": 0.5}, "ogm_ge": {"avl_alpha": 0.5}}
+BACKBONE_SETTINGS = {"M3SRec_REVEAL": {}, "HM4SR_REVEAL": HM4SR, "MISSRec_REVEAL": {"hidden_dropout_prob": 0.1}}
+RULE_RUNS = [f"{model.lower()}_{rule}" for model in BACKBONE_SETTINGS for rule in RULE_SETTINGS]
+RUNS.update({f"{model.lower()}_{rule}": (model, dict(BACKBONE_SETTINGS[model], avl_rule=rule, **settings))
+             for model in BACKBONE_SETTINGS for rule, settings in RULE_SETTINGS.items()})
 TIMEOUT = 600          # seconds; a hang fails the test instead of the CI job
 
 
