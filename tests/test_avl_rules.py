@@ -177,3 +177,31 @@ def test_the_run_record_keeps_the_diagnostics(tiny_config, tmp_path):
         saved = json.load(f)["avl_epochs"]
     assert [e["epoch"] for e in saved] == [0] and saved[0]["rule"] == "agm"
     assert {"valid_text_zeroed", "valid_vision_zeroed", "grad_norm_ratio_vision_text", "coefficient_text"} <= set(saved[0])
+
+
+def test_the_diagnostics_reach_tensorboard(tiny_config, tmp_path, monkeypatch):
+    """The per-epoch figures a user plots (RecBole's ./log_tensorboard): the same numbers as the result's
+    avl_epochs, one point per epoch."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.chdir(tmp_path)
+    cfg = dict(tiny_config, epochs=2, avl_rule="agm", avl_alpha=0.5)
+    _, (train_data, valid_data, _), _, trainer = build_pipeline("M3SRec_REVEAL", cfg)
+    trainer.fit(train_data, valid_data, saved=False, show_progress=False)
+    trainer.tensorboard.flush()
+    events = EventAccumulator(trainer.tensorboard.log_dir)
+    events.Reload()
+    history = trainer.avl_history
+    assert [e["epoch"] for e in history] == [0, 1]
+
+    def plotted(tag):
+        return [(s.step, s.value) for s in events.Scalars(tag)]
+
+    for key in ("valid_text_zeroed", "valid_vision_zeroed"):
+        assert plotted(f"AVL/{key}") == [(e["epoch"], pytest.approx(e[key], rel=1e-6)) for e in history]
+    # the coefficients under the names of the epoch's AVL log line (K, K_text)
+    for tag, key in (("grad_norm_ratio_vision_text", "grad_norm_ratio_vision_text"), ("K", "coefficient_vision"),
+                     ("K_text", "coefficient_text")):
+        for stat in ("mean", "min", "max"):
+            assert plotted(f"AVL/{tag}_{stat}") == [(e["epoch"], pytest.approx(e[key][stat], rel=1e-6))
+                                                    for e in history]
