@@ -49,6 +49,31 @@ def first_batch(train_data):
     return next(iter(train_data))
 
 
+def seeded_gradients(model, batch, seed=7):
+    """The gradients of one seeded backward of the model's own loss (no AVL), left cleared."""
+    import torch
+
+    model.train()
+    model.zero_grad()
+    torch.manual_seed(seed)
+    model.calculate_loss(batch).backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    return grads
+
+
+def gradients_at_step(trainer):
+    """Every gradient as the optimizer sees it, filled at each step (hooks run in registration order, so
+    this one runs after AVL's)."""
+    seen = {}
+
+    def capture(optimizer, args, kwargs):
+        seen.update({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+
+    trainer.optimizer.register_step_pre_hook(capture)
+    return seen
+
+
 def assert_full_sort_matches_predict(model, batch, tol=1e-4):
     """``full_sort_predict`` equals ``predict`` for every item (item 0 is padding); returns the full scores.
     ``batch`` is modified (its item column ends up holding the last item)."""

@@ -8,7 +8,7 @@ import torch
 from recbole_reveal import run_recbole_reveal
 from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.trainer import AVLTrainer, PaperRule
-from helpers import build_pipeline, first_batch
+from helpers import build_pipeline, first_batch, gradients_at_step, seeded_gradients
 
 
 def test_k_follows_eqs_9_to_13_for_a_known_loss_sequence():
@@ -48,28 +48,8 @@ def test_a_non_finite_probe_loss_is_skipped_without_touching_the_means():
     assert balance.state_dict() == before
 
 
-def _grads_at_step(trainer):
-    """Capture every gradient as the optimizer sees it (hooks run in registration order, so this
-    one runs after AVL's)."""
-    seen = {}
-
-    def capture(optimizer, args, kwargs):
-        for name, p in trainer.model.named_parameters():
-            if p.grad is not None:
-                seen[name] = p.grad.detach().clone()
-
-    trainer.optimizer.register_step_pre_hook(capture)
-    return seen
 
 
-def _reference_grads(model, batch, seed):
-    model.train()
-    model.zero_grad()
-    torch.manual_seed(seed)
-    model.calculate_loss(batch).backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    return grads
 
 
 def test_only_vision_gradients_are_scaled_and_by_exactly_k(tiny_config):
@@ -79,8 +59,8 @@ def test_only_vision_gradients_are_scaled_and_by_exactly_k(tiny_config):
     # a history whose mean gap differs from this batch's makes K clearly != 1
     trainer.balance.load_state_dict({"steps": 10, "mean_loss_v": 0.0, "mean_loss_t": 1.0})
     batch = first_batch(train_data)
-    reference = _reference_grads(model, batch, seed=7)
-    seen = _grads_at_step(trainer)
+    reference = seeded_gradients(model, batch, seed=7)
+    seen = gradients_at_step(trainer)
 
     torch.manual_seed(7)
     trainer._train_epoch([batch], epoch_idx=0)
@@ -116,7 +96,7 @@ def test_lr_mode_scales_the_vision_learning_rate_for_one_step(tiny_config):
     _, (train_data, _, _), model, trainer = build_pipeline("M3SRec_REVEAL", cfg)
     trainer.balance.load_state_dict({"steps": 10, "mean_loss_v": 0.0, "mean_loss_t": 1.0})
     batch = first_batch(train_data)
-    reference = _reference_grads(model, batch, seed=3)
+    reference = seeded_gradients(model, batch, seed=3)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     vision = {name for name, _ in model.vision_parameters()}
 

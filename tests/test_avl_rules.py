@@ -12,7 +12,7 @@ from recbole_reveal import run_recbole_reveal
 from recbole_reveal.config_keys.schema import RANGES
 from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.trainer import RULES, make_rule
-from helpers import build_pipeline, first_batch
+from helpers import build_pipeline, first_batch, gradients_at_step, seeded_gradients
 
 LOSSES = [(1.0, 0.5), (0.8, 0.6), (1.2, 0.4), (0.3, 0.9)]     # (L_v, L_t) per step
 HM4SR = {"category_weight": 0, "time_unit": 1}
@@ -109,14 +109,8 @@ def test_two_modality_rules_scale_vision_and_text_gradients_by_their_own_coeffic
     _, (train_data, _, _), model, trainer = build_pipeline("M3SRec_REVEAL", cfg)
     trainer.balance.load_state_dict({"steps": 10, "mean_loss_v": 0.0, "mean_loss_t": 1.0})
     batch = first_batch(train_data)
-    model.train()
-    torch.manual_seed(7)
-    model.calculate_loss(batch).backward()
-    reference = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    seen = {}
-    trainer.optimizer.register_step_pre_hook(lambda *a: seen.update(
-        {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}))
+    reference = seeded_gradients(model, batch)
+    seen = gradients_at_step(trainer)
     torch.manual_seed(7)
     trainer._train_epoch([batch], epoch_idx=0)
     k = trainer.current_coefficients

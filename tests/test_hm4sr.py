@@ -10,7 +10,8 @@ import torch
 from recbole_reveal import run_recbole_reveal
 from recbole_reveal.model.hm4sr_layers import interval_buckets
 from recbole_reveal.trainer import AVLTrainer
-from helpers import TINY_ITEMS, assert_full_sort_matches_predict, build_pipeline, first_batch, write_tiny_dataset
+from helpers import (TINY_ITEMS, assert_full_sort_matches_predict, build_pipeline, first_batch, gradients_at_step,
+                     seeded_gradients, write_tiny_dataset)
 
 DATASET = "tinycat"
 
@@ -123,16 +124,6 @@ def test_vision_parameters_are_exactly_the_declared_modules(hm4sr):
                                  "temporal_moe.interval", "align_moe.text", "align_moe.id")) for n in names)
 
 
-def _grads_at_step(trainer):
-    seen = {}
-
-    def capture(optimizer, args, kwargs):
-        for name, p in trainer.model.named_parameters():
-            if p.grad is not None:
-                seen[name] = p.grad.detach().clone()
-
-    trainer.optimizer.register_step_pre_hook(capture)
-    return seen
 
 
 def test_avl_scales_only_the_vision_gradients_and_by_exactly_k(hm4sr_config):
@@ -141,12 +132,8 @@ def test_avl_scales_only_the_vision_gradients_and_by_exactly_k(hm4sr_config):
     assert isinstance(trainer, AVLTrainer)
     trainer.balance.load_state_dict({"steps": 10, "mean_loss_v": 0.0, "mean_loss_t": 1.0})
     batch = first_batch(train_data)
-    model.train()
-    torch.manual_seed(7)
-    model.calculate_loss(batch).backward()
-    reference = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    seen = _grads_at_step(trainer)
+    reference = seeded_gradients(model, batch)
+    seen = gradients_at_step(trainer)
 
     torch.manual_seed(7)
     trainer._train_epoch([batch], epoch_idx=0)

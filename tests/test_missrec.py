@@ -7,7 +7,8 @@ from recbole_reveal import run_recbole_reveal
 from recbole_reveal.infra.errors import ConfigError
 from recbole_reveal.model.kmeans import cluster_sums, kmeans
 from recbole_reveal.trainer import AVLTrainer
-from helpers import TINY_ITEMS, assert_full_sort_matches_predict, build_pipeline, first_batch
+from helpers import (TINY_ITEMS, assert_full_sort_matches_predict, build_pipeline, first_batch, gradients_at_step,
+                     seeded_gradients)
 
 
 @pytest.fixture
@@ -192,18 +193,8 @@ def test_avl_scales_only_the_image_adaptor_gradients_by_exactly_k(missrec_config
     trainer.balance.load_state_dict({"steps": 10, "mean_loss_v": 0.0, "mean_loss_t": 1.0})
     batch = first_batch(train_data)
     model.on_epoch_start(0)  # what the trainer's epoch will do first, so the reference sees the same clusters
-    model.train()
-    model.zero_grad()
-    torch.manual_seed(7)
-    model.calculate_loss(batch).backward()
-    reference = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    seen = {}
-
-    def capture(optimizer, args, kwargs):
-        seen.update({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
-
-    trainer.optimizer.register_step_pre_hook(capture)
+    reference = seeded_gradients(model, batch)
+    seen = gradients_at_step(trainer)
     torch.manual_seed(7)
     trainer._train_epoch([batch], epoch_idx=0)
 
