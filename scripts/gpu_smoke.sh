@@ -3,18 +3,11 @@
 # AVL rule, reference modes and a missing-modality handling, 2 epochs each on the synthetic demo, four runs at a
 # time on one GPU. Prints one line per run: exit code, seconds, use_gpu, test result. Run from the checkout root
 # with the package's requirements installed (RecBole uses the GPU when torch sees one).
-# On a machine without the package's requirements but with a CUDA torch, put their wheels in .whl/ (recbole,
-# pandas<3, colorlog, texttable, thop, transformers>=5.23 and what it needs): they are installed to /tmp/site, and
-# `ray` (which recbole.quick_start imports for HyperTuning only) is replaced by an empty module.
+# Without the package's requirements installed, see scripts/gpu_env.sh.
 set -u
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 OUT=${OUT:-/tmp/gpu_smoke}; LOGS=$OUT/logs; mkdir -p "$LOGS"; : > "$OUT/summary.txt"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  python3 -c "import ray" 2>/dev/null || { mkdir -p /tmp/site/ray && printf 'tune = None\n' > /tmp/site/ray/__init__.py; }
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-python3 -c "import torch, recbole; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'recbole', recbole.__version__)"
+. scripts/gpu_env.sh
 run() {
   local name=$1; shift; local s=$SECONDS
   timeout 300 python3 run_recbole_reveal.py --dataset=synthetic-demo --epochs=2 --stopping_step=2 --show_progress=False \
