@@ -1,7 +1,7 @@
 """AVL's training cost and its cheap mode's fidelity, side by side in one run.
 
     python benchmarks/avl_overhead.py [--backbone=M3SRec] [--dataset=synthetic-demo] [--data_path=...]
-        [--repeats=3] [--probe_every=4] [--alpha 0.1 1.0] [--rules paper reference agm ogm_ge] [--threads=N]
+        [--repeats=3] [--probe_every=4] [--alpha 0.1 1.0] [--rules paper reference agm ogm_ge ckd] [--threads=N]
 
 1. Cost: one training epoch of the backbone and of its REVEAL variant with exact AVL (the two probes as
    two forwards, and as one stacked forward) and with the cheap mode (``avl_probe_every``), each other
@@ -134,7 +134,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--probe_every", type=int, default=4)
     parser.add_argument("--alpha", type=float, nargs="+", default=[0.1, 1.0])
-    parser.add_argument("--rules", nargs="*", default=["paper", "reference", "agm", "ogm_ge"],
+    parser.add_argument("--rules", nargs="*", default=["paper", "reference", "agm", "ogm_ge", "ckd"],
                         help="avl_rule values timed besides the paper's")
     parser.add_argument("--data_path", default=None, help="folder holding <dataset>/ (default: the config's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

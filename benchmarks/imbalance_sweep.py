@@ -3,12 +3,13 @@
     python benchmarks/imbalance_sweep.py --quick            # < 15 min on 2 CPU cores
     python benchmarks/imbalance_sweep.py                    # the full sweep (docs/avl-evidence.md)
     python benchmarks/imbalance_sweep.py --jobs 16 --device cuda   # cells in parallel processes
+    python benchmarks/imbalance_sweep.py --quick --model HM4SR_REVEAL --rules ckd   # another backbone, one rule
 
 For each knob setting of the synthetic generator (``vision_share``: the share of the users' taste only
 the images carry; ``text_noise``: how often the text names a wrong brand) it generates the data, extracts
 MiniLM text and EfficientNet-Lite0 image features (the offline encoders), then trains the backbone
-(``M3SRec_REVEAL`` with ``avl: False``, the same model and initialisation as ``M3SRec``) and the backbone
-with every rule at its source's α, over several seeds. Per cell it prints R@20 / NDCG@20 mean ± std,
+(``--model``, default ``M3SRec_REVEAL``, with ``avl: False``: the same model and initialisation as the plain
+backbone) and the backbone with every rule (``--rules``) at its source's α, over several seeds. Per cell it prints R@20 / NDCG@20 mean ± std,
 the paired t-test against the backbone (same seeds), the vision-only metric (R@20 with text zeroed at
 test time), the range of the coefficients over the run, and the training-epoch time relative to the
 backbone. ``--alpha_setting`` adds a strength sweep of every rule on one setting.
@@ -34,14 +35,16 @@ SETTINGS = {
     "demo": (None, 0.0),               # the demo's taste: 81 % of the preference weight image-only
     "vision-led": (0.95, 0.5),
 }
-# rule -> its source's strength: REVEAL's default (paper best 0.05-0.1), M3SRec/main.py's, AGM's, OGM-GE's
-RULE_ALPHA = {"paper": 0.1, "reference": 1.0, "agm": 1.0, "ogm_ge": 0.1}
+# rule -> its source's strength: REVEAL's default (paper best 0.05-0.1), M3SRec/main.py's, AGM's, OGM-GE's,
+# and 1 for ckd (Zhang et al.'s weights as they are)
+RULE_ALPHA = {"paper": 0.1, "reference": 1.0, "agm": 1.0, "ogm_ge": 0.1, "ckd": 1.0}
 # the strength sweep (besides RULE_ALPHA): the full grid, and the quick run's one stronger point per rule
-ALPHAS = {"paper": [0.05, 0.5, 2.0], "reference": [0.1, 3.0], "agm": [0.1, 3.0], "ogm_ge": [0.5, 1.0]}
-QUICK_ALPHAS = {"paper": [2.0], "reference": [3.0], "agm": [3.0], "ogm_ge": [1.0]}
+ALPHAS = {"paper": [0.05, 0.5, 2.0], "reference": [0.1, 3.0], "agm": [0.1, 3.0], "ogm_ge": [0.5, 1.0],
+          "ckd": [0.5, 2.0]}
+QUICK_ALPHAS = {"paper": [2.0], "reference": [3.0], "agm": [3.0], "ogm_ge": [1.0], "ckd": [2.0]}
 SIZES = {"quick": dict(users=200, items=120, epochs=3, seeds=[1, 2, 3], alphas=QUICK_ALPHAS),
          "full": dict(users=300, items=150, epochs=6, seeds=[1, 2, 3], alphas=ALPHAS)}
-MODEL = "M3SRec_REVEAL"
+MODELS = ("M3SRec_REVEAL", "HM4SR_REVEAL", "MISSRec_REVEAL")
 TRAIN = {"hidden_size": 32, "inner_size": 64, "n_heads": 2, "train_batch_size": 128, "eval_batch_size": 512,
          "MAX_ITEM_LIST_LENGTH": 20, "topk": [20], "metrics": ["Recall", "NDCG"], "valid_metric": "NDCG@20",
          "stopping_step": 100, "learning_rate": 0.002, "eval_zeroed_modalities": ["text"], "show_progress": False,
@@ -68,7 +71,7 @@ def prepare_data(job):
 
 def run_cell(job):
     """One training run (a worker process): its JSON record, or the saved one."""
-    path, dataset, data_root, overrides, seed, device = job
+    path, model, dataset, data_root, overrides, seed, device = job
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -80,7 +83,7 @@ def run_cell(job):
     config = dict(TRAIN, **overrides, seed=seed, data_path=data_root, use_gpu=device == "cuda",
                   checkpoint_dir=os.path.join(os.path.dirname(path), "checkpoints"))
     start = time.perf_counter()
-    result = run_recbole_reveal(MODEL, dataset, config_dict=config, saved=False)
+    result = run_recbole_reveal(model, dataset, config_dict=config, saved=False)
     cost = result["cost"]
     record = {
         "dataset": dataset, "seed": seed, "overrides": overrides, "seconds": time.perf_counter() - start,
@@ -96,11 +99,12 @@ def run_cell(job):
     return record
 
 
-def variants(alphas=None, lr=True):
+def variants(alphas=None, lr=True, rules=tuple(RULE_ALPHA)):
     """(label, overrides): the backbone, then every rule at its source's α (or at each α of ``alphas``,
     the strongest also with ``avl_mode: lr``, which Adam does not normalise away; not for OGM-GE)."""
     out = [("backbone", {"avl": False})]
-    for rule, alpha in RULE_ALPHA.items():
+    for rule in rules:
+        alpha = RULE_ALPHA[rule]
         for a in (alphas[rule] if alphas else [alpha]):
             out.append((f"{rule} α={a:g}", {"avl": True, "avl_rule": rule, "avl_alpha": a}))
         if alphas and lr and rule != "ogm_ge":
@@ -183,6 +187,8 @@ def plot(tables, alpha_rows, out):
         base = next(r for r in alpha_rows if r["variant"] == "backbone")["recall@20"][0]
         ax.axhline(base, color="grey", ls="--", label="backbone")
         for rule in RULE_ALPHA:
+            if not any(r["variant"].startswith(rule + " ") for r in alpha_rows):
+                continue
             pts = sorted((float(r["variant"].split("α=")[1]), r["recall@20"]) for r in alpha_rows
                          if r["variant"].startswith(rule + " ") and not r["variant"].endswith(" lr"))
             ax.errorbar([a for a, _ in pts], [m for _, (m, _) in pts], yerr=[s for _, (_, s) in pts],
@@ -219,11 +225,16 @@ def main(argv=None):
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     p.add_argument("--seeds", nargs="+", type=int, help="default: 3 seeds")
+    p.add_argument("--model", choices=MODELS, default=MODELS[0], help="the backbone (default M3SRec_REVEAL)")
+    p.add_argument("--rules", nargs="+", choices=list(RULE_ALPHA), default=list(RULE_ALPHA),
+                   help="the rules beside the backbone (default: all)")
     p.add_argument("--alpha_setting", choices=list(SETTINGS) + ["none"], default="vision-led",
                    help="the setting of the α sweep (none: no α sweep)")
     args = p.parse_args(argv)
     size = SIZES["quick" if args.quick else "full"]
-    out = os.path.abspath(args.out or os.path.join("results", "imbalance-quick" if args.quick else "imbalance"))
+    default_out = ("imbalance-quick" if args.quick else "imbalance") + \
+        ("" if args.model == MODELS[0] else "-" + args.model.lower())
+    out = os.path.abspath(args.out or os.path.join("results", default_out))
     seeds = args.seeds or size["seeds"]
     data_root = os.path.join(out, "data")
     os.makedirs(data_root, exist_ok=True)
@@ -232,7 +243,8 @@ def main(argv=None):
     print(f"data and features ready ({time.perf_counter() - start:.0f} s)", flush=True)
     jobs, cells = [], {}
     for setting in args.settings:
-        grid = variants() + ([v for v in variants(size["alphas"], lr=not args.quick) if v[0] != "backbone"]
+        grid = variants(rules=args.rules) + ([v for v in variants(size["alphas"], lr=not args.quick, rules=args.rules)
+                                              if v[0] != "backbone"]
                              if setting == args.alpha_setting else [])
         for label, overrides in grid:
             overrides = dict(overrides, epochs=size["epochs"])
@@ -240,14 +252,14 @@ def main(argv=None):
                 slug = label.replace(" ", "_").replace("α=", "a")
                 path = os.path.join(out, "runs", setting, f"{slug}-seed{seed}.json")
                 cells.setdefault((setting, label), []).append(len(jobs))
-                jobs.append((path, setting, data_root, overrides, seed, args.device))
+                jobs.append((path, args.model, setting, data_root, overrides, seed, args.device))
     print(f"{len(jobs)} runs ({len(args.settings)} settings, {len(seeds)} seeds), {args.jobs} at a time", flush=True)
     records = _map(run_cell, jobs, args.jobs)
     tables, alpha_rows, text = {}, [], []
     for setting in args.settings:
         vision_share, text_noise = SETTINGS[setting]
         base = [records[i] for i in cells[(setting, "backbone")]]
-        main_labels = [label for label, _ in variants()]
+        main_labels = [label for label, _ in variants(rules=args.rules)]
         tables[setting] = [summarise(label, [records[i] for i in cells[(setting, label)]], base)
                            for label in main_labels]
         share = "0.81 (demo)" if vision_share is None else f"{vision_share:g}"
@@ -256,7 +268,7 @@ def main(argv=None):
             alpha_rows = [summarise(label, [records[i] for i in idx], base)
                           for (s, label), idx in cells.items() if s == setting]
             text.append(render(f"α sweep on {setting}", alpha_rows))
-    header = (f"{MODEL} ({size['users']} users, {size['items']} items, {size['epochs']} epochs, seeds {seeds}); "
+    header = (f"{args.model} ({size['users']} users, {size['items']} items, {size['epochs']} epochs, seeds {seeds}); "
               f"p: paired t-test against the backbone; wall time {time.perf_counter() - start:.0f} s\n\n")
     report = header + "\n".join(text)
     with open(os.path.join(out, "imbalance.md"), "w", encoding="utf-8") as f:

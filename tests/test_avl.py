@@ -212,6 +212,27 @@ def test_stacked_probes_give_the_separate_probes_k(tiny_config):
         assert trainer._stacked_ok is True, model_name
 
 
+def test_joint_probe_is_the_unmasked_loss_under_the_probes_draws_stacked_or_not(tiny_config):
+    """``avl_rule: ckd`` adds a third probe, the loss with nothing zeroed: it is the model's own loss
+    under the probes' random draws (HM4SR draws placeholders), and the stacked forward of three copies
+    gives the separate probes' three losses."""
+    cfg = dict(tiny_config, avl_rule="ckd", category_weight=0, time_unit=1, avl_stacked_probes=False)
+    _, (train_data, _, _), model, trainer = build_pipeline("HM4SR_REVEAL", cfg)
+    batch = first_batch(train_data)
+    loss_v, loss_t, loss_j = trainer.unimodal_losses(batch, joint=True)
+    model.eval()
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(trainer._probe_seed)
+        expected = float(model.calculate_loss(batch))
+        torch.manual_seed(trainer._probe_seed + 1)
+        other_draws = float(model.calculate_loss(batch))
+    assert loss_j == pytest.approx(expected, rel=1e-6) and loss_j != pytest.approx(other_draws, rel=1e-6)
+    assert (loss_v, loss_t) == trainer.unimodal_losses(batch)
+    with torch.no_grad():
+        separate = trainer._separate_probes(batch, joint=True)
+        assert len(separate) == 3 and trainer._stacked_probe(batch, joint=True) == pytest.approx(separate, rel=1e-5)
+
+
 def test_hm4sr_probes_share_their_random_draws(tiny_config):
     """HM4SR draws random placeholder positions even without dropout: eval probes are deterministic,
     train probes give L_v and L_t the same draws as each other."""

@@ -71,6 +71,33 @@ def test_ogm_ge_rule_is_eq_10_on_probe_scores():
     assert {k for e in expected for k, v in e.items() if v < 1} == {"vision", "text"}
 
 
+JOINT = [(1.0, 0.5, 0.45), (0.8, 0.6, 0.5), (1.2, 0.4, 0.5), (0.3, 0.9, 0.2)]   # (L_v, L_t, L_j)
+
+
+def test_ckd_rule_is_the_counterfactual_kd_weights_of_balanced_multimodal_rec():
+    # Balanced-Multimodal-Rec codes/train_kd.py ("calculate kd weight"), with the scores s = exp(-L):
+    # coeff_txt_given_vis = clamp((joint - visual) / textual, 1e-8, 10), the mirror for vision,
+    # textual_ratio = 1 - (c_t - c_v) / (c_t + c_v), visual_ratio = 2 - textual_ratio
+    alpha, expected = 0.7, []
+    for lv, lt, lj in JOINT:
+        joint, visual, textual = (torch.tensor([math.exp(-x)], dtype=torch.float64) for x in (lj, lv, lt))
+        c_t = torch.clamp((joint - visual) / textual, 1e-8, 10)
+        c_v = torch.clamp((joint - textual) / visual, 1e-8, 10)
+        textual_ratio = 1 - (c_t - c_v) / (c_t + c_v)
+        visual_ratio = 2 - textual_ratio
+        expected.append({"vision": 1 + alpha * (visual_ratio.item() - 1), "text": 1 + alpha * (textual_ratio.item() - 1)})
+    rule = make_rule("ckd", alpha)
+    got = [rule.step(*losses) for losses in JOINT]
+    assert got == [pytest.approx(e, rel=1e-12) for e in expected]
+    assert {k for e in expected for k, v in e.items() if v < 1} == {"vision", "text"}
+    assert any(min(e.values()) == pytest.approx(1 - alpha) for e in expected)   # a gain clipped to 1e-8
+    # vision adds nothing given text (s_j < s_t): vision gets all the weight; alpha > 1 would turn the
+    # text gradient around: clamped to [0, 2]
+    assert make_rule("ckd", 3.0).step(1.2, 0.4, 0.5) == {"vision": 2.0, "text": 0.0}
+    with pytest.raises(ValueError, match="ckd"):
+        rule.step(1.0, 0.5)
+
+
 def test_paper_rule_keeps_its_clamp_and_vision_only():
     got = _run("paper", losses=[(0.0, 0.0), (8.0, 0.0)], alpha=1.0)
     assert got == [{"vision": 1.0}, {"vision": 10.0}]
@@ -103,16 +130,19 @@ def test_a_misspelt_rule_on_the_command_line_is_one_error_line(tiny_root, capsys
     assert "avl_rule" in errors[0] and "paper, reference, agm, ogm_ge" in errors[0]
 
 
-@pytest.mark.parametrize("rule", ["reference", "agm"])
+@pytest.mark.parametrize("rule", ["reference", "agm", "ckd"])
 def test_two_modality_rules_scale_vision_and_text_gradients_by_their_own_coefficient(tiny_config, rule):
     cfg = dict(tiny_config, avl_rule=rule, avl_alpha=1.0)
     _, (train_data, _, _), model, trainer = build_pipeline("M3SRec_REVEAL", cfg)
+    # one epoch first: at initialisation the full model is no better than either modality alone, and
+    # ckd's counterfactual gains are both clipped (coefficients 1)
+    trainer._train_epoch(train_data, epoch_idx=0)
     trainer.balance.load_state_dict({"steps": 10, "mean_loss_v": 0.0, "mean_loss_t": 1.0})
     batch = first_batch(train_data)
     reference = seeded_gradients(model, batch)
     seen = gradients_at_step(trainer)
     torch.manual_seed(7)
-    trainer._train_epoch([batch], epoch_idx=0)
+    trainer._train_epoch([batch], epoch_idx=1)
     k = trainer.current_coefficients
     assert abs(k["vision"] - 1) > 0.05 and abs(k["text"] - 1) > 0.05 and k["vision"] != k["text"]
     vision = {n for n, _ in model.vision_parameters()}
@@ -124,7 +154,7 @@ def test_two_modality_rules_scale_vision_and_text_gradients_by_their_own_coeffic
 
 
 @pytest.mark.parametrize("backbone", list(BACKBONES))
-@pytest.mark.parametrize("rule", ["reference", "agm", "ogm_ge"])
+@pytest.mark.parametrize("rule", ["reference", "agm", "ogm_ge", "ckd"])
 def test_every_rule_trains_every_reveal_backbone_with_diagnostics(tiny_config, backbone, rule):
     cfg = dict(tiny_config, epochs=2, avl_rule=rule, avl_alpha=0.5, **BACKBONES[backbone])
     result = run_recbole_reveal(backbone, "tiny", config_dict=cfg, saved=False)

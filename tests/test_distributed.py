@@ -24,7 +24,8 @@ RUNS = {
     "missrec_reveal": ("MISSRec_REVEAL", {"avl_alpha": 1.0, "avl_clamp": None}),
 }
 # the other balancing rules (avl_rule) on every REVEAL backbone
-RULE_SETTINGS = {"reference": {"avl_alpha": 1.0}, "agm": {"avl_alpha": 0.5}, "ogm_ge": {"avl_alpha": 0.5}}
+RULE_SETTINGS = {"reference": {"avl_alpha": 1.0}, "agm": {"avl_alpha": 0.5}, "ogm_ge": {"avl_alpha": 0.5},
+                 "ckd": {"avl_alpha": 1.0}}
 BACKBONE_SETTINGS = {"M3SRec_REVEAL": {}, "HM4SR_REVEAL": HM4SR, "MISSRec_REVEAL": {"hidden_dropout_prob": 0.1}}
 RULE_RUNS = [f"{model.lower()}_{rule}" for model in BACKBONE_SETTINGS for rule in RULE_SETTINGS]
 RUNS.update({f"{model.lower()}_{rule}": (model, dict(BACKBONE_SETTINGS[model], avl_rule=rule, **settings))

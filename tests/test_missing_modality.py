@@ -189,6 +189,15 @@ def test_avl_probes_count_only_rows_whose_target_has_the_measured_modality(miss_
             expected_t = float(model.calculate_loss(batch))
     assert loss_v == pytest.approx(expected_v, rel=1e-5) and loss_v != pytest.approx(whole_v, rel=1e-3)
     assert loss_t == pytest.approx(expected_t, rel=1e-5)
+    # ckd's joint probe counts the rows whose target has both modalities
+    has_text = model.feature_availability("text")[batch[model.POS_ITEM_ID]]
+    both = has_vision & has_text
+    loss_j = trainer.unimodal_losses(batch, joint=True)[2]
+    model.eval()
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(trainer._probe_seed)
+        expected_j = float(model.calculate_loss(batch[both]))
+    assert loss_j == pytest.approx(expected_j, rel=1e-5) and loss_j != pytest.approx(whole_v, rel=1e-3)
 
 
 # -- the robustness protocol and the popularity buckets -------------------------------------------------

@@ -142,7 +142,7 @@ RANGES = {
     # REVEAL / AVL (read by the AVLTrainer: checked here, before the dataset loads)
     "avl_alpha": NON_NEGATIVE,
     "avl_clamp": Range(check=_clamp),
-    "avl_rule": Range(choices=("paper", "reference", "agm", "ogm_ge")),
+    "avl_rule": Range(choices=("paper", "reference", "agm", "ogm_ge", "ckd")),
     "avl_mode": Range(choices=("grad", "lr")),
     "avl_probe_mode": Range(choices=("eval", "train")),
     "avl_probe_every": AT_LEAST_ONE,

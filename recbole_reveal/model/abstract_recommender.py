@@ -139,7 +139,7 @@ class MultimodalSequentialRecommender(MissingModalityMixin, SequentialRecommende
 
     def text_parameters(self):
         """``(name, parameter)`` pairs of every parameter of the declared ``text_modules`` (the rules that
-        modulate both modalities, ``avl_rule: reference | agm | ogm_ge``, and the gradient-norm ratio)."""
+        modulate both modalities, ``avl_rule: reference | agm | ogm_ge | ckd``, and the gradient-norm ratio)."""
         return MultimodalSequentialRecommender.modality_parameters(self, "text")
 
     def modality_parameters(self, modality):

@@ -47,7 +47,7 @@ class AVLTrainer(DiagnosticsMixin, PluginTrainer):
     r"""RecBole trainer with Adaptive Visual Learning for ``*_REVEAL`` models.
 
     Config keys (``properties/model/REVEAL.yaml``): ``avl`` (on/off), ``avl_rule`` (``paper`` |
-    ``reference`` | ``agm`` | ``ogm_ge``: :mod:`recbole_reveal.trainer.avl_rules`), ``avl_alpha``,
+    ``reference`` | ``agm`` | ``ogm_ge`` | ``ckd``: :mod:`recbole_reveal.trainer.avl_rules`), ``avl_alpha``,
     ``avl_clamp``, ``avl_mode`` (``grad`` | ``lr``), ``avl_probe_mode`` (``train`` | ``eval``: dropout in
     the two probe passes), ``avl_probe_every`` (probe every n-th batch, hold the coefficients in
     between; 1 = every batch), ``avl_stacked_probes`` (``auto`` | ``True`` | ``False``: both probes as
@@ -130,9 +130,10 @@ class AVLTrainer(DiagnosticsMixin, PluginTrainer):
         return self._group("vision")
 
     # -- the probes ---------------------------------------------------------------------------
-    def unimodal_losses(self, interaction):
+    def unimodal_losses(self, interaction, joint=False):
         """``(L_v, L_t)`` of this process's rows: the backbone's loss with text zeroed and with vision
-        zeroed, no graph.
+        zeroed, no graph; with ``joint`` also ``L_j``, the loss with nothing zeroed under the same
+        random draws (the rules with ``needs_joint``, ``ckd``).
 
         Both probes draw the same random numbers (dropout, random positions such as HM4SR's
         placeholders) and leave the real step's random stream untouched. ``avl_probe_mode: eval``
@@ -147,12 +148,12 @@ class AVLTrainer(DiagnosticsMixin, PluginTrainer):
                 # L_v (L_t) over the rows whose target has vision (text): differing rows, no stacking
                 rows = getattr(self.model, "probe_rows", lambda _: None)(interaction)
                 if rows is not None:
-                    return self._separate_probes(interaction, rows)
+                    return self._separate_probes(interaction, rows, joint)
                 if self._stacked_ok is None and self.avl_stacked_probes != False:  # noqa: E712  (True/'auto')
-                    return self._first_stacked_probe(interaction)
+                    return self._first_stacked_probe(interaction, joint)
                 if self._stacked_ok:
-                    return self._stacked_probe(interaction)
-                return self._separate_probes(interaction)
+                    return self._stacked_probe(interaction, joint)
+                return self._separate_probes(interaction, joint=joint)
         finally:
             self.model.train()
 
@@ -170,24 +171,28 @@ class AVLTrainer(DiagnosticsMixin, PluginTrainer):
         loss = self.model.calculate_loss(interaction)
         return sum(loss) if isinstance(loss, tuple) else loss
 
-    def _separate_probes(self, interaction, rows=None):
-        """``rows``: {measured modality: bool [B]}, the rows each probe counts (all when None); a probe
-        with no row is NaN (K = 1 for the step)."""
+    def _separate_probes(self, interaction, rows=None, joint=False):
+        """``rows``: {measured modality: bool [B]}, the rows each probe counts (all when None; the joint
+        probe counts the rows with both); a probe with no row is NaN (K = 1 for the step)."""
+        probes = [(("text",), rows and rows["vision"]), (("vision",), rows and rows["text"])]
+        if joint:
+            probes.append(((), rows and rows["vision"] & rows["text"]))
         losses = []
-        for zeroed, measured in (("text", "vision"), ("vision", "text")):
-            batch = interaction if rows is None else interaction[rows[measured]]
-            if rows is not None and not bool(rows[measured].any()):
+        for zeroed, kept_rows in probes:
+            if rows is not None and not bool(kept_rows.any()):
                 losses.append(math.nan)
                 continue
-            with self._forked(), self.model.zeroed_modalities(zeroed):
+            batch = interaction if rows is None else interaction[kept_rows]
+            with self._forked(), self.model.zeroed_modalities(*zeroed):
                 losses.append(float(self._loss_value(batch)))
         return tuple(losses)
 
-    def _stacked_probe(self, interaction):
-        """Both probes as one forward: the model's tensors get a leading dimension of 2 (text kept 0/1,
-        vision kept 1/0) through ``torch.func.vmap``, every random draw shared by the two."""
-        keep_text = torch.tensor([0.0, 1.0], device=self.device)
-        keep_vision = torch.tensor([1.0, 0.0], device=self.device)
+    def _stacked_probe(self, interaction, joint=False):
+        """The probes as one forward: the model's tensors get a leading dimension of 2 (text kept 0/1,
+        vision kept 1/0; 3 with the joint probe, both kept) through ``torch.func.vmap``, every random
+        draw shared."""
+        keep_text = torch.tensor([0.0, 1.0] + [1.0] * joint, device=self.device)
+        keep_vision = torch.tensor([1.0, 0.0] + [1.0] * joint, device=self.device)
 
         def probe(text, vision):
             with self.model.kept_modalities(text=text, vision=vision):
@@ -195,16 +200,15 @@ class AVLTrainer(DiagnosticsMixin, PluginTrainer):
 
         with self._forked():
             losses = torch.func.vmap(probe, randomness="same")(keep_text, keep_vision)
-        loss_v, loss_t = losses.tolist()
-        return loss_v, loss_t
+        return tuple(losses.tolist())
 
-    def _first_stacked_probe(self, interaction):
+    def _first_stacked_probe(self, interaction, joint=False):
         """Decide once whether the stacked probe runs for this backbone and gives the separate probes'
         losses (to float rounding); the decision is the same on every rank."""
-        separate = self._separate_probes(interaction)
+        separate = self._separate_probes(interaction, joint=joint)
         reason = None
         try:
-            stacked = self._stacked_probe(interaction)
+            stacked = self._stacked_probe(interaction, joint)
         except (RuntimeError, NotImplementedError, TypeError, ValueError) as e:   # no vmap rule, .item(), OOM
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         else:
@@ -229,10 +233,11 @@ class AVLTrainer(DiagnosticsMixin, PluginTrainer):
     # -- per batch ----------------------------------------------------------------------------
     def _avl_loss(self, interaction):
         if self._avl_step % self.avl_probe_every == 0:
-            loss_v, loss_t = self.unimodal_losses(interaction)
+            probes = self.unimodal_losses(interaction, joint=self.balance.needs_joint)
             if is_distributed(self.config):      # the global batch's losses, identical on every rank
-                loss_v, loss_t = all_reduce_weighted_mean([loss_v, loss_t], len(interaction), self.device)
-            coefficients = self.balance.step(loss_v, loss_t)
+                probes = all_reduce_weighted_mean(list(probes), len(interaction), self.device)
+            loss_v, loss_t = probes[:2]
+            coefficients = self.balance.step(*probes)
             if coefficients is None:
                 self._epoch_skipped += 1
                 coefficients = dict.fromkeys(self.balance.modalities, 1.0)

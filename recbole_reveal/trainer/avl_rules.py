@@ -17,6 +17,11 @@ departs from its paper: ``docs/avl-rules.md``.
   enhancement): ``rho_v = s_v / s_t`` with ``s = exp(-L)``; the dominant modality's coefficient is
   ``1 - tanh(alpha rho)``, the other's 1; Gaussian noise with the gradient's own standard deviation
   is added to both modalities' gradients.
+- ``ckd`` (Zhang et al., MM 2024, modality-balanced learning: the counterfactual weights of its
+  distillation losses): with ``s = exp(-L)`` and a third probe, the full model's loss ``L_j``,
+  ``c_t = clip((s_j - s_v) / s_t)``, ``c_v = clip((s_j - s_t) / s_v)`` (each modality's gain given the
+  other, relative to its own), ``w_t = 2 c_v / (c_t + c_v)``, ``w_v = 2 - w_t``; the coefficient is
+  ``1 + alpha (w - 1)`` (alpha = 1: the paper's weights), clamped to [0, 2].
 
 Running means (all but OGM-GE) cover every probed step of the run (never reset) and travel with the
 checkpoint. A probe whose loss is not finite leaves the state untouched (the trainer applies 1).
@@ -33,6 +38,8 @@ from recbole_reveal.infra.errors import ConfigError
 REFERENCE_CLAMP = (0.2, 2.0)
 # REVEAL/AVL/trainers.py's avl_kappa_min / avl_kappa_max: the paper rule's default clamp
 PAPER_CLAMP = (0.1, 10.0)
+# Balanced-Multimodal-Rec's train_kd.py: the clip of each modality's counterfactual gain
+CKD_GAIN_CLIP = (1e-8, 10.0)
 
 
 def _exp(x):
@@ -53,6 +60,17 @@ def agm_coefficient(loss_m, loss_other, mean_m, mean_other, alpha):
     return _exp(-alpha * (_exp(loss_other - loss_m) - _exp(mean_other - mean_m)))
 
 
+def ckd_weights(loss_v, loss_t, loss_joint):
+    """Zhang et al. (MM 2024) counterfactual weights from the three probe losses, ``s = exp(-L)``:
+    ``c_t = clip((s_j - s_v) / s_t, 1e-8, 10)``, ``c_v = clip((s_j - s_t) / s_v, 1e-8, 10)``,
+    ``w_t = 1 - (c_t - c_v) / (c_t + c_v)``, ``w_v = 2 - w_t``. Returns ``(w_v, w_t)``."""
+    s_v, s_t, s_j = math.exp(-loss_v), math.exp(-loss_t), math.exp(-loss_joint)
+    c_t = min(max((s_j - s_v) / s_t, CKD_GAIN_CLIP[0]), CKD_GAIN_CLIP[1])
+    c_v = min(max((s_j - s_t) / s_v, CKD_GAIN_CLIP[0]), CKD_GAIN_CLIP[1])
+    w_t = 1.0 - (c_t - c_v) / (c_t + c_v)
+    return 2.0 - w_t, w_t
+
+
 def ogm_coefficients(loss_v, loss_t, alpha):
     """OGM-GE eq 10 with ``s = exp(-L)``: ``rho_v = s_v / s_t``; the modality with ``rho > 1`` gets
     ``1 - tanh(alpha * rho)``, the other 1. Returns ``(k_v, k_t)``."""
@@ -63,11 +81,12 @@ def ogm_coefficients(loss_v, loss_t, alpha):
 
 
 class BalanceRule:
-    """One rule: ``step(L_v, L_t)`` -> ``{modality: coefficient}`` or None (a non-finite probe)."""
+    """One rule: ``step(L_v, L_t[, L_j])`` -> ``{modality: coefficient}`` or None (a non-finite probe)."""
 
     name = None
     modalities = ("vision",)          # whose gradients the rule modulates
     default_clamp = None
+    needs_joint = False               # the trainer also probes the full model's loss L_j (no graph)
 
     def __init__(self, alpha, clamp="auto"):
         self.alpha = require("avl_alpha", alpha)       # the schema's rules, for a rule built outside a run
@@ -79,10 +98,13 @@ class BalanceRule:
         self.mean_loss_v = 0.0
         self.mean_loss_t = 0.0
 
-    def step(self, loss_v, loss_t):
-        if not (math.isfinite(loss_v) and math.isfinite(loss_t)):
+    def step(self, loss_v, loss_t, loss_joint=None):
+        losses = (loss_v, loss_t) + ((loss_joint,) if self.needs_joint else ())
+        if self.needs_joint and loss_joint is None:
+            raise ValueError(f"avl_rule {self.name} needs the full model's probe loss")
+        if not all(math.isfinite(x) for x in losses):
             return None
-        coefficients = self.coefficients(float(loss_v), float(loss_t))
+        coefficients = self.coefficients(*(float(x) for x in losses))
         for modality, k in coefficients.items():
             if self.clamp is not None:
                 k = min(max(k, self.clamp[0]), self.clamp[1])
@@ -182,7 +204,23 @@ class OGMGERule(BalanceRule):
         grad.mul_(k).add_(noise.to(grad.device))
 
 
-RULES = {rule.name: rule for rule in (PaperRule, ReferenceRule, AGMRule, OGMGERule)}
+class CKDRule(BalanceRule):
+    """Zhang et al. (MM 2024): the weights its counterfactual inference gives each modality's
+    distillation loss, here on each modality's gradients (no teachers), from batch probes; strength
+    ``1 + alpha (w - 1)``."""
+
+    name = "ckd"
+    modalities = ("vision", "text")
+    default_clamp = (0.0, 2.0)
+    needs_joint = True
+
+    def coefficients(self, loss_v, loss_t, loss_joint):
+        self.steps += 1
+        w_v, w_t = ckd_weights(loss_v, loss_t, loss_joint)
+        return {"vision": 1.0 + self.alpha * (w_v - 1.0), "text": 1.0 + self.alpha * (w_t - 1.0)}
+
+
+RULES = {rule.name: rule for rule in (PaperRule, ReferenceRule, AGMRule, OGMGERule, CKDRule)}
 
 
 def make_rule(name, alpha, clamp="auto"):
