@@ -71,16 +71,17 @@ def test_ogm_ge_rule_is_eq_10_on_probe_scores():
     assert {k for e in expected for k, v in e.items() if v < 1} == {"vision", "text"}
 
 
-JOINT = [(1.0, 0.5, 0.45), (0.8, 0.6, 0.5), (1.2, 0.4, 0.5), (0.3, 0.9, 0.2)]   # (L_v, L_t, L_j)
+JOINT = [(1.0, 0.5, 0.45), (0.8, 0.6, 0.5), (1.2, 0.4, 0.5), (0.3, 0.9, 0.2), (1.0, 5.0, 0.5)]   # (L_v, L_t, L_j)
 
 
 def test_ckd_rule_is_the_counterfactual_kd_weights_of_balanced_multimodal_rec():
     # Balanced-Multimodal-Rec codes/train_kd.py ("calculate kd weight"), with the scores s = exp(-L):
     # coeff_txt_given_vis = clamp((joint - visual) / textual, 1e-8, 10), the mirror for vision,
     # textual_ratio = 1 - (c_t - c_v) / (c_t + c_v), visual_ratio = 2 - textual_ratio
-    alpha, expected = 0.7, []
+    alpha, expected, gains = 0.7, [], []
     for lv, lt, lj in JOINT:
         joint, visual, textual = (torch.tensor([math.exp(-x)], dtype=torch.float64) for x in (lj, lv, lt))
+        gains += [((joint - visual) / textual).item(), ((joint - textual) / visual).item()]
         c_t = torch.clamp((joint - visual) / textual, 1e-8, 10)
         c_v = torch.clamp((joint - textual) / visual, 1e-8, 10)
         textual_ratio = 1 - (c_t - c_v) / (c_t + c_v)
@@ -90,6 +91,7 @@ def test_ckd_rule_is_the_counterfactual_kd_weights_of_balanced_multimodal_rec():
     got = [rule.step(*losses) for losses in JOINT]
     assert got == [pytest.approx(e, rel=1e-12) for e in expected]
     assert {k for e in expected for k, v in e.items() if v < 1} == {"vision", "text"}
+    assert min(gains) < 0 and max(gains) > 10                   # both clips bind
     assert any(min(e.values()) == pytest.approx(1 - alpha) for e in expected)   # a gain clipped to 1e-8
     # vision adds nothing given text (s_j < s_t): vision gets all the weight; alpha > 1 would turn the
     # text gradient around: clamped to [0, 2]
