@@ -135,6 +135,10 @@ def summarise(label, records, base):
         row[f"p_{metric}"] = paired_ttest([b["test"][metric] for b in base], values)[1] if label != "backbone" \
             else math.nan
     row["vision_only"] = mean_std([r["vision_only"]["recall@20"] for r in records])
+    # does the rule make the vision branch better on its own (what the rules aim at), whatever R@20 does?
+    row["p_vision_only"] = paired_ttest([b["vision_only"]["recall@20"] for b in base],
+                                        [r["vision_only"]["recall@20"] for r in records])[1] \
+        if label != "backbone" else math.nan
     # the diagnostics' last validation: both modalities, text zeroed (vision only), vision zeroed (text only)
     row["valid"] = [sum(r["avl_epochs"][-1][k] for r in records) / len(records)
                     for k in ("valid", "valid_text_zeroed", "valid_vision_zeroed")]
@@ -146,20 +150,51 @@ def summarise(label, records, base):
     return row
 
 
+def _p(row, key):
+    # a NaN p of a rule: every seed's metric equals the backbone's (no difference to test)
+    return ("—" if row["variant"] == "backbone" else "identical") if math.isnan(row[key]) else f"{row[key]:.3f}"
+
+
 def render(title, rows):
     lines = [f"### {title}", "",
-             "| variant | R@20 | NDCG@20 | p (R@20) | p (N@20) | vision-only R@20 | coefficient range | "
-             "‖g_v‖/‖g_t‖ | valid N@20 both / vision only / text only | epoch time ×backbone |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| variant | R@20 | NDCG@20 | p (R@20) | p (N@20) | vision-only R@20 | p (vision-only) | "
+             "coefficient range | ‖g_v‖/‖g_t‖ | valid N@20 both / vision only / text only | epoch time ×backbone |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rng = "; ".join(f"{m} [{lo:.3f}, {hi:.3f}]" for m, (lo, hi) in r["coefficients"].items()) or "—"
-        # a NaN p of a rule: every seed's metric equals the backbone's (no difference to test)
-        p = [("—" if r["variant"] == "backbone" else "identical") if math.isnan(r[k]) else f"{r[k]:.3f}"
-             for k in ("p_recall@20", "p_ndcg@20")]
+        p = [_p(r, k) for k in ("p_recall@20", "p_ndcg@20", "p_vision_only")]
         lines.append(f"| {r['variant']} | {r['recall@20'][0]:.4f} ± {r['recall@20'][1]:.4f} | "
                      f"{r['ndcg@20'][0]:.4f} ± {r['ndcg@20'][1]:.4f} | {p[0]} | {p[1]} | "
-                     f"{r['vision_only'][0]:.4f} ± {r['vision_only'][1]:.4f} | {rng} | {r['grad_ratio']:.3f} | "
+                     f"{r['vision_only'][0]:.4f} ± {r['vision_only'][1]:.4f} | {p[2]} | {rng} | {r['grad_ratio']:.3f} | "
                      f"{' / '.join(f'{v:.4f}' for v in r['valid'])} | {r['time_ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_pooled(settings, cells, records, labels):
+    """Each rule against the backbone over every (setting, seed) pair: with three seeds a cell's test
+    sees only large effects; pooled over the settings, a consistent small one shows."""
+    from recbole_reveal.experiments.stats import paired_ttest
+
+    def pairs(label, key):
+        base, rule = [], []
+        for setting in settings:
+            base += [records[i][key]["recall@20"] for i in cells[(setting, "backbone")]]
+            rule += [records[i][key]["recall@20"] for i in cells[(setting, label)]]
+        return base, rule
+
+    lines = [f"### Pooled over the settings ({len(settings)} settings × seeds, paired)", "",
+             "| variant | Δ R@20 | p | runs above the backbone | Δ vision-only R@20 | p | runs above the backbone |",
+             "|---|---|---|---|---|---|---|"]
+    for label in labels:
+        if label == "backbone":
+            continue
+        cols = []
+        for key in ("test", "vision_only"):
+            base, rule = pairs(label, key)
+            p = paired_ttest(base, rule)[1]
+            cols += [f"{(sum(rule) - sum(base)) / len(base):+.4f}", "identical" if math.isnan(p) else f"{p:.4f}",
+                     f"{sum(r > b for b, r in zip(base, rule))} of {len(base)}"]
+        lines.append(f"| {label} | " + " | ".join(cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -268,6 +303,8 @@ def main(argv=None):
             alpha_rows = [summarise(label, [records[i] for i in idx], base)
                           for (s, label), idx in cells.items() if s == setting]
             text.append(render(f"α sweep on {setting}", alpha_rows))
+    if len(args.settings) > 1:
+        text.append(render_pooled(args.settings, cells, records, [label for label, _ in variants(rules=args.rules)]))
     header = (f"{args.model} ({size['users']} users, {size['items']} items, {size['epochs']} epochs, seeds {seeds}); "
               f"p: paired t-test against the backbone; wall time {time.perf_counter() - start:.0f} s\n\n")
     report = header + "\n".join(text)
