@@ -134,10 +134,10 @@ def summarise(label, records, base):
         row[metric] = mean_std(values)
         row[f"p_{metric}"] = paired_ttest([b["test"][metric] for b in base], values)[1] if label != "backbone" \
             else math.nan
-    row["vision_only"] = mean_std([r["vision_only"]["recall@20"] for r in records])
+    vision_only = [r["vision_only"]["recall@20"] for r in records]
+    row["vision_only"] = mean_std(vision_only)
     # does the rule make the vision branch better on its own (what the rules aim at), whatever R@20 does?
-    row["p_vision_only"] = paired_ttest([b["vision_only"]["recall@20"] for b in base],
-                                        [r["vision_only"]["recall@20"] for r in records])[1] \
+    row["p_vision_only"] = paired_ttest([b["vision_only"]["recall@20"] for b in base], vision_only)[1] \
         if label != "backbone" else math.nan
     # the diagnostics' last validation: both modalities, text zeroed (vision only), vision zeroed (text only)
     row["valid"] = [sum(r["avl_epochs"][-1][k] for r in records) / len(records)
@@ -150,9 +150,9 @@ def summarise(label, records, base):
     return row
 
 
-def _p(row, key):
+def _p(p, digits=3, backbone=False):
     # a NaN p of a rule: every seed's metric equals the backbone's (no difference to test)
-    return ("—" if row["variant"] == "backbone" else "identical") if math.isnan(row[key]) else f"{row[key]:.3f}"
+    return ("—" if backbone else "identical") if math.isnan(p) else f"{p:.{digits}f}"
 
 
 def render(title, rows):
@@ -162,7 +162,7 @@ def render(title, rows):
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rng = "; ".join(f"{m} [{lo:.3f}, {hi:.3f}]" for m, (lo, hi) in r["coefficients"].items()) or "—"
-        p = [_p(r, k) for k in ("p_recall@20", "p_ndcg@20", "p_vision_only")]
+        p = [_p(r[k], backbone=r["variant"] == "backbone") for k in ("p_recall@20", "p_ndcg@20", "p_vision_only")]
         lines.append(f"| {r['variant']} | {r['recall@20'][0]:.4f} ± {r['recall@20'][1]:.4f} | "
                      f"{r['ndcg@20'][0]:.4f} ± {r['ndcg@20'][1]:.4f} | {p[0]} | {p[1]} | "
                      f"{r['vision_only'][0]:.4f} ± {r['vision_only'][1]:.4f} | {p[2]} | {rng} | {r['grad_ratio']:.3f} | "
@@ -191,8 +191,7 @@ def render_pooled(settings, cells, records, labels):
         cols = []
         for key in ("test", "vision_only"):
             base, rule = pairs(label, key)
-            p = paired_ttest(base, rule)[1]
-            cols += [f"{(sum(rule) - sum(base)) / len(base):+.4f}", "identical" if math.isnan(p) else f"{p:.4f}",
+            cols += [f"{(sum(rule) - sum(base)) / len(base):+.4f}", _p(paired_ttest(base, rule)[1], digits=4),
                      f"{sum(r > b for b, r in zip(base, rule))} of {len(base)}"]
         lines.append(f"| {label} | " + " | ".join(cols) + " |")
     return "\n".join(lines) + "\n"
